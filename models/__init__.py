@@ -1,0 +1,1 @@
+"""Ported inference implementations: shared layers plus one thin file per family."""

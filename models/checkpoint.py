@@ -1,0 +1,169 @@
+"""Reading HuggingFace checkpoint directories.
+
+A checkpoint is `config.json` plus one of: `model.safetensors`, sharded safetensors with
+`model.safetensors.index.json`, `pytorch_model.bin`, or sharded `.bin` with
+`pytorch_model.bin.index.json`. Every failure names the file (and the field or tensor) and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read as the model it claims to be."""
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+class HFConfig:
+    """`config.json` with typed field access whose errors name the file and the field."""
+
+    def __init__(self, data: dict, path: Path):
+        self.data, self.path = data, path
+
+    def get(self, *keys: str, kind: type = int, default=None):
+        """The first of `keys` present (aliases, e.g. n_embed / hidden_size), else `default`."""
+        for key in keys:
+            if key in self.data and self.data[key] is not None:
+                value = self.data[key]
+                if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                    raise CheckpointError(f"{self.path}: field {key!r} is {value!r}, expected "
+                                          f"{kind.__name__}")
+                return value
+        if default is None:
+            raise CheckpointError(f"{self.path}: missing field {' or '.join(map(repr, keys))} "
+                                  f"(expected {kind.__name__})")
+        return default
+
+    def require(self, key: str, allowed: tuple, default) -> None:
+        """Fail unless `key` (absent: `default`) is one of the values llmgate implements."""
+        value = self.data.get(key, default)
+        if value not in allowed:
+            raise CheckpointError(f"{self.path}: field {key!r} is {value!r}; llmgate supports "
+                                  f"{' or '.join(map(repr, allowed))}")
+
+    def rope_theta(self, *legacy_keys: str) -> float:
+        """Base of plain rotary embeddings; scaled variants (linear, NTK, YaRN) are refused."""
+        params = self.data.get("rope_parameters") or self.data.get("rope_scaling") or {}
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type != "default":
+            raise CheckpointError(f"{self.path}: rope type {rope_type!r} is not supported "
+                                  "(expected plain rotary embeddings)")
+        if "rope_theta" in params:
+            return float(params["rope_theta"])
+        return self.get("rope_theta", *legacy_keys, kind=float, default=10000.0)
+
+
+class Checkpoint:
+    """Lazy name -> tensor access over the weight files of one checkpoint directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: checkpoint directory not found")
+        self.config = HFConfig(read_json(self.path / "config.json"), self.path / "config.json")
+        self._open: dict[Path, object] = {}
+        self.files = self._index()
+
+    def _index(self) -> dict[str, Path]:
+        """Map every tensor name to the file that holds it."""
+        for index_name in INDEX_FILES:
+            index_path = self.path / index_name
+            if index_path.exists():
+                weight_map = read_json(index_path).get("weight_map")
+                if not isinstance(weight_map, dict) or not weight_map:
+                    raise CheckpointError(f"{index_path}: expected a non-empty 'weight_map' object")
+                files = {name: self.path / shard for name, shard in weight_map.items()}
+                for shard in sorted(set(files.values())):
+                    if not shard.is_file():
+                        raise CheckpointError(f"{index_path}: names shard {shard.name!r}, "
+                                              "which does not exist")
+                return files
+        for single in SINGLE_FILES:
+            file = self.path / single
+            if file.is_file():
+                return {name: file for name in self._open_file(file).keys()}
+        raise CheckpointError(f"{self.path}: no weights found (expected one of "
+                              f"{', '.join(SINGLE_FILES + INDEX_FILES)})")
+
+    def _open_file(self, file: Path):
+        if file not in self._open:
+            self._open[file] = (_open_safetensors(file) if file.suffix == ".safetensors"
+                                else _load_bin(file))
+        return self._open[file]
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """The tensor `name`, which must have `shape`."""
+        if name not in self.files:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is missing "
+                                  f"(expected shape {tuple(shape)})")
+        file = self.files[name]
+        handle = self._open_file(file)
+        try:
+            tensor = handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]
+        except (SafetensorError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{file}: cannot read tensor {name!r} ({e})") from None
+        if tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {tuple(shape)}")
+        return tensor
+
+    def close(self) -> None:
+        self._open.clear()
+
+
+def _open_safetensors(file: Path):
+    try:
+        handle = safe_open(str(file), framework="pt")
+        handle.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({e})") from None
+    return handle
+
+
+def _load_bin(file: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CheckpointError(f"{file}: truncated or corrupt PyTorch weights file "
+                              f"({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
+    return state
+
+
+def split_interleaved_qkv(fused: Tensor, num_heads: int, head_dim: int) -> Tensor:
+    """Per-head interleaved q,k,v rows (Bloom, multi-head Falcon and GPTBigCode) -> [q|k|v].
+
+    fused: (H * 3 * D, ...) ordered head by head as [q_h, k_h, v_h].
+    """
+    per_head = fused.reshape(num_heads, 3, head_dim, *fused.shape[1:])
+    return per_head.transpose(0, 1).reshape(fused.shape)

@@ -1,0 +1,138 @@
+"""Inference engine: prefill, one-token decode steps, and generation over a static KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from models.transformer import DecoderLM
+
+
+def left_padding(attention_mask: Tensor) -> Tensor:
+    """Padding length per row of a left-padded (B, T) 0/1 mask; anything else is an error."""
+    mask = attention_mask.to(torch.bool)
+    pad = (~mask).sum(dim=1)
+    expected = torch.arange(mask.shape[1], device=mask.device)[None, :] >= pad[:, None]
+    if not torch.equal(mask, expected):
+        raise ValueError("attention_mask must be left-padded: zeros, then ones, in every row")
+    if bool((pad == mask.shape[1]).any()):
+        raise ValueError("attention_mask has a row with no tokens")
+    return pad
+
+
+class Engine:
+    """Drives a `DecoderLM`: `prefill` a left-padded batch, then `decode` one token at a time.
+
+    The KV cache holds the prompt plus `headroom` new tokens; it is allocated at prefill and
+    reused while the batch size and length still fit.
+    """
+
+    def __init__(self, model: DecoderLM, headroom: int = 256):
+        self.model, self.headroom = model, headroom
+        self.length = 0
+        self.pad: Tensor | None = None
+        self._capacity = (0, 0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                all_logits: bool = False) -> Tensor:
+        """Logits for the last position (B, V), or every position (B, T, V)."""
+        B, T = input_ids.shape
+        pad = None if attention_mask is None else left_padding(attention_mask)
+        self.pad = pad.to(self.device) if pad is not None and bool(pad.any()) else None
+        capacity = T + self.headroom
+        if self._capacity[0] != B or self._capacity[1] < capacity:
+            self.model.allocate_cache(B, capacity)
+            self._capacity = (B, capacity)
+        self.length = T
+        return self.model(input_ids.to(self.device), 0, self.pad, all_logits=all_logits)
+
+    @torch.inference_mode()
+    def decode(self, next_ids: Tensor) -> Tensor:
+        """Append one token per row (B,) and return the logits of that position (B, V)."""
+        logits = self.model(next_ids.to(self.device)[:, None], self.length, self.pad)
+        self.length += 1
+        return logits
+
+    def reset(self) -> None:
+        self.length, self.pad = 0, None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Temperature / top-k / top-p sampling with its own seeded generator."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+
+    def sample(self, logits: Tensor, generator: torch.Generator) -> Tensor:
+        logits = logits.float() / self.temperature
+        if self.top_k:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1])).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cumulative - sorted_logits.softmax(-1) >= self.top_p  # keep the first over p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # new tokens per row, stop token/sequence included
+    finish_reasons: list[str]  # "stop_token", "stop_sequence" or "length"
+
+
+def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
+             max_new_tokens: int, *, sampling: Sampling | None = None,
+             stop_tokens: Sequence[int] = (), stop_sequences: Sequence[str] = (),
+             detokenize: Callable[[list[int]], str] | None = None,
+             ignore_eos: bool = False) -> Generation:
+    """Greedy (or sampled) generation; each row stops on its own.
+
+    `stop_sequences` are strings matched in the decoded new text (needs `detokenize`).
+    `ignore_eos` generates exactly `max_new_tokens` per row (fixed-length runs for perf).
+    """
+    if stop_sequences and detokenize is None:
+        raise ValueError("stop_sequences need a detokenize function")
+    generator = torch.Generator().manual_seed(sampling.seed) if sampling else None
+    B = input_ids.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    reasons = ["length"] * B
+    logits = engine.prefill(input_ids, attention_mask)
+    for step in range(max_new_tokens):
+        next_ids = (sampling.sample(logits, generator) if sampling
+                    else logits.argmax(-1)).cpu()
+        for row, token in enumerate(next_ids.tolist()):
+            if reasons[row] != "length" and not ignore_eos:
+                continue  # finished rows are carried along but ignored
+            tokens[row].append(token)
+            if ignore_eos:
+                continue
+            if token in stop_tokens:
+                reasons[row] = "stop_token"
+            elif stop_sequences and any(s in detokenize(tokens[row]) for s in stop_sequences):
+                reasons[row] = "stop_sequence"
+        finished = not ignore_eos and all(r != "length" for r in reasons)
+        if finished or step == max_new_tokens - 1:
+            break
+        logits = engine.decode(next_ids)
+    engine.reset()
+    return Generation(tokens, reasons)

@@ -1,0 +1,79 @@
+"""Llama-2 / Chinese-Alpaca-2 / SmolLM2. Reference: transformers `LlamaForCausalLM`.
+
+Pre-norm blocks (RMSNorm), rotary positions, grouped-query attention, SwiGLU MLP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from models.checkpoint import Checkpoint, HFConfig
+from models.config import ModelConfig
+from models.layers import Attention, GatedMLP, Linear, RMSNorm
+from models.transformer import Block, DecoderLM
+
+MODEL_TYPES = ("llama",)
+
+
+def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
+    hf.require("attention_bias", (False,), False)
+    hf.require("mlp_bias", (False,), False)
+    heads = hf.get("num_attention_heads")
+    hidden = hf.get("hidden_size")
+    if hf.get("head_dim", default=hidden // heads) != hidden // heads:
+        hf.require("head_dim", (hidden // heads,), None)
+    return ModelConfig(
+        name, "llama", hf.get("vocab_size"), hidden, hf.get("num_hidden_layers"), heads,
+        hf.get("num_key_value_heads", default=heads), hf.get("intermediate_size"),
+        hf.get("max_position_embeddings"), hf.get("rms_norm_eps", kind=float),
+        hf.get("tie_word_embeddings", kind=bool, default=False), rope_theta=hf.rope_theta())
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    return dict(model_type="llama", architectures=["LlamaForCausalLM"],
+                vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                num_key_value_heads=cfg.num_kv_heads, intermediate_size=cfg.intermediate_size,
+                max_position_embeddings=cfg.max_positions, rms_norm_eps=cfg.norm_eps,
+                tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu",
+                rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+
+
+def build(cfg: ModelConfig) -> DecoderLM:
+    """Also builds Qwen (v1 and Qwen2): the same structure with q/k/v biases."""
+    C, eps = cfg.hidden_size, cfg.norm_eps
+    blocks = [
+        Block(Attention(C, cfg.num_heads, cfg.num_kv_heads, cfg.qkv_bias, out_bias=False),
+              GatedMLP(C, cfg.intermediate_size, bias=False), RMSNorm(C, eps), RMSNorm(C, eps))
+        for _ in range(cfg.num_layers)
+    ]
+    lm_head = None if cfg.tie_embeddings else Linear(C, cfg.vocab_size, False, split="column")
+    return DecoderLM(cfg, nn.Embedding(cfg.vocab_size, C), blocks, RMSNorm(C, eps), lm_head,
+                     position="rope")
+
+
+def convert(cfg: ModelConfig, ckpt: Checkpoint) -> Iterator[tuple[str, Tensor]]:
+    """HF Llama names (also Qwen2's) -> ours; q/k/v and gate/up are concatenated."""
+    C, D, V, I = cfg.hidden_size, cfg.head_dim, cfg.vocab_size, cfg.intermediate_size
+    qkv_rows = (("q", cfg.num_heads * D), ("k", cfg.num_kv_heads * D), ("v", cfg.num_kv_heads * D))
+    yield "embed.weight", ckpt.get("model.embed_tokens.weight", (V, C))
+    for i in range(cfg.num_layers):
+        src, dst = f"model.layers.{i}", f"blocks.{i}"
+        attn = f"{src}.self_attn"
+        yield f"{dst}.attn.qkv.weight", torch.cat(
+            [ckpt.get(f"{attn}.{n}_proj.weight", (rows, C)) for n, rows in qkv_rows])
+        if cfg.qkv_bias:
+            yield f"{dst}.attn.qkv.bias", torch.cat(
+                [ckpt.get(f"{attn}.{n}_proj.bias", (rows,)) for n, rows in qkv_rows])
+        yield f"{dst}.attn.out.weight", ckpt.get(f"{attn}.o_proj.weight", (C, C))
+        yield f"{dst}.mlp.gate_up.weight", torch.cat(
+            [ckpt.get(f"{src}.mlp.{n}_proj.weight", (I, C)) for n in ("gate", "up")])
+        yield f"{dst}.mlp.down.weight", ckpt.get(f"{src}.mlp.down_proj.weight", (C, I))
+        yield f"{dst}.attn_norm.weight", ckpt.get(f"{src}.input_layernorm.weight", (C,))
+        yield f"{dst}.mlp_norm.weight", ckpt.get(f"{src}.post_attention_layernorm.weight", (C,))
+    yield "final_norm.weight", ckpt.get("model.norm.weight", (C,))
+    if not cfg.tie_embeddings:
+        yield "lm_head.weight", ckpt.get("lm_head.weight", (V, C))

@@ -1,0 +1,120 @@
+"""The decoder stack every family shares: blocks, positions, masks, logits.
+
+A family file builds a `DecoderLM` out of the pieces in `layers.py`; this module only runs
+them. Batches are left-padded: row b starts with `pad[b]` padding slots, so the token in cache
+slot s has position s - pad[b].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.config import ModelConfig
+from models.layers import Attention, Linear, Rotary, StepContext, alibi_slopes
+
+
+class Block(nn.Module):
+    """One decoder layer, sequential (x + attn, then + mlp) or parallel (x + attn + mlp).
+
+    A parallel block with `mlp_norm=None` feeds both branches from `attn_norm` (Falcon-7B).
+    """
+
+    def __init__(self, attn: Attention, mlp: nn.Module, attn_norm: nn.Module,
+                 mlp_norm: nn.Module | None, parallel: bool = False):
+        super().__init__()
+        self.attn, self.mlp = attn, mlp
+        self.attn_norm, self.mlp_norm = attn_norm, mlp_norm
+        self.parallel = parallel
+
+    def forward(self, x: Tensor, ctx: StepContext) -> Tensor:
+        if self.parallel:
+            h = self.attn_norm(x)
+            m = h if self.mlp_norm is None else self.mlp_norm(x)
+            return x + (self.mlp(m) + self.attn(h, ctx))
+        x = x + self.attn(self.attn_norm(x), ctx)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class DecoderLM(nn.Module):
+    """Embeddings -> blocks -> final norm -> logits, with one of three position schemes.
+
+    position: "rope" (rotary in attention), "alibi" (additive per-head bias) or "learned"
+    (`pos_embed` added to the token embeddings). `lm_head=None` ties it to `embed`.
+    """
+
+    def __init__(self, config: ModelConfig, embed: nn.Embedding, blocks: list[Block],
+                 final_norm: nn.Module, lm_head: Linear | None, *, position: str,
+                 embed_norm: nn.Module | None = None, pos_embed: nn.Embedding | None = None):
+        super().__init__()
+        if position not in ("rope", "alibi", "learned"):
+            raise ValueError(f"position must be rope, alibi or learned, not {position!r}")
+        self.config = config
+        self.embed, self.embed_norm, self.pos_embed = embed, embed_norm, pos_embed
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm, self.lm_head = final_norm, lm_head
+        self.position = position
+        self.rotary = Rotary(config.head_dim, config.rope_theta) if position == "rope" else None
+        self.slopes = alibi_slopes(config.num_heads) if position == "alibi" else None
+        self.max_len = 0
+
+    def allocate_cache(self, batch: int, max_len: int) -> None:
+        """Pre-allocate every layer's KV cache for `batch` rows of up to `max_len` tokens."""
+        if self.position == "learned" and max_len > self.config.max_positions:
+            raise ValueError(f"{self.config.name}: {max_len} tokens exceed the "
+                             f"{self.config.max_positions} learned positions")
+        p = self.embed.weight
+        for block in self.blocks:
+            block.attn.allocate(batch, max_len, p.dtype, p.device)
+        self.max_len = max_len
+
+    def forward(self, tokens: Tensor, start: int, pad: Tensor | None,
+                all_logits: bool = False) -> Tensor:
+        """Run tokens (B, T) into cache slots [start, start + T).
+
+        pad: (B,) left-padding per row, or None when no row is padded. Returns logits
+        (B, V) for the last position, or (B, T, V) with `all_logits`.
+        """
+        B, T = tokens.shape
+        if start + T > self.max_len:
+            raise ValueError(f"{start + T} tokens exceed the allocated cache of {self.max_len}")
+        positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
+        if pad is not None:
+            positions = (positions - pad[:, None]).clamp(min=0)  # (B, T)
+        x = self.embed(tokens)  # (B, T, C)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        ctx = self._context(positions, start, T, pad, x.dtype)
+        for block in self.blocks:
+            x = block(x, ctx)
+        if not all_logits:
+            x = x[:, -1]
+        x = self.final_norm(x)
+        return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed.weight)
+
+    def _context(self, positions: Tensor, start: int, T: int, pad: Tensor | None,
+                 dtype: torch.dtype) -> StepContext:
+        rope = self.rotary.tables(positions, dtype) if self.rotary is not None else None
+        if pad is None and self.slopes is None:
+            # SDPA's own causal path; a single new token sees the whole cache.
+            return StepContext(start, rope, None, is_causal=T > 1)
+        device = positions.device
+        S = start + T
+        slots = torch.arange(S, device=device)
+        query_slots = slots[start:, None]  # (T, 1)
+        allowed = slots[None, :] <= query_slots  # causal (T, S)
+        key_pos = slots.expand(positions.shape[0], S)
+        if pad is not None:
+            key_pos = key_pos - pad[:, None]  # (B, S)
+            # Padding slots are never attended to, except by themselves: a fully masked row
+            # would make softmax produce NaN.
+            allowed = (allowed & (key_pos >= 0)[:, None, :]) | (slots[None, :] == query_slots)
+        mask = allowed.expand(positions.shape[0], T, S)[:, None]  # (B, 1, T, S)
+        if self.slopes is None:
+            return StepContext(start, rope, mask, is_causal=False)
+        bias = self.slopes.to(device)[None, :, None, None] * key_pos.clamp(min=0)[:, None, None, :]
+        bias = torch.where(mask, bias.to(dtype), torch.finfo(dtype).min)  # (B, H, T, S)
+        return StepContext(start, rope, bias, is_causal=False)
