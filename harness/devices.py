@@ -1,0 +1,173 @@
+"""Device backends: cpu, cuda, npu.
+
+Each backend says whether it is usable here and why not, synchronises, times a region (device
+events on cuda/npu, `perf_counter` on cpu), reports peak memory (allocator statistics on
+cuda/npu, process peak RSS on cpu) and lists the dtypes it runs. `torch_npu` is imported only
+when the npu backend is first asked for: on a machine without Ascend's CANN libraries importing
+it fails, and merely installing it there breaks `import torch` unless
+TORCH_DEVICE_BACKEND_AUTOLOAD=0 is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass
+class Timing:
+    """Filled in when a `Backend.timer()` block ends."""
+
+    ms: float = field(default=float("nan"))
+
+
+class Backend:
+    name = ""
+
+    def availability(self) -> tuple[bool, str]:
+        """(usable, reason when not)."""
+        raise NotImplementedError
+
+    @property
+    def available(self) -> bool:
+        return self.availability()[0]
+
+    def torch_device(self) -> torch.device:
+        return torch.device(self.name)
+
+    def dtypes(self) -> tuple[str, ...]:
+        return tuple(DTYPES)
+
+    def check_dtype(self, dtype: str) -> torch.dtype:
+        parse_dtype(dtype)
+        if dtype not in self.dtypes():
+            raise ValueError(f"dtype {dtype!r} is not supported on {self.name}; supported: "
+                             f"{', '.join(self.dtypes())}")
+        return DTYPES[dtype]
+
+    def synchronize(self) -> None:
+        pass
+
+    @contextmanager
+    def timer(self) -> Iterator[Timing]:
+        """Wall time of the block after the device has finished its work."""
+        timing = Timing()
+        self.synchronize()
+        start = time.perf_counter()
+        yield timing
+        self.synchronize()
+        timing.ms = (time.perf_counter() - start) * 1e3
+
+    def reset_peak_memory(self) -> None:
+        raise NotImplementedError
+
+    def peak_memory_bytes(self) -> int:
+        raise NotImplementedError
+
+
+class CpuBackend(Backend):
+    """Peak memory is the process's peak resident set (VmHWM), reset through clear_refs."""
+
+    name = "cpu"
+
+    def availability(self) -> tuple[bool, str]:
+        return True, ""
+
+    def reset_peak_memory(self) -> None:
+        try:  # Linux >= 4.0: writing 5 resets the peak RSS to the current RSS.
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass  # peak then counts from process start
+
+    def peak_memory_bytes(self) -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _AcceleratorBackend(Backend):
+    """cuda and npu share torch's device API: torch.<name>.Event, memory statistics."""
+
+    def module(self):
+        return getattr(torch, self.name)
+
+    def synchronize(self) -> None:
+        self.module().synchronize()
+
+    @contextmanager
+    def timer(self) -> Iterator[Timing]:
+        timing = Timing()
+        start = self.module().Event(enable_timing=True)
+        end = self.module().Event(enable_timing=True)
+        start.record()
+        yield timing
+        end.record()
+        end.synchronize()
+        timing.ms = start.elapsed_time(end)
+
+    def reset_peak_memory(self) -> None:
+        self.module().reset_peak_memory_stats()
+
+    def peak_memory_bytes(self) -> int:
+        return int(self.module().max_memory_allocated())
+
+
+class CudaBackend(_AcceleratorBackend):
+    name = "cuda"
+
+    def availability(self) -> tuple[bool, str]:
+        if torch.version.cuda is None:
+            return False, f"torch {torch.__version__} is built without CUDA"
+        if not torch.cuda.is_available():
+            return False, "torch.cuda.is_available() is False (no GPU or driver)"
+        return True, ""
+
+    def dtypes(self) -> tuple[str, ...]:
+        return ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+
+
+class NpuBackend(_AcceleratorBackend):
+    name = "npu"
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            importlib.import_module("torch_npu")
+        except Exception as e:  # ImportError, or OSError from a missing CANN library
+            return False, f"torch_npu not importable: {e}"
+        if not torch.npu.is_available():
+            return False, "torch.npu.is_available() is False (no NPU or driver)"
+        return True, ""
+
+    def dtypes(self) -> tuple[str, ...]:
+        # Atlas 300I / 310P cores have no bf16 arithmetic.
+        return ("fp32", "fp16") if "310" in torch.npu.get_device_name() else ("fp32", "fp16", "bf16")
+
+
+BACKENDS = {"cpu": CpuBackend, "cuda": CudaBackend, "npu": NpuBackend}
+
+
+@cache
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown hardware {name!r}; valid: {', '.join(BACKENDS)}")
+    return BACKENDS[name]()

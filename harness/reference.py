@@ -1,0 +1,55 @@
+"""The reference implementation: HuggingFace `transformers` on the CPU.
+
+Every family maps to the transformers class that defines its numerics. Qwen v1 has no class in
+transformers; its checkpoints are renamed into `Qwen2ForCausalLM`, which computes the same
+function (see `models/qwen.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import transformers
+
+from models.checkpoint import Checkpoint
+from models.config import ModelConfig
+from models.loading import FAMILY_MODULES, family_module
+from models.qwen import v1_to_qwen2
+
+HF_CLASSES = {
+    "llama": "LlamaForCausalLM", "qwen": "Qwen2ForCausalLM", "falcon": "FalconForCausalLM",
+    "bloom": "BloomForCausalLM", "starcoder": "GPTBigCodeForCausalLM"}
+
+
+def hf_config(cfg: ModelConfig, **overrides) -> transformers.PretrainedConfig:
+    if cfg.family == "qwen":  # v1 is computed by Qwen2
+        cfg = dataclasses.replace(cfg, variant="qwen2")
+    fields = FAMILY_MODULES[cfg.family].config_to_hf(cfg)
+    model_type = fields.pop("model_type")
+    fields.pop("architectures")
+    config = transformers.AutoConfig.for_model(model_type, **fields, **overrides)
+    config.architectures = [HF_CLASSES[cfg.family]]
+    return config
+
+
+def hf_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
+             **overrides) -> transformers.PreTrainedModel:
+    """A randomly initialised transformers model of this structure."""
+    model_class = getattr(transformers, HF_CLASSES[cfg.family])
+    return model_class(hf_config(cfg, **overrides)).to(dtype).eval()
+
+
+def load_reference(path: str | Path, dtype: torch.dtype = torch.float32):
+    """The transformers model for a checkpoint directory, on the CPU, in `dtype`."""
+    ckpt = Checkpoint(path)
+    cfg = family_module(ckpt.config).config_from_hf(ckpt.config, Path(path).name)
+    if cfg.family == "qwen" and cfg.variant == "v1":
+        model = hf_model(cfg, dtype=dtype)
+        model.load_state_dict(v1_to_qwen2(cfg, ckpt), strict=not cfg.tie_embeddings)
+        ckpt.close()
+        return model
+    ckpt.close()
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.eval()

@@ -1,0 +1,95 @@
+"""The one interface every suite drives: prefill a batch, then decode token by token.
+
+`PortedRunner` runs the ported engine (`models/`) on any backend and dtype; `ReferenceRunner`
+runs `transformers` on the CPU (fp32 is the ground truth; other dtypes measure how far the
+reference itself drifts). Both take left-padded batches and return float32 logits on the CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from harness.devices import Backend, get_backend
+from harness.reference import load_reference
+from models.engine import Engine, left_padding
+from models.loading import load_model
+
+
+class Runner(Protocol):
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                all_logits: bool = False) -> Tensor:
+        """Logits (B, V) of the last prompt position, or (B, T, V) with all_logits."""
+
+    def decode(self, next_ids: Tensor) -> Tensor:
+        """Logits (B, V) after appending one token per row."""
+
+    def reset(self) -> None: ...
+
+
+class PortedRunner:
+    """The ported model on a device; device work is synchronised before logits return."""
+
+    def __init__(self, checkpoint: str | Path, *, hardware: str | Backend = "cpu",
+                 dtype: torch.dtype = torch.float32, headroom: int = 256):
+        self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
+        self.dtype = dtype
+        self.model = load_model(checkpoint, dtype=dtype, device=self.backend.torch_device())
+        self.engine = Engine(self.model, headroom=headroom)
+
+    def prefill(self, input_ids, attention_mask=None, all_logits=False):
+        return self.engine.prefill(input_ids, attention_mask, all_logits).float().cpu()
+
+    def decode(self, next_ids):
+        return self.engine.decode(next_ids).float().cpu()
+
+    def reset(self):
+        self.engine.reset()
+
+
+class ReferenceRunner:
+    """`transformers` on the CPU, fed exactly as `generate` feeds it.
+
+    Left padding is handled the HuggingFace way: positions count from each row's first real
+    token and the 2D attention mask grows by one column per decoded token.
+    """
+
+    def __init__(self, checkpoint: str | Path, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
+        self.model = load_reference(checkpoint, dtype)
+        # BLOOM has no position ids (ALiBi reads positions off the mask).
+        self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
+        self.reset()
+
+    def _forward(self, ids: Tensor, positions: Tensor, keep: int) -> Tensor:
+        extra = {"position_ids": positions} if self._takes_positions else {}
+        out = self.model(input_ids=ids, attention_mask=self.mask, past_key_values=self.past,
+                         use_cache=True, logits_to_keep=keep, **extra)
+        self.past = out.past_key_values
+        return out.logits.float()
+
+    @torch.inference_mode()
+    def prefill(self, input_ids, attention_mask=None, all_logits=False):
+        self.reset()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        left_padding(attention_mask)
+        self.mask = attention_mask.long()
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.next_position = positions[:, -1] + 1
+        logits = self._forward(input_ids, positions, keep=0 if all_logits else 1)
+        return logits if all_logits else logits[:, -1]
+
+    @torch.inference_mode()
+    def decode(self, next_ids):
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(next_ids), 1)], dim=1)
+        logits = self._forward(next_ids[:, None], self.next_position[:, None], keep=1)
+        self.next_position = self.next_position + 1
+        return logits[:, -1]
+
+    def reset(self):
+        self.past, self.mask, self.next_position = None, None, None
