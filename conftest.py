@@ -1,0 +1,35 @@
+"""llmgate's pytest options (one group; defaults in the help) and its plugin."""
+
+pytest_plugins = ["harness.plugin"]
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("llmgate", "llmgate: model x hardware x dtype x batch x seqlen")
+    group.addoption("--model", action="append", metavar="NAME",
+                    help="registered model name, repeatable or comma-separated "
+                         "(default: every tiny model and smollm2-135m)")
+    group.addoption("--model-path", action="append", metavar="NAME=DIR",
+                    help="HuggingFace checkpoint directory with the real weights of NAME "
+                         "(repeatable; default: none, so real 7B models are skipped)")
+    group.addoption("--hardware", action="append", metavar="HW",
+                    help="cpu, cuda or npu, repeatable or comma-separated (default: cpu)")
+    group.addoption("--dtype", action="append", metavar="DTYPE",
+                    help="fp32, bf16 or fp16, repeatable or comma-separated "
+                         "(default: fp32,bf16)")
+    group.addoption("--batch", action="append", metavar="N",
+                    help="batch sizes, repeatable or comma-separated (default: 1,4)")
+    group.addoption("--seqlen", action="append", metavar="N",
+                    help="prompt lengths, repeatable or comma-separated (default: 32,128)")
+    group.addoption("--decode-steps", type=int, default=8, metavar="N",
+                    help="teacher-forced decode steps per numerics case (default: 8)")
+    group.addoption("--require-hardware", action="store_true", default=False,
+                    help="fail instead of skip when requested hardware or dtype is "
+                         "unavailable (default: skip with the reason)")
+    group.addoption("--cache-dir", metavar="DIR",
+                    help="where embedded checkpoints are built (default: $LLMGATE_CACHE, "
+                         "else ~/.cache/llmgate)")
+    group.addoption("--results-dir", default="reports", metavar="DIR",
+                    help="results root; each run writes DIR/<run-id>/ (default: reports)")
+    group.addoption("--run-id", metavar="ID",
+                    help="name of this run's results directory; reusing one appends to it "
+                         "(default: a timestamp)")
