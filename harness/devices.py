@@ -74,6 +74,19 @@ class Backend:
         self.synchronize()
         timing.ms = (time.perf_counter() - start) * 1e3
 
+    def copy_bandwidth(self, nbytes: int = 512 * 2**20, repeats: int = 10) -> float:
+        """Memory bandwidth in bytes/s: best of `repeats` copies of an `nbytes` buffer,
+        counting bytes read plus bytes written (the STREAM convention)."""
+        src = torch.ones(nbytes // 4, dtype=torch.float32, device=self.torch_device())
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        best = float("inf")
+        for _ in range(repeats):
+            with self.timer() as t:
+                dst.copy_(src)
+            best = min(best, t.ms)
+        return 2 * nbytes / (best / 1e3)
+
     def reset_peak_memory(self) -> None:
         raise NotImplementedError
 

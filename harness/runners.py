@@ -35,11 +35,12 @@ class PortedRunner:
     """The ported model on a device; device work is synchronised before logits return."""
 
     def __init__(self, checkpoint: str | Path, *, hardware: str | Backend = "cpu",
-                 dtype: torch.dtype = torch.float32, headroom: int = 256):
+                 dtype: torch.dtype = torch.float32, headroom: int = 256,
+                 compile: bool = False):
         self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
         self.dtype = dtype
         self.model = load_model(checkpoint, dtype=dtype, device=self.backend.torch_device())
-        self.engine = Engine(self.model, headroom=headroom)
+        self.engine = Engine(self.model, headroom=headroom, compile=compile)
 
     def prefill(self, input_ids, attention_mask=None, all_logits=False):
         return self.engine.prefill(input_ids, attention_mask, all_logits).float().cpu()

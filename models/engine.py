@@ -27,11 +27,14 @@ class Engine:
     """Drives a `DecoderLM`: `prefill` a left-padded batch, then `decode` one token at a time.
 
     The KV cache holds the prompt plus `headroom` new tokens; it is allocated at prefill and
-    reused while the batch size and length still fit.
+    reused while the batch size and length still fit. `compile=True` runs decode steps through
+    `torch.compile` (dynamic shapes, so one graph serves every cache length): it removes most
+    per-operator overhead at the price of a compilation on the first steps.
     """
 
-    def __init__(self, model: DecoderLM, headroom: int = 256):
+    def __init__(self, model: DecoderLM, headroom: int = 256, compile: bool = False):
         self.model, self.headroom = model, headroom
+        self._decode_forward = torch.compile(model, dynamic=True) if compile else model
         self.length = 0
         self.pad: Tensor | None = None
         self._capacity = (0, 0)
@@ -57,7 +60,7 @@ class Engine:
     @torch.inference_mode()
     def decode(self, next_ids: Tensor) -> Tensor:
         """Append one token per row (B,) and return the logits of that position (B, V)."""
-        logits = self.model(next_ids.to(self.device)[:, None], self.length, self.pad)
+        logits = self._decode_forward(next_ids.to(self.device)[:, None], self.length, self.pad)
         self.length += 1
         return logits
 
