@@ -66,7 +66,6 @@ def main() -> None:
         lambda n: reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
                                      min_new_tokens=n, do_sample=False, pad_token_id=0),
         args.new, args.repeats)
-    del reference
 
     bandwidth = get_backend("cpu").copy_bandwidth()
     floor_ms = weight_bytes / bandwidth * 1e3
@@ -75,7 +74,8 @@ def main() -> None:
                    eager_ratio=figures["ours_eager_ms"] / figures["transformers_ms"],
                    pct_of_floor=100 * floor_ms / figures["ours_ms"])
     print(f"{args.model} cpu fp32 bs1 in{args.prompt} out{args.new}: "
-          f"ours {figures['ours_ms']:.1f} ms/token (compiled; eager {figures['ours_eager_ms']:.1f}), "
+          f"ours {figures['ours_ms']:.1f} ms/token "
+          f"(compiled; eager {figures['ours_eager_ms']:.1f}), "
           f"transformers {figures['transformers_ms']:.1f} ms/token, "
           f"ratio {figures['ratio']:.2f} (eager {figures['eager_ratio']:.2f}; target <= 0.75), "
           f"copy bandwidth {figures['copy_bandwidth_gbs']:.1f} GB/s, "

@@ -173,7 +173,9 @@ class NpuBackend(_AcceleratorBackend):
 
     def dtypes(self) -> tuple[str, ...]:
         # Atlas 300I / 310P cores have no bf16 arithmetic.
-        return ("fp32", "fp16") if "310" in torch.npu.get_device_name() else ("fp32", "fp16", "bf16")
+        if "310" in torch.npu.get_device_name():
+            return ("fp32", "fp16")
+        return ("fp32", "fp16", "bf16")
 
 
 BACKENDS = {"cpu": CpuBackend, "cuda": CudaBackend, "npu": NpuBackend}

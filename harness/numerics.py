@@ -5,11 +5,11 @@ Kept apart from the pytest suite so the logic is tested with dummy runners.
 
 from __future__ import annotations
 
-import tomllib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
 import torch
 from torch import Tensor
 

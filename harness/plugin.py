@@ -93,14 +93,12 @@ def _check_names(option: str, values: list[str], valid) -> None:
 
 
 def _ints(option: str, values: list[str] | None, default: list[int]) -> list[int]:
-    items = split_values(values)
-    try:
-        parsed = [int(v) for v in items] or default
-    except ValueError:
-        raise pytest.UsageError(f"{option} {items}: expected positive integers") from None
-    if any(v <= 0 for v in parsed):
-        raise pytest.UsageError(f"{option} {parsed}: expected positive integers")
-    return parsed
+    parsed = []
+    for item in split_values(values):
+        if not item.isdigit() or int(item) == 0:
+            raise pytest.UsageError(f"{option} {item!r}: expected a positive integer")
+        parsed.append(int(item))
+    return parsed or default
 
 
 class RunnerPool:

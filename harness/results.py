@@ -45,6 +45,12 @@ class ResultsStore:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / f"records-{worker}.jsonl"
+        # A run killed mid-write leaves a partial last line: start on a fresh one.
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
 
     def record(self, suite: str, case: str, test: str, passed: bool, **metrics) -> dict:
         row = {"suite": suite, "case": case, "test": test, "passed": passed,

@@ -58,7 +58,8 @@ def convert(cfg: ModelConfig, ckpt: Checkpoint) -> Iterator[tuple[str, Tensor]]:
     prefix = "transformer." if "transformer.word_embeddings.weight" in ckpt else ""
 
     def get_linear(name: str, shape: tuple[int, int]):
-        return ckpt.get(f"{prefix}{name}.weight", shape), ckpt.get(f"{prefix}{name}.bias", shape[:1])
+        return (ckpt.get(f"{prefix}{name}.weight", shape),
+                ckpt.get(f"{prefix}{name}.bias", shape[:1]))
 
     def get_norm(name: str):
         return ckpt.get(f"{prefix}{name}.weight", (C,)), ckpt.get(f"{prefix}{name}.bias", (C,))

@@ -40,10 +40,11 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ValueError(f"model {self.name!r}: family {self.family!r} is not one of {FAMILIES}")
+            raise ValueError(f"model {self.name!r}: family {self.family!r} is not one of "
+                             f"{FAMILIES}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"model {self.name!r}: hidden_size {self.hidden_size} is not a multiple "
-                             f"of num_heads {self.num_heads}")
+            raise ValueError(f"model {self.name!r}: hidden_size {self.hidden_size} is not a "
+                             f"multiple of num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple "
                              f"of num_kv_heads {self.num_kv_heads}")

@@ -48,8 +48,9 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
     with torch.no_grad():
         for ours, tensor in family.convert(cfg, ckpt):
             if tuple(params[ours].shape) != tuple(tensor.shape):
-                raise CheckpointError(f"{ckpt.path}: converted tensor for {ours!r} has shape "
-                                      f"{tuple(tensor.shape)}, expected {tuple(params[ours].shape)}")
+                raise CheckpointError(
+                    f"{ckpt.path}: converted tensor for {ours!r} has shape "
+                    f"{tuple(tensor.shape)}, expected {tuple(params[ours].shape)}")
             params[ours].copy_(tensor)
             unloaded.discard(ours)
     ckpt.close()

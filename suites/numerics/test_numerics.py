@@ -83,8 +83,8 @@ def test_padding_invariance(case, runner_pool, llmgate, thresholds, record):
         if batch_error > limit:
             failures.append(f"row {row}: padded error {batch_error:.3g} > {limit:.3g}")
     if reference is None:
-        key = "padding_abs_diff_real" if _pretrained(llmgate, case.model) else "padding_abs_diff_tiny"
-        limit = thresholds["fp32"][key]
+        kind = "real" if _pretrained(llmgate, case.model) else "tiny"
+        limit = thresholds["fp32"][f"padding_abs_diff_{kind}"]
         if worst_diff > limit:
             failures.append(f"batch vs alone max |dlogit| {worst_diff:.3g} > {limit:g}")
     else:

