@@ -146,11 +146,12 @@ def write_tiny_checkpoint(cfg: ModelConfig, out: Path, layout: str) -> None:
         _rewrite_as_qwen_v1(cfg, out)
     if layout.startswith("bin-sharded"):
         _rewrite_as_bin_shards(out, strip_prefix="transformer." if "unprefixed" in layout else "")
-    files = {f.name for f in out.iterdir()}
     expected = {"safetensors": "model.safetensors",
                 "safetensors-sharded": "model.safetensors.index.json"}.get(
                     layout, "pytorch_model.bin.index.json")
-    assert expected in files, f"{cfg.name}: layout {layout} produced {sorted(files)}"
+    if not (out / expected).exists():
+        raise RuntimeError(f"{cfg.name}: layout {layout!r} did not produce {expected} "
+                           f"(found {sorted(f.name for f in out.iterdir())})")
 
 
 def _state_and_remove(out: Path) -> dict[str, torch.Tensor]:

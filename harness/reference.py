@@ -47,7 +47,9 @@ def load_reference(path: str | Path, dtype: torch.dtype = torch.float32):
     cfg = family_module(ckpt.config).config_from_hf(ckpt.config, Path(path).name)
     if cfg.family == "qwen" and cfg.variant == "v1":
         model = hf_model(cfg, dtype=dtype)
-        model.load_state_dict(v1_to_qwen2(cfg, ckpt), strict=not cfg.tie_embeddings)
+        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()
+                  if not (cfg.tie_embeddings and name == "lm_head.weight")}
+        model.load_state_dict(v1_to_qwen2(cfg, ckpt, shapes), strict=not cfg.tie_embeddings)
         ckpt.close()
         return model
     ckpt.close()

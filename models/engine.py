@@ -50,7 +50,7 @@ class Engine:
         B, T = input_ids.shape
         pad = None if attention_mask is None else left_padding(attention_mask)
         self.pad = pad.to(self.device) if pad is not None and bool(pad.any()) else None
-        capacity = T + self.headroom
+        capacity = max(T, min(T + self.headroom, self.model.config.max_positions))
         if self._capacity[0] != B or self._capacity[1] < capacity:
             self.model.allocate_cache(B, capacity)
             self._capacity = (B, capacity)
@@ -90,8 +90,8 @@ class Sampling:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if self.top_p < 1:
             sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cumulative - sorted_logits.softmax(-1) >= self.top_p  # keep the first over p
+            probs = sorted_logits.softmax(-1)
+            drop = probs.cumsum(-1) - probs >= self.top_p  # keeps the token that crosses p
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = logits.softmax(-1)
         return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
@@ -124,7 +124,7 @@ def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
         next_ids = (sampling.sample(logits, generator) if sampling
                     else logits.argmax(-1)).cpu()
         for row, token in enumerate(next_ids.tolist()):
-            if reasons[row] != "length" and not ignore_eos:
+            if reasons[row] != "length":
                 continue  # finished rows are carried along but ignored
             tokens[row].append(token)
             if ignore_eos:

@@ -93,24 +93,20 @@ def convert(cfg: ModelConfig, ckpt: Checkpoint) -> Iterator[tuple[str, Tensor]]:
         yield "lm_head.weight", ckpt.get("lm_head.weight", (V, C))
 
 
-def v1_to_qwen2(cfg: ModelConfig, ckpt: Checkpoint) -> dict[str, Tensor]:
-    """A v1 checkpoint as a `Qwen2ForCausalLM` state dict (the reference reads v1 this way)."""
-    C, V, I = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
-    shapes = {"transformer.wte.weight": (V, C), "transformer.ln_f.weight": (C,),
-              "lm_head.weight": (V, C)}
+def v1_to_qwen2(cfg: ModelConfig, ckpt: Checkpoint,
+                shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """A v1 checkpoint under `Qwen2ForCausalLM` names: the tensors of `shapes`, which are the
+    names and shapes of a Qwen2 state dict (this is how the reference reads v1)."""
+    to_v1 = v1_names(cfg.num_layers)
     state = {}
-    for qwen2, v1 in v1_names(cfg.num_layers).items():
-        if v1 == "lm_head.weight" and cfg.tie_embeddings:
+    for name, shape in shapes.items():
+        if name in to_v1:
+            state[name] = ckpt.get(to_v1[name], shape)
             continue
-        kind = v1.rsplit(".", 2)[-2]
-        shape = shapes.get(v1) or {"c_proj": (C, C) if ".attn." in v1 else (C, I),
-                                   "w1": (I, C), "w2": (I, C), "ln_1": (C,), "ln_2": (C,)}[kind]
-        state[qwen2] = ckpt.get(v1, shape)
-    for i in range(cfg.num_layers):
-        for kind, shape in (("weight", (3 * C, C)), ("bias", (3 * C,))):
-            fused = ckpt.get(f"transformer.h.{i}.attn.c_attn.{kind}", shape)
-            for proj, part in zip("qkv", fused.split(C)):
-                state[f"model.layers.{i}.self_attn.{proj}_proj.{kind}"] = part
+        # model.layers.N.self_attn.{q,k,v}_proj.{weight,bias}: one third of c_attn
+        _, _, layer, _, proj, kind = name.split(".")
+        fused = ckpt.get(f"transformer.h.{layer}.attn.c_attn.{kind}", (3 * shape[0], *shape[1:]))
+        state[name] = fused.split(shape[0])["qkv".index(proj[0])]
     return state
 
 

@@ -61,9 +61,9 @@ class DecoderLM(nn.Module):
 
     def allocate_cache(self, batch: int, max_len: int) -> None:
         """Pre-allocate every layer's KV cache for `batch` rows of up to `max_len` tokens."""
-        if self.position == "learned" and max_len > self.config.max_positions:
-            raise ValueError(f"{self.config.name}: {max_len} tokens exceed the "
-                             f"{self.config.max_positions} learned positions")
+        if max_len > self.config.max_positions:
+            raise ValueError(f"{self.config.name}: {max_len} tokens exceed its "
+                             f"{self.config.max_positions} positions")
         p = self.embed.weight
         for block in self.blocks:
             block.attn.allocate(batch, max_len, p.dtype, p.device)

@@ -82,9 +82,10 @@ def test_cache_overflow_is_an_error():
         engine.decode(torch.tensor([5]))
 
 
-def test_learned_positions_limit():
-    engine = Engine(tiny_model("starcoder-tiny"), headroom=0)
-    with pytest.raises(ValueError, match="exceed the 512 learned positions"):
+@pytest.mark.parametrize("name", ["starcoder-tiny", "qwen-tiny"])  # learned and rotary
+def test_prompt_beyond_the_model_positions_is_an_error(name):
+    engine = Engine(tiny_model(name))
+    with pytest.raises(ValueError, match="513 tokens exceed its 512 positions"):
         engine.prefill(torch.randint(3, 1000, (1, 513)))
 
 
@@ -163,9 +164,9 @@ def test_bad_sampling_settings(kwargs, message):
 def test_compiled_decode_matches_eager():
     model = tiny_model("falcon-tiny")
     ids, mask = _prompt()
-    eager, compiled = Engine(model), Engine(model, compile=True)
-    for engine in (eager, compiled):
-        engine.logits = [engine.prefill(ids, mask)]
-        engine.logits += [engine.decode(ids[:, t]) for t in range(4)]
-    for a, b in zip(eager.logits, compiled.logits):
+
+    def run(engine):
+        return [engine.prefill(ids, mask)] + [engine.decode(ids[:, t]) for t in range(4)]
+
+    for a, b in zip(run(Engine(model)), run(Engine(model, compile=True))):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)

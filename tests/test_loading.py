@@ -80,3 +80,15 @@ def test_model_is_materialised_in_the_requested_dtype(make_tiny):
     model = load_model(path, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not any(p.is_meta for p in model.parameters())
+
+
+def test_single_pytorch_model_bin_loads(make_tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    path = make_tiny(get_config("starcoder-tiny"))
+    expected = load_model(path).state_dict()
+    state = load_file(path / "model.safetensors")
+    (path / "model.safetensors").unlink()
+    torch.save(state, path / "pytorch_model.bin")
+    loaded = load_model(path).state_dict()
+    assert all(torch.equal(loaded[n], expected[n]) for n in expected)

@@ -28,15 +28,11 @@ PROMPT_TEXT = (
 )
 
 
-def _pretrained(llmgate, model):
-    return llmgate.has_pretrained(model)
-
-
 def test_teacher_forced(case, runner_pool, llmgate, thresholds, record):
     ported = runner_pool.ported(case)
     reference = runner_pool.reference(case.model)
     ids, mask = make_prompt(case, ported.model.config.vocab_size)
-    pretrained = _pretrained(llmgate, case.model)
+    pretrained = llmgate.has_pretrained(case.model)
     if case.dtype == "fp32":
         history, _ = teacher_forced(reference, [ported], ids, mask, llmgate.decode_steps)
         ours = stats_against_reference(history, 1)
@@ -83,7 +79,7 @@ def test_padding_invariance(case, runner_pool, llmgate, thresholds, record):
         if batch_error > limit:
             failures.append(f"row {row}: padded error {batch_error:.3g} > {limit:.3g}")
     if reference is None:
-        kind = "real" if _pretrained(llmgate, case.model) else "tiny"
+        kind = "real" if llmgate.has_pretrained(case.model) else "tiny"
         limit = thresholds["fp32"][f"padding_abs_diff_{kind}"]
         if worst_diff > limit:
             failures.append(f"batch vs alone max |dlogit| {worst_diff:.3g} > {limit:g}")
