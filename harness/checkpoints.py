@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from harness.reference import hf_model
 from models.checkpoint import Checkpoint, CheckpointError
 from models.config import EMBEDDED_MODELS, TINY_MODELS, ModelConfig, get_config
-from models.loading import FAMILY_MODULES
+from models.loading import FAMILY_MODULES, model_config
 from models.qwen import qwen2_to_v1
 
 CACHE_VERSION = 2  # bump when the generated checkpoints change
@@ -73,6 +73,21 @@ def embedded_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
                 embedded_checkpoint("smollm2-135m", cache_dir)  # the tokenizer's source
             _build_atomically(path, lambda out: _build(name, out, cache_dir))
     return path
+
+
+STRUCTURE_FIELDS = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
+                    "num_kv_heads", "intermediate_size")
+
+
+def verify_checkpoint(name: str, path: Path) -> None:
+    """Fail unless the checkpoint at `path` has the structure registered for `name`."""
+    expected = get_config(name)
+    config = Checkpoint(path).config
+    found = model_config(config, name)
+    wrong = [f"{f} {getattr(found, f)!r} (expected {getattr(expected, f)!r})"
+             for f in STRUCTURE_FIELDS if getattr(found, f) != getattr(expected, f)]
+    if wrong:
+        raise CheckpointError(f"{config.path}: not a {name} checkpoint: {', '.join(wrong)}")
 
 
 def _is_complete(path: Path) -> bool:

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from harness.cases import Case
-from harness.checkpoints import embedded_checkpoint
+from harness.checkpoints import embedded_checkpoint, verify_checkpoint
 from harness.devices import BACKENDS, DTYPES, get_backend
 from harness.results import ResultsStore, environment, merge, new_run_id, summary_table
 from harness.runners import PortedRunner, ReferenceRunner
+from models.checkpoint import CheckpointError
 from models.config import EMBEDDED_MODELS, REGISTRY
 
 
@@ -80,6 +81,10 @@ class Settings:
     def checkpoint(self, model: str) -> Path:
         """Weights for a model: --model-path, else the embedded cache; skip with a hint."""
         if model in self.model_paths:
+            try:
+                verify_checkpoint(model, self.model_paths[model])
+            except CheckpointError as e:
+                pytest.fail(f"--model-path {model}: {e}", pytrace=False)
             return self.model_paths[model]
         if model not in self.embedded:
             pytest.skip(f"{model}: no weights; pass --model-path {model}=/path/to/checkpoint")

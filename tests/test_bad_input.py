@@ -169,3 +169,13 @@ def test_copied_checkpoint_still_loads(ckpt, tmp_path):
     # Sanity for the fixtures above: the untouched checkpoint loads.
     shutil.copytree(ckpt, tmp_path / "copy")
     assert load_model(tmp_path / "copy").config.family == "llama"
+
+
+def test_checkpoint_of_another_model_is_refused(make_tiny):
+    from harness.checkpoints import verify_checkpoint
+
+    path = make_tiny(get_config("falcon-tiny"))
+    with pytest.raises(CheckpointError, match=r"config.json: not a qwen-7b checkpoint: family "
+                                              r"'falcon' \(expected 'qwen'\), vocab_size 49152"):
+        verify_checkpoint("qwen-7b", path)
+    verify_checkpoint("falcon-tiny", path)  # the right name passes

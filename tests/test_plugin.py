@@ -58,6 +58,15 @@ def test_unavailable_hardware_and_weights_skip_with_the_reason(suite):
                                  "*qwen-7b: no weights; pass --model-path qwen-7b=*"])
 
 
+def test_model_path_to_the_wrong_model_fails_every_test_of_it(suite, make_tiny):
+    from models.config import get_config
+
+    path = make_tiny(get_config("falcon-tiny"))
+    result = suite.runpytest("-k", "missing_weights", "--model-path", f"qwen-7b={path}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*--model-path qwen-7b: *not a qwen-7b checkpoint: family*"])
+
+
 def test_required_hardware_fails_instead(suite):
     result = suite.runpytest("--require-hardware", "-k", "npu")
     result.assert_outcomes(failed=1)
