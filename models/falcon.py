@@ -99,7 +99,8 @@ def convert(cfg: ModelConfig, ckpt: Checkpoint) -> Iterator[tuple[str, Tensor]]:
                   ("mlp.up", "mlp.dense_h_to_4h", (I, C), cfg.bias),
                   ("mlp.down", "mlp.dense_4h_to_h", (C, I), cfg.bias)]
         for ours, theirs, shape, has_bias in params:
-            for kind, kind_shape in (("weight", shape), ("bias", shape[:1]))[: 1 + has_bias]:
+            kinds = [("weight", shape)] + ([("bias", shape[:1])] if has_bias else [])
+            for kind, kind_shape in kinds:
                 tensor = ckpt.get(f"{src}.{theirs}.{kind}", kind_shape)
                 if ours == "attn.qkv":
                     tensor = _qkv_to_ours(cfg, tensor)

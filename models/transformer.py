@@ -98,7 +98,7 @@ class DecoderLM(nn.Module):
     def _context(self, positions: Tensor, start: int, T: int, pad: Tensor | None,
                  dtype: torch.dtype) -> StepContext:
         rope = self.rotary.tables(positions, dtype) if self.rotary is not None else None
-        if pad is None and self.slopes is None:
+        if pad is None and self.slopes is None and (T == 1 or start == 0):
             # SDPA's own causal path; a single new token sees the whole cache.
             return StepContext(start, rope, None, is_causal=T > 1)
         device = positions.device

@@ -170,3 +170,20 @@ def test_compiled_decode_matches_eager():
 
     for a, b in zip(run(Engine(model)), run(Engine(model, compile=True))):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_prompt_in_chunks_equals_one_forward(name):
+    model = tiny_model(name)
+    ids = torch.randint(3, 49152, (2, 12), generator=torch.Generator().manual_seed(5))
+    pad = torch.tensor([0, 3])
+    model.allocate_cache(2, 12)
+    with torch.inference_mode():
+        whole = model(ids, 0, pad, all_logits=True)
+        first = model(ids[:, :5], 0, pad, all_logits=True)
+        rest = model(ids[:, 5:], 5, pad, all_logits=True)
+        unpadded_whole = model(ids, 0, None, all_logits=True)
+        model(ids[:, :7], 0, None)
+        unpadded_rest = model(ids[:, 7:], 7, None, all_logits=True)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole, atol=ATOL, rtol=0)
+    torch.testing.assert_close(unpadded_rest, unpadded_whole[:, 7:], atol=ATOL, rtol=0)
