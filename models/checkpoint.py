@@ -151,7 +151,13 @@ def _open_safetensors(file: Path):
 
 def _load_bin(file: Path) -> dict[str, Tensor]:
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # Files from before torch 1.6 (not zip archives) cannot be memory-mapped.
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise CheckpointError(f"{file}: truncated or corrupt PyTorch weights file "
                               f"({type(e).__name__}: {e})") from None

@@ -92,3 +92,15 @@ def test_single_pytorch_model_bin_loads(make_tiny, tmp_path):
     torch.save(state, path / "pytorch_model.bin")
     loaded = load_model(path).state_dict()
     assert all(torch.equal(loaded[n], expected[n]) for n in expected)
+
+
+def test_legacy_non_zip_bin_loads(make_tiny):
+    from safetensors.torch import load_file
+
+    path = make_tiny(get_config("falcon-tiny"))
+    expected = load_model(path).state_dict()
+    state = load_file(path / "model.safetensors")
+    (path / "model.safetensors").unlink()
+    torch.save(state, path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    loaded = load_model(path).state_dict()
+    assert all(torch.equal(loaded[n], expected[n]) for n in expected)
