@@ -104,7 +104,9 @@ class Rotary:
 
     def tables(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos, sin for integer positions (B, T) -> each (B, T, 1, D)."""
-        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)  # (B, T, D/2)
+        if self.inv_freq.device != positions.device:  # once, not per step
+            self.inv_freq = self.inv_freq.to(positions.device)
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

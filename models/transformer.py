@@ -115,6 +115,8 @@ class DecoderLM(nn.Module):
         mask = allowed.expand(positions.shape[0], T, S)[:, None]  # (B, 1, T, S)
         if self.slopes is None:
             return StepContext(start, rope, mask, is_causal=False)
-        bias = self.slopes.to(device)[None, :, None, None] * key_pos.clamp(min=0)[:, None, None, :]
+        if self.slopes.device != device:  # once, not per step
+            self.slopes = self.slopes.to(device)
+        bias = self.slopes[None, :, None, None] * key_pos.clamp(min=0)[:, None, None, :]
         bias = torch.where(mask, bias.to(dtype), torch.finfo(dtype).min)  # (B, H, T, S)
         return StepContext(start, rope, bias, is_causal=False)
