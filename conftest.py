@@ -33,3 +33,6 @@ def pytest_addoption(parser):
     group.addoption("--run-id", metavar="ID",
                     help="name of this run's results directory; reusing one appends to it "
                          "(default: a timestamp)")
+    group.addoption("--resume", action="store_true", default=False,
+                    help="with --run-id of an interrupted run: do not rerun what it recorded "
+                         "(recorded passes skip, recorded failures fail) (default: off)")

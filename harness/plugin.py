@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
@@ -17,7 +17,14 @@ import pytest
 from harness.cases import Case
 from harness.checkpoints import embedded_checkpoint, verify_checkpoint
 from harness.devices import BACKENDS, DTYPES, get_backend
-from harness.results import ResultsStore, environment, merge, new_run_id, summary_table
+from harness.results import (
+    ResultsStore,
+    environment,
+    load_records,
+    merge,
+    new_run_id,
+    summary_table,
+)
 from harness.runners import PortedRunner, ReferenceRunner
 from models.checkpoint import CheckpointError
 from models.config import EMBEDDED_MODELS, REGISTRY
@@ -41,7 +48,6 @@ class Settings:
     cache_dir: Path | None
     run_dir: Path
     worker: str = "main"
-    embedded: tuple[str, ...] = field(default=EMBEDDED_MODELS)
 
     @classmethod
     def from_config(cls, config: pytest.Config, run_id: str) -> Settings:
@@ -67,12 +73,10 @@ class Settings:
                    Path(cache_dir) if cache_dir else None,
                    Path(opt("--results-dir")) / run_id)
 
-    def cases(self, *, dtypes=None, batches=None, seqlens=None,
-              weights_only: bool = False) -> list[Case]:
+    def cases(self, *, dtypes=None, batches=None, seqlens=None) -> list[Case]:
         """The grid, model-major so that each model is loaded once per process."""
-        models = [m for m in self.models if not weights_only or self.has_pretrained(m)]
         return [Case(m, h, d, b, s) for m, h, d, b, s in product(
-            models, self.hardware, dtypes or self.dtypes, batches or self.batches,
+            self.models, self.hardware, dtypes or self.dtypes, batches or self.batches,
             seqlens or self.seqlens)]
 
     def has_pretrained(self, model: str) -> bool:
@@ -86,7 +90,7 @@ class Settings:
             except CheckpointError as e:
                 pytest.fail(f"--model-path {model}: {e}", pytrace=False)
             return self.model_paths[model]
-        if model not in self.embedded:
+        if model not in EMBEDDED_MODELS:
             pytest.skip(f"{model}: no weights; pass --model-path {model}=/path/to/checkpoint")
         return embedded_checkpoint(model, self.cache_dir)
 
@@ -154,11 +158,26 @@ class LlmgatePlugin:
         if self.is_worker:
             self.settings.worker = workerinput["workerid"]
         self.store: ResultsStore | None = None
+        self.recorded: dict[tuple[str, str], dict] = {}
+        if config.getoption("--resume"):
+            if not config.getoption("--run-id"):
+                raise pytest.UsageError("--resume needs the --run-id of the run to resume")
+            self.recorded = {(r["case"], r["test"]): r for r in load_records(self.settings.run_dir)}
 
     def results(self) -> ResultsStore:
         if self.store is None:  # created on first record: runs that record nothing leave no dir
             self.store = ResultsStore(self.settings.run_dir, self.settings.worker)
         return self.store
+
+    def pytest_runtest_setup(self, item):
+        """With --resume: a recorded pass is skipped, a recorded failure fails again."""
+        case = getattr(item, "callspec", None) and item.callspec.params.get("case")
+        row = case is not None and self.recorded.get((case.id, item.originalname))
+        if row and row["passed"]:
+            pytest.skip(f"already recorded in run {self.run_id}")
+        if row:
+            pytest.fail(f"recorded as failed in run {self.run_id}: {row.get('failures', '')}",
+                        pytrace=False)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):  # xdist: workers share the controller's run id

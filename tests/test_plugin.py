@@ -85,3 +85,21 @@ def test_xdist_workers_write_their_own_files_and_the_controller_merges(suite):
     assert sorted(r["case"] for r in rows) == expected
     assert (run_dir / "run.json").exists()
     result.stdout.fnmatch_lines(["*llmgate results*", "*bs3-in8*False*"])
+
+
+def test_resume_skips_what_the_run_already_recorded(suite):
+    first = suite.runpytest("-k", "records and not bs4", "--results-dir", "out", "--run-id", "r")
+    first.assert_outcomes(passed=2, failed=1)
+    again = suite.runpytest("-k", "records", "--results-dir", "out", "--run-id", "r", "--resume",
+                            "-rs")
+    again.assert_outcomes(passed=1, skipped=2, errors=1)  # the bs3 failure is not forgotten
+    again.stdout.fnmatch_lines(["*already recorded in run r*",
+                                "*recorded as failed in run r*"])
+    rows = list(csv.DictReader(open(suite.path / "out" / "r" / "demo.csv")))
+    assert len(rows) == 4
+
+
+def test_resume_needs_a_run_id(suite):
+    result = suite.runpytest("--resume")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--resume needs the --run-id*"])
