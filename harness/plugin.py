@@ -176,8 +176,8 @@ class LlmgatePlugin:
         if row and row["passed"]:
             pytest.skip(f"already recorded in run {self.run_id}")
         if row:
-            pytest.fail(f"recorded as failed in run {self.run_id}: {row.get('failures', '')}",
-                        pytrace=False)
+            reason = row.get("failures") or "see its records"
+            pytest.fail(f"recorded as failed in run {self.run_id}: {reason}", pytrace=False)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):  # xdist: workers share the controller's run id
