@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.reference import hf_model
-from models.checkpoint import Checkpoint, CheckpointError
+from models.checkpoint import Checkpoint, CheckpointError, read_config
 from models.config import EMBEDDED_MODELS, TINY_MODELS, ModelConfig, get_config
 from models.loading import FAMILY_MODULES, model_config
 from models.qwen import qwen2_to_v1
@@ -82,7 +82,7 @@ STRUCTURE_FIELDS = ("family", "vocab_size", "hidden_size", "num_layers", "num_he
 def verify_checkpoint(name: str, path: Path) -> None:
     """Fail unless the checkpoint at `path` has the structure registered for `name`."""
     expected = get_config(name)
-    config = Checkpoint(path).config
+    config = read_config(path)
     found = model_config(config, name)
     wrong = [f"{f} {getattr(found, f)!r} (expected {getattr(expected, f)!r})"
              for f in STRUCTURE_FIELDS if getattr(found, f) != getattr(expected, f)]

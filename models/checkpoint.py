@@ -76,14 +76,20 @@ class HFConfig:
         return self.get("rope_theta", *legacy_keys, kind=float, default=10000.0)
 
 
+def read_config(path: str | Path) -> HFConfig:
+    """The `config.json` of a checkpoint directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    return HFConfig(read_json(path / "config.json"), path / "config.json")
+
+
 class Checkpoint:
     """Lazy name -> tensor access over the weight files of one checkpoint directory."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise CheckpointError(f"{self.path}: checkpoint directory not found")
-        self.config = HFConfig(read_json(self.path / "config.json"), self.path / "config.json")
+        self.config = read_config(self.path)
         self._open: dict[Path, object] = {}
         self.files = self._index()
 

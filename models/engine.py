@@ -133,8 +133,7 @@ def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
                 reasons[row] = "stop_token"
             elif stop_sequences and any(s in detokenize(tokens[row]) for s in stop_sequences):
                 reasons[row] = "stop_sequence"
-        finished = not ignore_eos and all(r != "length" for r in reasons)
-        if finished or step == max_new_tokens - 1:
+        if all(r != "length" for r in reasons) or step == max_new_tokens - 1:
             break
         logits = engine.decode(next_ids)
     engine.reset()
