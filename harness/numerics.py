@@ -66,6 +66,12 @@ def teacher_forced(reference: Runner, others: list[Runner], ids: Tensor, mask: T
     return history, tokens
 
 
+def sequence_logits(runner: Runner, ids: Tensor, forced: list[Tensor]) -> Tensor:
+    """Logits (steps + 1, V) of one unpadded sequence (1, T) fed the `forced` tokens."""
+    history, _ = teacher_forced(runner, [], ids, None, len(forced), forced)
+    return torch.stack([step[0][0] for step in history])
+
+
 def stats_against_reference(history: list, index: int) -> LogitStats:
     return summarize([(step[0], step[index]) for step in history])
 
