@@ -17,7 +17,7 @@ class LogitStats:
     min_cosine: float
     top1_agreement: float  # share of positions whose argmax agrees
     max_kl: float  # max KL(reference || ported)
-    kl_over_1e4: float  # share of positions with KL > 1e-4
+    kl_share: float  # share of positions whose KL exceeds the threshold given to summarize
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -37,7 +37,7 @@ def position_metrics(reference: Tensor, ported: Tensor) -> dict[str, Tensor]:
     }
 
 
-def summarize(steps: list[tuple[Tensor, Tensor]]) -> LogitStats:
+def summarize(steps: list[tuple[Tensor, Tensor]], kl_threshold: float = 1e-4) -> LogitStats:
     """Stats over a list of (reference, ported) logits, one pair per step, each (B, V)."""
     reference = torch.stack([r for r, _ in steps])
     ported = torch.stack([p for _, p in steps])
@@ -48,5 +48,5 @@ def summarize(steps: list[tuple[Tensor, Tensor]]) -> LogitStats:
         min_cosine=m["cosine"].min().item(),
         top1_agreement=m["top1"].mean().item(),
         max_kl=m["kl"].max().item(),
-        kl_over_1e4=(m["kl"] > 1e-4).float().mean().item(),
+        kl_share=(m["kl"] > kl_threshold).float().mean().item(),
     )

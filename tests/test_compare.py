@@ -30,4 +30,5 @@ def test_kl_share_counts_positions_over_threshold():
     ported = reference.clone()
     ported[0, 0] = 1.0  # only position 0 differs
     stats = summarize([(reference, ported)])
-    assert stats.kl_over_1e4 == 0.25 and stats.max_kl > 1e-4
+    assert stats.kl_share == 0.25 and stats.max_kl > 1e-4
+    assert summarize([(reference, ported)], kl_threshold=10.0).kl_share == 0

@@ -44,7 +44,7 @@ def test_teacher_forcing_feeds_everyone_the_reference_choice():
     assert len(history) == 5 and len(tokens) == 4
     for fed_ref, fed_other in zip(reference.fed, other.fed):
         assert torch.equal(fed_ref, fed_other)
-    stats = stats_against_reference(history, 1)
+    stats = stats_against_reference(history, 1, load_thresholds())
     assert stats.positions == 10 and stats.top1_agreement == 1.0
     assert stats.max_abs_diff == pytest.approx(0.01, abs=1e-6)
 

@@ -36,15 +36,15 @@ def test_teacher_forced(case, runner_pool, llmgate, thresholds, record):
     pretrained = llmgate.has_pretrained(case.model)
     if case.dtype == "fp32":
         history, _ = teacher_forced(reference, [ported], ids, mask, llmgate.decode_steps)
-        ours = stats_against_reference(history, 1)
+        ours = stats_against_reference(history, 1, thresholds)
         verdict = fp32_verdict(ours, thresholds, pretrained)
         theirs = {}
     else:
         reference_in_dtype = runner_pool.reference(case.model, case.dtype)
         history, _ = teacher_forced(reference, [ported, reference_in_dtype], ids, mask,
                                     llmgate.decode_steps)
-        ours = stats_against_reference(history, 1)
-        hf = stats_against_reference(history, 2)
+        ours = stats_against_reference(history, 1, thresholds)
+        hf = stats_against_reference(history, 2, thresholds)
         verdict = reduced_verdict(ours, hf, thresholds, pretrained)
         theirs = {f"reference_{k}": v for k, v in hf.as_dict().items() if k != "positions"}
     record(case, verdict.passed, **ours.as_dict(), **theirs, limit=verdict.limit,
