@@ -37,7 +37,6 @@ class Engine:
         self._decode_forward = torch.compile(model, dynamic=True) if compile else model
         self.length = 0
         self.pad: Tensor | None = None
-        self._capacity = (0, 0)
 
     @property
     def device(self) -> torch.device:
@@ -51,9 +50,9 @@ class Engine:
         pad = None if attention_mask is None else left_padding(attention_mask)
         self.pad = pad.to(self.device) if pad is not None and bool(pad.any()) else None
         capacity = max(T, min(T + self.headroom, self.model.config.max_positions))
-        if self._capacity[0] != B or self._capacity[1] < capacity:
+        batch, max_len = self.model.cache_shape
+        if batch != B or max_len < capacity:
             self.model.allocate_cache(B, capacity)
-            self._capacity = (B, capacity)
         self.length = T
         return self.model(input_ids.to(self.device), 0, self.pad, all_logits=all_logits)
 

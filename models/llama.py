@@ -23,8 +23,7 @@ def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
     hf.require("mlp_bias", (False,), False)
     heads = hf.get("num_attention_heads")
     hidden = hf.get("hidden_size")
-    if hf.get("head_dim", default=hidden // heads) != hidden // heads:
-        hf.require("head_dim", (hidden // heads,), None)
+    hf.require("head_dim", (hidden // heads, None), None)
     return ModelConfig(
         name, "llama", hf.get("vocab_size"), hidden, hf.get("num_hidden_layers"), heads,
         hf.get("num_key_value_heads", default=heads), hf.get("intermediate_size"),

@@ -57,7 +57,6 @@ class DecoderLM(nn.Module):
         self.position = position
         self.rotary = Rotary(config.head_dim, config.rope_theta) if position == "rope" else None
         self.slopes = alibi_slopes(config.num_heads) if position == "alibi" else None
-        self.max_len = 0
 
     def allocate_cache(self, batch: int, max_len: int) -> None:
         """Pre-allocate every layer's KV cache for `batch` rows of up to `max_len` tokens."""
@@ -67,7 +66,12 @@ class DecoderLM(nn.Module):
         p = self.embed.weight
         for block in self.blocks:
             block.attn.allocate(batch, max_len, p.dtype, p.device)
-        self.max_len = max_len
+
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        """(batch, max_len) of the allocated KV cache; (0, 0) before allocation."""
+        cache = self.blocks[0].attn.k_cache
+        return (0, 0) if cache is None else (cache.shape[0], cache.shape[2])
 
     def forward(self, tokens: Tensor, start: int, pad: Tensor | None,
                 all_logits: bool = False) -> Tensor:
@@ -77,8 +81,10 @@ class DecoderLM(nn.Module):
         (B, V) for the last position, or (B, T, V) with `all_logits`.
         """
         B, T = tokens.shape
-        if start + T > self.max_len:
-            raise ValueError(f"{start + T} tokens exceed the allocated cache of {self.max_len}")
+        batch, max_len = self.cache_shape
+        if start + T > max_len or B != batch:
+            raise ValueError(f"{B} rows of {start + T} tokens do not fit the allocated cache "
+                             f"of {batch} rows x {max_len}")
         positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
         if pad is not None:
             positions = (positions - pad[:, None]).clamp(min=0)  # (B, T)

@@ -75,10 +75,13 @@ def test_empty_row_is_rejected():
 
 
 def test_cache_overflow_is_an_error():
-    engine = Engine(tiny_model("falcon-tiny"), headroom=1)
+    model = tiny_model("falcon-tiny")
+    model.allocate_cache(1, 5)  # the engine keeps a cache that fits: 4 + headroom 1
+    engine = Engine(model, headroom=1)
     engine.prefill(torch.randint(3, 1000, (1, 4)))
     engine.decode(torch.tensor([5]))
-    with pytest.raises(ValueError, match="exceed the allocated cache"):
+    with pytest.raises(ValueError, match="1 rows of 6 tokens do not fit the allocated cache "
+                                         "of 1 rows x 5"):
         engine.decode(torch.tensor([5]))
 
 
