@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
 
     suites = [str(ROOT / "suites" / s) for s in (args.suite or SUITES)]
     workers = ["-n", str(args.workers)] if args.workers > 1 else []
-    return int(pytest.main([*suites, "-q", "-p", "no:cacheprovider", *workers, *pytest_args]))
+    return int(pytest.main([*suites, "-q", *workers, *pytest_args]))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
