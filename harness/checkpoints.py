@@ -180,35 +180,33 @@ def _state_and_remove(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _rewrite_as_qwen_v1(cfg: ModelConfig, out: Path) -> None:
-    state = qwen2_to_v1(cfg, _state_and_remove(out))
-    names = sorted(state)
-    half = len(names) // 2
-    weight_map = {}
-    for i, part in enumerate((names[:half], names[half:]), start=1):
-        shard = f"model-{i:05d}-of-00002.safetensors"
-        save_file({n: state[n].contiguous() for n in part}, out / shard, metadata={"format": "pt"})
-        weight_map.update({n: shard for n in part})
-    _write_index(out / "model.safetensors.index.json", weight_map, state)
+    _write_two_shards(out, qwen2_to_v1(cfg, _state_and_remove(out)), "safetensors")
     config = FAMILY_MODULES["qwen"].config_to_hf(cfg)
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _rewrite_as_bin_shards(out: Path, strip_prefix: str) -> None:
     state = {n.removeprefix(strip_prefix): t for n, t in _state_and_remove(out).items()}
+    _write_two_shards(out, state, "bin")
+
+
+def _write_two_shards(out: Path, state: dict[str, torch.Tensor], fmt: str) -> None:
+    """Two shards plus the HF index, named as save_pretrained names them."""
+    stem, index = (("model", "model.safetensors.index.json") if fmt == "safetensors"
+                   else ("pytorch_model", "pytorch_model.bin.index.json"))
     names = sorted(state)
-    half = len(names) // 2
     weight_map = {}
-    for i, part in enumerate((names[:half], names[half:]), start=1):
-        shard = f"pytorch_model-{i:05d}-of-00002.bin"
-        torch.save({n: state[n].clone() for n in part}, out / shard)
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+        shard = f"{stem}-{i:05d}-of-00002.{fmt}"
+        tensors = {n: state[n].contiguous().clone() for n in part}
+        if fmt == "safetensors":
+            save_file(tensors, out / shard, metadata={"format": "pt"})
+        else:
+            torch.save(tensors, out / shard)
         weight_map.update({n: shard for n in part})
-    _write_index(out / "pytorch_model.bin.index.json", weight_map, state)
-
-
-def _write_index(path: Path, weight_map: dict[str, str], state: dict[str, torch.Tensor]) -> None:
     total = sum(t.numel() * t.element_size() for t in state.values())
-    path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                               indent=2))
+    (out / index).write_text(json.dumps({"metadata": {"total_size": total},
+                                         "weight_map": weight_map}, indent=2))
 
 
 def build_all(cache_dir: Path | None = None) -> dict[str, Path]:

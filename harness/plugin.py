@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class Settings:
     cache_dir: Path | None
     run_dir: Path
     worker: str = "main"
+    _resolved: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: pytest.Config, run_id: str) -> Settings:
@@ -83,7 +84,15 @@ class Settings:
         return model in self.model_paths or model == "smollm2-135m"
 
     def checkpoint(self, model: str) -> Path:
-        """Weights for a model: --model-path, else the embedded cache; skip with a hint."""
+        """Weights for a model: --model-path, else the embedded cache; skip with a hint.
+
+        Resolved (verified or built) once per process, not once per test.
+        """
+        if model not in self._resolved:
+            self._resolved[model] = self._resolve(model)
+        return self._resolved[model]
+
+    def _resolve(self, model: str) -> Path:
         if model in self.model_paths:
             try:
                 verify_checkpoint(model, self.model_paths[model])
