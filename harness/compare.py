@@ -1,4 +1,8 @@
-"""Per-position comparison of two logit streams (ported vs reference)."""
+"""Per-position comparison of two logit streams (ported vs reference).
+
+A position whose ported logits hold NaN or Inf has every metric NaN, and every aggregate that
+meets a NaN is NaN: a broken port can never look close to the reference.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ class LogitStats:
     top1_agreement: float  # share of positions whose argmax agrees
     max_kl: float  # max KL(reference || ported)
     kl_share: float  # share of positions whose KL exceeds the threshold given to summarize
+    nonfinite_positions: int = 0  # positions whose ported logits hold NaN or Inf
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -29,12 +34,14 @@ def position_metrics(reference: Tensor, ported: Tensor) -> dict[str, Tensor]:
     ref_logp = torch.log_softmax(reference, dim=-1)
     port_logp = torch.log_softmax(ported, dim=-1)
     kl = (ref_logp.exp() * (ref_logp - port_logp)).sum(-1).clamp(min=0)
-    return {
+    metrics = {
         "max_abs": (reference - ported).abs().amax(-1),
         "cosine": torch.nn.functional.cosine_similarity(reference, ported, dim=-1),
         "top1": (reference.argmax(-1) == ported.argmax(-1)).float(),
         "kl": kl,
     }
+    broken = ~torch.isfinite(ported).all(-1)
+    return {name: value.masked_fill(broken, float("nan")) for name, value in metrics.items()}
 
 
 def summarize(steps: list[tuple[Tensor, Tensor]], kl_threshold: float = 1e-4) -> LogitStats:
@@ -42,11 +49,13 @@ def summarize(steps: list[tuple[Tensor, Tensor]], kl_threshold: float = 1e-4) ->
     reference = torch.stack([r for r, _ in steps])
     ported = torch.stack([p for _, p in steps])
     m = position_metrics(reference, ported)
+    over = (m["kl"] > kl_threshold).float().masked_fill(m["kl"].isnan(), float("nan"))
     return LogitStats(
         positions=m["kl"].numel(),
         max_abs_diff=m["max_abs"].max().item(),
         min_cosine=m["cosine"].min().item(),
         top1_agreement=m["top1"].mean().item(),
         max_kl=m["kl"].max().item(),
-        kl_share=(m["kl"] > kl_threshold).float().mean().item(),
+        kl_share=over.mean().item(),
+        nonfinite_positions=int(m["kl"].isnan().sum()),
     )

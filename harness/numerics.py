@@ -5,9 +5,9 @@ Kept apart from the pytest suite so the logic is tested with dummy runners.
 
 from __future__ import annotations
 
+import math
 import tomllib
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +16,14 @@ from torch import Tensor
 from harness.cases import Case
 from harness.compare import LogitStats, summarize
 from harness.runners import Runner
+from harness.verdicts import (
+    Verdict,
+    at_least,
+    at_most,
+    first_lines,
+    nonfinite_rows,
+    verdict,
+)
 
 THRESHOLDS_FILE = Path(__file__).resolve().parent.parent / "suites" / "numerics" / "thresholds.toml"
 
@@ -78,43 +86,59 @@ def stats_against_reference(history: list, index: int, thresholds: dict) -> Logi
                      kl_threshold=thresholds["reduced"]["kl_position_threshold"])
 
 
-@dataclass
-class Verdict:
-    passed: bool
-    failures: list[str]
-    limit: float
+def nonfinite_failures(history: list, index: int) -> list[str]:
+    """Where runner `index` produced NaN/Inf: step (0 is the prefill), row and how many
+    values, noting where the reference (index 0) was not finite either."""
+    return first_lines([
+        f"step {step} row {row}: {count} non-finite logits"
+        + (" (the reference's too)" if reference_too else "")
+        for step, logits in enumerate(history)
+        for row, count, reference_too in nonfinite_rows(logits[0], logits[index])])
 
 
-def fp32_verdict(ported: LogitStats, thresholds: dict, pretrained: bool) -> Verdict:
+def _abs_limit(thresholds: dict, pretrained: bool) -> float:
+    return thresholds["fp32"]["max_abs_diff_real" if pretrained else "max_abs_diff_tiny"]
+
+
+def fp32_verdict(ported: LogitStats, thresholds: dict, pretrained: bool,
+                 nonfinite: list[str] = ()) -> Verdict:
     t = thresholds["fp32"]
-    limit = t["max_abs_diff_real" if pretrained else "max_abs_diff_tiny"]
-    failures = []
-    if ported.max_abs_diff > limit:
+    limit = _abs_limit(thresholds, pretrained)
+    failures = list(nonfinite)
+    if not at_most(ported.max_abs_diff, limit):
         failures.append(f"max |dlogit| {ported.max_abs_diff:.3g} > {limit:g}")
-    if ported.top1_agreement < t["top1_agreement"]:
+    if not at_least(ported.top1_agreement, t["top1_agreement"]):
         failures.append(f"top-1 agreement {ported.top1_agreement:.4f} < {t['top1_agreement']}")
-    return Verdict(not failures, failures, limit)
+    return verdict(failures, limit, f"max |dlogit| <= {limit:g}", **ported.as_dict())
 
 
 def meets_kl_rule(stats: LogitStats, thresholds: dict) -> bool:
     t = thresholds["reduced"]
-    return stats.max_kl <= t["kl_max"] and stats.kl_share <= t["kl_max_share"]
+    return at_most(stats.max_kl, t["kl_max"]) and at_most(stats.kl_share, t["kl_max_share"])
 
 
 def reduced_verdict(ported: LogitStats, reference: LogitStats, thresholds: dict,
-                    pretrained: bool) -> Verdict:
-    """bf16/fp16: no further from fp32 than transformers in that dtype (x factor)."""
+                    pretrained: bool, nonfinite: list[str] = ()) -> Verdict:
+    """bf16/fp16: no further from fp32 than transformers in that dtype (x factor).
+
+    Where transformers itself is not finite in that dtype there is no relative limit: the
+    port must then meet the KL rule on its own.
+    """
     t = thresholds["reduced"]
-    fp32_limit = thresholds["fp32"]["max_abs_diff_real" if pretrained else "max_abs_diff_tiny"]
-    limit = t["relative_to_reference"] * reference.max_abs_diff + fp32_limit
-    failures = []
-    if ported.max_abs_diff > limit:
+    factor, fp32_limit = t["relative_to_reference"], _abs_limit(thresholds, pretrained)
+    failures = list(nonfinite)
+    reference_finite = math.isfinite(reference.max_abs_diff)
+    limit = factor * reference.max_abs_diff + fp32_limit if reference_finite else float("nan")
+    rule = (f"max |dlogit| <= {factor} x transformers ({reference.max_abs_diff:.3g}) "
+            f"+ {fp32_limit:g}" if reference_finite else "KL rule (transformers not finite)")
+    if reference_finite and not at_most(ported.max_abs_diff, limit):
         failures.append(f"max |dlogit| {ported.max_abs_diff:.3g} > {limit:.3g} "
-                        f"({t['relative_to_reference']} x transformers' "
-                        f"{reference.max_abs_diff:.3g} + {fp32_limit:g})")
-    if meets_kl_rule(reference, thresholds) and not meets_kl_rule(ported, thresholds):
+                        f"({factor} x transformers' {reference.max_abs_diff:.3g} "
+                        f"+ {fp32_limit:g})")
+    kl_required = meets_kl_rule(reference, thresholds) or not reference_finite
+    if kl_required and not meets_kl_rule(ported, thresholds):
+        why = "transformers meets it" if reference_finite else "transformers is not finite"
         failures.append(f"KL rule: max KL {ported.max_kl:.3g} (<= {t['kl_max']:g}), share over "
                         f"{t['kl_position_threshold']:g} {ported.kl_share:.3%} "
-                        f"(<= {t['kl_max_share']:.1%}); "
-                        "transformers meets it")
-    return Verdict(not failures, failures, limit)
+                        f"(<= {t['kl_max_share']:.1%}); {why}")
+    return verdict(failures, limit, rule, **ported.as_dict())

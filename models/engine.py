@@ -100,6 +100,7 @@ class Sampling:
 class Generation:
     tokens: list[list[int]]  # new tokens per row, stop token/sequence included
     finish_reasons: list[str]  # "stop_token", "stop_sequence" or "length"
+    nonfinite: list[tuple[int, int]]  # (step, row) whose logits held NaN or Inf
 
 
 def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
@@ -118,8 +119,11 @@ def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
     B = input_ids.shape[0]
     tokens: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
+    nonfinite = []
     logits = engine.prefill(input_ids, attention_mask)
     for step in range(max_new_tokens):
+        bad_rows = (~torch.isfinite(logits).all(-1)).nonzero().flatten().tolist()
+        nonfinite += [(step, row) for row in bad_rows if reasons[row] == "length"]
         next_ids = (sampling.sample(logits, generator) if sampling
                     else logits.argmax(-1)).cpu()
         for row, token in enumerate(next_ids.tolist()):
@@ -136,4 +140,4 @@ def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
             break
         logits = engine.decode(next_ids)
     engine.reset()
-    return Generation(tokens, reasons)
+    return Generation(tokens, reasons, nonfinite)

@@ -1,18 +1,24 @@
 """The numerics harness with dummy runners (no model needed)."""
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.cases import Case
-from harness.compare import LogitStats
+from harness.compare import LogitStats, summarize
 from harness.numerics import (
     fp32_verdict,
     load_thresholds,
     make_prompt,
+    nonfinite_failures,
     reduced_verdict,
     stats_against_reference,
     teacher_forced,
 )
+from harness.verdicts import at_least, at_most, nan_max
 
 
 class DummyRunner:
@@ -56,8 +62,70 @@ def test_forced_tokens_override_the_reference():
     assert tokens == forced and reference.fed[1:] == forced
 
 
-def stats(max_abs=0.0, top1=1.0, max_kl=0.0, share=0.0):
-    return LogitStats(10, max_abs, 1.0, top1, max_kl, share)
+def stats(max_abs=0.0, top1=1.0, max_kl=0.0, share=0.0, cosine=1.0):
+    return LogitStats(10, max_abs, cosine, top1, max_kl, share)
+
+
+BAD = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+GOOD = st.floats(0, 1e-5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bad=BAD, field=st.sampled_from(["max_abs", "top1", "max_kl", "share"]), good=GOOD,
+       pretrained=st.booleans())
+def test_a_non_finite_aggregate_fails_every_verdict(bad, field, good, pretrained):
+    t = load_thresholds()
+    values = {"max_abs": good, "top1": 1.0, "max_kl": good, "share": 0.0, field: bad}
+    ported, fine = stats(**values), stats(good, max_kl=good)
+    if field in ("max_abs", "top1"):
+        assert not fp32_verdict(ported, t, pretrained).passed
+    if field != "top1":  # the reduced rule reads |dlogit| and KL, not top-1
+        assert not reduced_verdict(ported, fine, t, pretrained).passed
+    # transformers non-finite in that dtype: the port must meet the KL rule by itself
+    assert reduced_verdict(fine, stats(bad), t, pretrained).passed
+    assert not reduced_verdict(stats(good, max_kl=bad), stats(bad), t, pretrained).passed
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.one_of(BAD, st.floats(allow_nan=False, allow_infinity=False)),
+       limit=st.floats(-1e6, 1e6))
+def test_comparisons_pass_only_finite_values_on_the_right_side(value, limit):
+    assert at_most(value, limit) == (math.isfinite(value) and value <= limit)
+    assert at_least(value, limit) == (math.isfinite(value) and value >= limit)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.integers(1, 4), batch=st.integers(1, 3), bad=BAD, data=st.data())
+def test_non_finite_ported_logits_make_every_aggregate_nan(steps, batch, bad, data):
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(batch, 11, generator=g), torch.randn(batch, 11, generator=g))
+             for _ in range(steps)]
+    step, row, col = (data.draw(st.integers(0, steps - 1)), data.draw(st.integers(0, batch - 1)),
+                      data.draw(st.integers(0, 10)))
+    pairs[step][1][row, col] = bad
+    result = summarize(pairs)
+    assert result.nonfinite_positions == 1
+    for value in (result.max_abs_diff, result.min_cosine, result.top1_agreement, result.max_kl,
+                  result.kl_share):
+        assert math.isnan(value)
+    history = [[reference, ported] for reference, ported in pairs]
+    assert nonfinite_failures(history, 1) == [f"step {step} row {row}: 1 non-finite logits"]
+
+
+def test_non_finite_failures_are_listed_briefly():
+    nan = torch.full((2, 5), float("nan"))
+    history = [[torch.zeros(2, 5), nan] for _ in range(3)] + [[nan, nan]]
+    lines = nonfinite_failures(history, 1)
+    assert lines[:3] == ["step 0 row 0: 5 non-finite logits", "step 0 row 1: 5 non-finite logits",
+                         "step 1 row 0: 5 non-finite logits"]
+    assert lines[3] == "... and 5 more"
+    assert nonfinite_failures(history[3:], 1)[0].endswith("(the reference's too)")
+
+
+def test_nan_max_does_not_skip_a_nan():
+    assert math.isnan(nan_max([0.0, float("nan"), 1.0]))
+    assert math.isnan(max(0.0, float("nan"))) is False  # why nan_max exists
+    assert nan_max([1.0, 3.0]) == 3.0
 
 
 def test_fp32_verdict():
