@@ -10,7 +10,8 @@ def pytest_addoption(parser):
                          "(default: every tiny model and smollm2-135m)")
     group.addoption("--model-path", action="append", metavar="NAME=DIR",
                     help="HuggingFace checkpoint directory with the real weights of NAME "
-                         "(repeatable; default: none, so real 7B models are skipped)")
+                         "(repeatable; without --model, these models are the selection; "
+                         "default: none, so real 7B models are skipped)")
     group.addoption("--hardware", action="append", metavar="HW",
                     help="cpu, cuda or npu, repeatable or comma-separated (default: cpu)")
     group.addoption("--dtype", action="append", metavar="DTYPE",
@@ -21,18 +22,19 @@ def pytest_addoption(parser):
     group.addoption("--seqlen", action="append", metavar="N",
                     help="prompt lengths, repeatable or comma-separated (default: 32,128)")
     group.addoption("--decode-steps", type=int, default=8, metavar="N",
-                    help="teacher-forced decode steps per numerics case (default: 8)")
+                    help="teacher-forced decode steps per numerics case, >= 1 (default: 8)")
     group.addoption("--require-hardware", action="store_true", default=False,
                     help="fail instead of skip when requested hardware or dtype is "
                          "unavailable (default: skip with the reason)")
     group.addoption("--cache-dir", metavar="DIR",
                     help="where embedded checkpoints are built (default: $LLMGATE_CACHE, "
                          "else ~/.cache/llmgate)")
-    group.addoption("--results-dir", default="reports", metavar="DIR",
-                    help="results root; each run writes DIR/<run-id>/ (default: reports)")
+    group.addoption("--results-dir", metavar="DIR",
+                    help="results root; each run writes DIR/<run-id>/ "
+                         "(default: reports/ under pytest's rootdir)")
     group.addoption("--run-id", metavar="ID",
-                    help="name of this run's results directory; reusing one appends to it "
-                         "(default: a timestamp)")
+                    help="name of this run's results directory; an existing one is refused "
+                         "unless --resume is given (default: a timestamp)")
     group.addoption("--resume", action="store_true", default=False,
                     help="with --run-id of an interrupted run: do not rerun what it recorded "
                          "(recorded passes skip, recorded failures fail) (default: off)")

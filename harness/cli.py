@@ -1,6 +1,6 @@
 """The `llmgate` command.
 
-    llmgate run [PYTEST ARGS]   run the suites (default: numerics) on the embedded defaults
+    llmgate run [SUITE] [PYTEST ARGS]   run the suites (default: all) on the embedded defaults
     llmgate prepare             build or verify the embedded checkpoints
     llmgate models              list the registered models
     llmgate devices             say which hardware is usable here, and why not
@@ -23,16 +23,48 @@ SUITES = ("numerics",)
 def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     import pytest
 
-    suites = [str(ROOT / "suites" / s) for s in (args.suite or SUITES)]
-    workers = ["-n", str(args.workers)] if args.workers > 1 else []
-    return int(pytest.main([*suites, "-q", *workers, *pytest_args]))
+    suites = SUITES if not args.suite or "all" in args.suite else args.suite
+    argv = [*(str(ROOT / "suites" / s) for s in suites), *pytest_args]
+    workers = args.workers
+    if workers is None:
+        workers, code = _workers_for(argv)
+        if code is not None:
+            return code
+    if workers > 1:
+        argv += ["-n", str(workers), "--dist", "loadgroup"]
+    return int(pytest.main(["-q", *argv]))
+
+
+def _workers_for(argv: list[str]) -> tuple[int, int | None]:
+    """Workers for a selection: one per model, at most one per core; a single process when
+    that is one (starting xdist workers costs more than it saves on a few cases).
+
+    Collects in this process first (quietly); a usage error ends the run there."""
+    import os
+
+    import pytest
+
+    class Collector:
+        items: list = []
+
+        def pytest_collection_finish(self, session):
+            Collector.items = list(session.items)
+
+    code = pytest.main(["--collect-only", "-p", "no:terminal", *argv], plugins=[Collector()])
+    if code == pytest.ExitCode.USAGE_ERROR:
+        return 1, int(code)
+    models = {getattr(item, "callspec", None) and item.callspec.params.get("case")
+              for item in Collector.items}
+    models = {case.model for case in models if case}
+    return max(1, min(os.cpu_count() or 1, len(models))), None
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from harness.checkpoints import build_all
 
-    paths = build_all(Path(args.cache_dir) if args.cache_dir else None)
-    print(tabulate(sorted(paths.items()), headers=("model", "checkpoint")))
+    entries = build_all(Path(args.cache_dir) if args.cache_dir else None)
+    print(tabulate([(name, status, path) for name, (path, status) in entries.items()],
+                   headers=("model", "status", "checkpoint")))
     return 0
 
 
@@ -61,19 +93,40 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, not {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the suites; extra arguments go to pytest")
-    run.add_argument("--suite", action="append", choices=SUITES,
-                     help="suite to run, repeatable (default: all)")
-    run.add_argument("--workers", type=int, default=2,
-                     help="pytest-xdist worker processes (default: 2)")
+    run = sub.add_parser(
+        "run", help="run the suites through pytest; other arguments go to pytest",
+        usage="llmgate run [SUITE ...] [--workers N] [PYTEST ARGS ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run llmgate's suites through pytest. Every argument not listed here goes "
+                    "to pytest unchanged;\nthe llmgate options (--model, --dtype, --batch, ...) "
+                    "are listed under 'llmgate' in `pytest --help`.",
+        epilog="examples:\n"
+               "  llmgate run                                  every suite, embedded defaults\n"
+               "  llmgate run numerics -k \"qwen and bs1-\"      one suite, a -k selection\n"
+               "  llmgate run numerics --model smollm2-135m --dtype fp32 --workers 1\n\n"
+               f"SUITE (first, before other arguments): {', '.join(SUITES)} or all "
+               "(default: all)")
+    run.add_argument("--workers", type=_at_least_one, metavar="N",
+                     help="pytest-xdist worker processes (default: one per model selected, "
+                          "at most one per core; 1 runs in this process)")
     prepare = sub.add_parser("prepare", help="build or verify the embedded checkpoints")
     prepare.add_argument("--cache-dir", help="default: $LLMGATE_CACHE or ~/.cache/llmgate")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("devices", help="which hardware is usable here")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "run":
+        args.suite = []
+        while rest and rest[0] in (*SUITES, "all"):
+            args.suite.append(rest.pop(0))
     if args.command != "run" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"run": lambda: cmd_run(args, rest), "prepare": lambda: cmd_prepare(args),

@@ -1,122 +1,37 @@
 """The pytest plugin behind the suites: settings, runner pool, hardware gating, results.
 
-Options are declared in the root `conftest.py`; this module turns them into `Settings`,
-provides the fixtures the suites use and merges the results store at the end of the session.
+Options are declared in the root `conftest.py` and checked at start-up (`harness.settings`).
+Every suite test that runs a `Case` leaves exactly one record, written from pytest's report
+hook so that no suite can forget it: passed, failed, error (with its one-line reason) or
+skipped (with the reason), plus whatever metrics the test passed to `record(...)`. The
+records, the merged CSVs and the console table therefore always agree with pytest's exit
+status.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from itertools import product
-from pathlib import Path
 
 import pytest
 
 from harness.cases import Case
-from harness.checkpoints import embedded_checkpoint, verify_checkpoint
-from harness.devices import BACKENDS, DTYPES, get_backend
+from harness.devices import DTYPES, get_backend
 from harness.results import (
     ResultsStore,
     environment,
+    latest_rows,
     load_records,
     merge,
     new_run_id,
     summary_table,
 )
 from harness.runners import PortedRunner, ReferenceRunner
-from models.checkpoint import CheckpointError
-from models.config import EMBEDDED_MODELS, REGISTRY
+from harness.settings import Settings
+from harness.verdicts import Verdict
 
-
-def split_values(values: list[str] | None) -> list[str]:
-    """Repeatable options also take comma-separated lists: --dtype fp32,bf16."""
-    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
-
-
-@dataclass
-class Settings:
-    models: list[str]
-    model_paths: dict[str, Path]
-    hardware: list[str]
-    dtypes: list[str]
-    batches: list[int]
-    seqlens: list[int]
-    decode_steps: int
-    require_hardware: bool
-    cache_dir: Path | None
-    run_dir: Path
-    worker: str = "main"
-    _resolved: dict[str, Path] = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, config: pytest.Config, run_id: str) -> Settings:
-        opt = config.getoption
-        models = split_values(opt("--model")) or list(EMBEDDED_MODELS)
-        _check_names("--model", models, REGISTRY)
-        model_paths = {}
-        for item in opt("--model-path") or []:
-            name, sep, path = item.partition("=")
-            if not sep or not path:
-                raise pytest.UsageError(f"--model-path {item!r}: expected NAME=DIR")
-            _check_names("--model-path", [name], REGISTRY)
-            model_paths[name] = Path(path).expanduser()
-        hardware = split_values(opt("--hardware")) or ["cpu"]
-        _check_names("--hardware", hardware, BACKENDS)
-        dtypes = split_values(opt("--dtype")) or ["fp32", "bf16"]
-        _check_names("--dtype", dtypes, DTYPES)
-        cache_dir = opt("--cache-dir")
-        return cls(models, model_paths, hardware, dtypes,
-                   _ints("--batch", opt("--batch"), [1, 4]),
-                   _ints("--seqlen", opt("--seqlen"), [32, 128]),
-                   opt("--decode-steps"), opt("--require-hardware"),
-                   Path(cache_dir) if cache_dir else None,
-                   Path(opt("--results-dir")) / run_id)
-
-    def cases(self, *, dtypes=None, batches=None, seqlens=None) -> list[Case]:
-        """The grid, model-major so that each model is loaded once per process."""
-        return [Case(m, h, d, b, s) for m, h, d, b, s in product(
-            self.models, self.hardware, dtypes or self.dtypes, batches or self.batches,
-            seqlens or self.seqlens)]
-
-    def has_pretrained(self, model: str) -> bool:
-        return model in self.model_paths or model == "smollm2-135m"
-
-    def checkpoint(self, model: str) -> Path:
-        """Weights for a model: --model-path, else the embedded cache; skip with a hint.
-
-        Resolved (verified or built) once per process, not once per test.
-        """
-        if model not in self._resolved:
-            self._resolved[model] = self._resolve(model)
-        return self._resolved[model]
-
-    def _resolve(self, model: str) -> Path:
-        if model in self.model_paths:
-            try:
-                verify_checkpoint(model, self.model_paths[model])
-            except CheckpointError as e:
-                pytest.fail(f"--model-path {model}: {e}", pytrace=False)
-            return self.model_paths[model]
-        if model not in EMBEDDED_MODELS:
-            pytest.skip(f"{model}: no weights; pass --model-path {model}=/path/to/checkpoint")
-        return embedded_checkpoint(model, self.cache_dir)
-
-
-def _check_names(option: str, values: list[str], valid) -> None:
-    for value in values:
-        if value not in valid:
-            raise pytest.UsageError(f"{option} {value!r} is unknown; valid: {', '.join(valid)}")
-
-
-def _ints(option: str, values: list[str] | None, default: list[int]) -> list[int]:
-    parsed = []
-    for item in split_values(values):
-        if not item.isdigit() or int(item) == 0:
-            raise pytest.UsageError(f"{option} {item!r}: expected a positive integer")
-        parsed.append(int(item))
-    return parsed or default
+OUTCOME = pytest.StashKey[dict]()
 
 
 class RunnerPool:
@@ -156,55 +71,168 @@ class RunnerPool:
                          lambda: ReferenceRunner(path, dtype=DTYPES[dtype]))
 
 
+def parametrize_cases(metafunc, cases: list[Case]) -> None:
+    """Parametrize `case`; an empty grid is deselected, not skipped as an empty set."""
+    if cases:
+        metafunc.parametrize("case", cases, ids=str)
+    else:
+        metafunc.parametrize("case", [None], ids=["no-case"])
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+def _reason(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return report.longrepr[2].removeprefix("Skipped: ")
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    return one_line(text.removeprefix("Failed: ").removeprefix("AssertionError: "))
+
+
 class LlmgatePlugin:
     def __init__(self, config: pytest.Config):
         workerinput = getattr(config, "workerinput", None)
         self.is_worker = workerinput is not None
-        run_id = workerinput["llmgate_run_id"] if self.is_worker else (
-            config.getoption("--run-id") or new_run_id())
-        self.run_id = run_id
-        self.settings = Settings.from_config(config, run_id)
+        self.settings = Settings.from_config(config)
         if self.is_worker:
-            self.settings.worker = workerinput["workerid"]
+            self.run_id, self.session = workerinput["llmgate_run"]
+            self.worker = workerinput["workerid"]
+        else:
+            self.run_id = config.getoption("--run-id") or new_run_id()
+            self.session, self.worker = time.time_ns(), "main"
+        self.run_dir = self.settings.results_root / self.run_id
+        self.started = time.time()
         self.store: ResultsStore | None = None
-        self.recorded: dict[tuple[str, str], dict] = {}
-        if config.getoption("--resume"):
-            if not config.getoption("--run-id"):
+        resume = config.getoption("--resume")
+        recorded = load_records(self.run_dir)
+        if not self.is_worker:
+            if resume and not config.getoption("--run-id"):
                 raise pytest.UsageError("--resume needs the --run-id of the run to resume")
-            self.recorded = {(r["case"], r["test"]): r for r in load_records(self.settings.run_dir)}
+            if resume and not recorded:
+                raise pytest.UsageError(f"--resume: run {self.run_id!r} has no records in "
+                                        f"{self.run_dir}")
+            if recorded and not resume and not config.getoption("--collect-only"):
+                raise pytest.UsageError(f"--run-id {self.run_id!r} already has records in "
+                                        f"{self.run_dir}; pass --resume to continue it, or "
+                                        "choose another --run-id")
+        self.recorded = ({(r["case"], r["test"]): r for r in latest_rows(recorded)}
+                         if resume else {})
 
     def results(self) -> ResultsStore:
         if self.store is None:  # created on first record: runs that record nothing leave no dir
-            self.store = ResultsStore(self.settings.run_dir, self.settings.worker)
+            self.store = ResultsStore(self.run_dir, self.worker)
         return self.store
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node):  # xdist: workers share the controller's run
+        node.workerinput["llmgate_run"] = (self.run_id, self.session)
+
+    def pytest_collection_modifyitems(self, config, items):
+        empty = [item for item in items if _case(item) is None and _has_case_param(item)]
+        if empty:
+            config.hook.pytest_deselected(items=empty)
+            items[:] = [item for item in items if item not in empty]
+        for item in items:  # with --dist loadgroup, each model's cases share a worker
+            if (case := _case(item)) is not None:
+                item.add_marker(pytest.mark.xdist_group(case.model))
+
+    # --- resume: a recorded pass is skipped, a recorded failure fails again (as FAILED)
+
+    def _recorded(self, item) -> dict | None:
+        case = _case(item)
+        return case is not None and self.recorded.get((case.id, item.originalname))
+
     def pytest_runtest_setup(self, item):
-        """With --resume: a recorded pass is skipped, a recorded failure fails again."""
-        case = getattr(item, "callspec", None) and item.callspec.params.get("case")
-        row = case is not None and self.recorded.get((case.id, item.originalname))
-        if row and row["passed"]:
+        row = self._recorded(item)
+        if row and row.get("outcome", "passed" if row["passed"] else "failed") == "passed":
+            item.stash[OUTCOME] = {"resumed": True}
             pytest.skip(f"already recorded in run {self.run_id}")
-        if row:
-            reason = row.get("failures") or "see its records"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem):
+        row = self._recorded(pyfuncitem)
+        if row and row.get("outcome", "failed") in ("failed", "error"):
+            pyfuncitem.stash[OUTCOME] = {"resumed": True}
+            reason = row.get("reason") or row.get("failures") or "see its records"
             pytest.fail(f"recorded as failed in run {self.run_id}: {reason}", pytrace=False)
 
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_configure_node(self, node):  # xdist: workers share the controller's run id
-        node.workerinput["llmgate_run_id"] = self.run_id
+    # --- one record per case test, from the report hook
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = yield
+        case = _case(item)
+        if case is None:
+            return report
+        state = item.stash.setdefault(OUTCOME, {})
+        stashed: Verdict | None = state.get("verdict")
+        if report.when == "call" and report.passed and stashed is not None and not stashed.passed:
+            # A suite that records a failing verdict cannot pass.
+            report.outcome, report.longrepr = "failed", f"{case}: {stashed.message()}"
+        if report.when == "setup" and not report.passed:
+            state.update(outcome="skipped" if report.skipped else "error", reason=_reason(report))
+        elif report.when == "call":
+            state.update(outcome=report.outcome, reason="" if report.passed else _reason(report))
+        elif report.when == "teardown":
+            if report.failed and state.get("outcome") == "passed":
+                state.update(outcome="error", reason=_reason(report))
+            if not state.get("resumed"):
+                self._write(item, case, state)
+        return report
+
+    def _write(self, item, case: Case, state: dict) -> None:
+        verdict: Verdict | None = state.get("verdict")
+        fields = {}
+        if verdict is not None:
+            fields = {**verdict.metrics, "limit": verdict.limit, "rule": verdict.rule,
+                      "failures": verdict.message()}
+        outcome = state.get("outcome", "error")
+        reason = state.get("reason", "").removeprefix(f"{case.id}: ")
+        self.results().record({
+            "suite": item.path.parent.name, "case": case.id, "test": item.originalname,
+            "outcome": outcome, "passed": outcome == "passed", "reason": reason,
+            "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
+            "batch": case.batch, "seqlen": case.seqlen, "out": case.out,
+            **fields, **state.get("metrics", {}),
+            "session": self.session, "worker": self.worker})
+
+    # --- end of session: merge, provenance, table
 
     def pytest_sessionfinish(self, session):
-        if not self.is_worker and self.settings.run_dir.exists():
-            (self.settings.run_dir / "run.json").write_text(json.dumps(
-                {"run_id": self.run_id, **environment()}, indent=2))
-            merge(self.settings.run_dir)
+        if self.is_worker or not self.run_dir.exists():
+            return
+        rows = latest_rows(load_records(self.run_dir))
+        if rows and all(r.get("outcome") == "skipped" for r in rows):
+            # A gate that measured nothing must not pass.
+            self.results().record({
+                "suite": "run", "case": "selection", "test": "-", "outcome": "failed",
+                "passed": False, "session": self.session, "worker": self.worker,
+                "reason": f"no case was measured: all {len(rows)} selected were skipped"})
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        (self.run_dir / "run.json").write_text(json.dumps(
+            {"run_id": self.run_id, "started": self.started, "duration_s":
+             time.time() - self.started, **environment()}, indent=2))
+        merge(self.run_dir)
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.is_worker or not self.settings.run_dir.exists():
+        if self.is_worker or not self.run_dir.exists():
             return
-        table = summary_table(self.settings.run_dir)
+        table = summary_table(self.run_dir)
         if table:
-            terminalreporter.write_sep("=", f"llmgate results: {self.settings.run_dir}")
+            terminalreporter.write_sep("=", f"llmgate results: {self.run_dir}")
             terminalreporter.write_line(table)
+
+
+def _has_case_param(item) -> bool:
+    return "case" in getattr(getattr(item, "callspec", None), "params", {})
+
+
+def _case(item) -> Case | None:
+    case = item.callspec.params.get("case") if _has_case_param(item) else None
+    return case if isinstance(case, Case) else None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -224,12 +252,15 @@ def runner_pool(llmgate) -> RunnerPool:
 
 
 @pytest.fixture
-def record(request, pytestconfig):
-    """record(case, passed, **metrics): one results-store row for this test."""
-    plugin = pytestconfig._llmgate
-    suite = Path(str(request.node.path)).parent.name
+def record(request):
+    """record(verdict=None, **metrics): what this test measured, for its one record.
 
-    def _record(case: Case, passed: bool, **metrics) -> dict:
-        return plugin.results().record(suite, case.id, request.node.originalname, passed,
-                                       **metrics)
+    The record itself is written when the test ends, with pytest's outcome; a failing
+    verdict fails the test even if the suite forgets to assert.
+    """
+    state = request.node.stash.setdefault(OUTCOME, {})
+
+    def _record(verdict: Verdict | None = None, **metrics) -> None:
+        state["verdict"] = verdict
+        state.setdefault("metrics", {}).update(metrics)
     return _record

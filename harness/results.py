@@ -52,9 +52,8 @@ class ResultsStore:
                 if f.read(1) != b"\n":
                     f.write(b"\n")
 
-    def record(self, suite: str, case: str, test: str, passed: bool, **metrics) -> dict:
-        row = {"suite": suite, "case": case, "test": test, "passed": passed,
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics}
+    def record(self, row: dict) -> dict:
+        row = {**row, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with open(self.path, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
             f.flush()
@@ -74,40 +73,69 @@ def load_records(run_dir: Path) -> list[dict]:
     return rows
 
 
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (suite, case, test): the one from the latest session of a resumed run."""
+    latest: dict[tuple, dict] = {}
+    for row in sorted(rows, key=lambda r: r.get("session", 0)):
+        latest[(row["suite"], row["case"], row["test"])] = row
+    return list(latest.values())
+
+
 def merge(run_dir: Path) -> dict[str, Path]:
     """Write `<suite>.csv` for each suite in the run; returns the files written."""
-    rows = load_records(run_dir)
+    rows = latest_rows(load_records(run_dir))
     written = {}
     if not rows:
         return written
-    frame = pd.DataFrame(rows)
-    for suite, part in frame.groupby("suite"):
-        part = part.dropna(axis=1, how="all").sort_values(["case", "test"])
+    for suite in sorted({row["suite"] for row in rows}):
+        # Only the columns this suite's rows have; a NaN metric reads "nan", a metric the
+        # row does not have stays empty.
+        part = pd.DataFrame([{k: "nan" if v != v else v for k, v in r.items()}
+                             for r in rows if r["suite"] == suite]).sort_values(["case", "test"])
         path = Path(run_dir) / f"{suite}.csv"
         part.to_csv(path, index=False)
         written[suite] = path
     return written
 
 
-SUMMARY_COLUMNS = ("case", "test", "passed", "max_abs_diff", "min_cosine", "top1_agreement",
-                   "max_kl", "limit")
+# Per suite: the columns of the console table and how each is printed.
+SUMMARY_COLUMNS = {
+    "numerics": {"max_abs_diff": "{:.3g}", "min_cosine": "{:.6f}", "top1_agreement": "{:.4f}",
+                 "max_kl": "{:.3g}", "rule": "{}"},
+}
 
 
 def summary_table(run_dir: Path, max_rows: int = 60) -> str:
-    rows = load_records(run_dir)
-    if not rows:
+    """One table per suite, failures and errors first, then skips, then passes."""
+    rows = latest_rows(load_records(run_dir))
+    order = {"failed": 0, "error": 0, "skipped": 1, "passed": 2}
+    sections = []
+    for suite in sorted({r["suite"] for r in rows}):
+        part = sorted((r for r in rows if r["suite"] == suite),
+                      key=lambda r: (order.get(r.get("outcome"), 0), r["case"], r["test"]))
+        columns = SUMMARY_COLUMNS.get(suite, {})
+        table = [[r["case"], r["test"], r.get("outcome", "")]
+                 + [_format(r.get(c), fmt) for c, fmt in columns.items()]
+                 + [_clip(r.get("reason") or r.get("failures") or "")]
+                 for r in part[:max_rows]]
+        text = tabulate(table, headers=["case", "test", "outcome", *columns, "reason"],
+                        tablefmt="simple")
+        counts = ", ".join(f"{sum(r.get('outcome') == o for r in part)} {o}"
+                           for o in ("passed", "failed", "error", "skipped"))
+        if len(part) > max_rows:
+            text += f"\n... {len(part) - max_rows} more rows in {Path(run_dir) / suite}.csv"
+        sections.append(f"{suite}: {counts}\n{text}")
+    return "\n\n".join(sections)
+
+
+def _format(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and value != value and fmt == "{}"):
         return ""
-    table = [[_short(row.get(c, "")) for c in SUMMARY_COLUMNS]
-             for row in sorted(rows, key=lambda r: (r["case"], r["test"]))]
-    failed = [r for r in table if r[2] is False]
-    shown = (failed + [r for r in table if r[2] is not False])[:max_rows]
-    text = tabulate(shown, headers=SUMMARY_COLUMNS, tablefmt="simple")
-    if len(table) > len(shown):
-        text += f"\n... {len(table) - len(shown)} more rows in {run_dir}"
-    return text
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
 
 
-def _short(value):
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return value
+def _clip(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."

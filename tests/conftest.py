@@ -3,9 +3,14 @@
 from functools import cache
 
 import pytest
+import torch._dynamo  # noqa: F401  (see below)
 
 from harness.checkpoints import embedded_checkpoint
 from models.loading import load_model
+
+# torch._dynamo registers operator libraries once per process. pytester drops every module
+# imported during a test when the test ends, so a second import would register them again and
+# fail: importing it above, before any test, keeps it loaded.
 
 
 @cache

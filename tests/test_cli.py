@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from harness.cli import main
@@ -22,3 +24,41 @@ def test_devices_says_why_hardware_is_unusable(capsys):
 def test_unknown_arguments_are_refused_outside_run():
     with pytest.raises(SystemExit):
         main(["models", "--bogus"])
+
+
+def test_run_help_says_where_the_options_are(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "Every argument not listed here goes to pytest" in out
+    assert "under 'llmgate' in `pytest --help`" in out and "examples:" in out
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two"])
+def test_run_refuses_fewer_than_one_worker(workers, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--workers", workers])
+    assert "--workers: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_run_starts_one_worker_per_model_at_most_one_per_core():
+    import os
+
+    from harness.cli import ROOT, _workers_for
+
+    numerics = str(ROOT / "suites" / "numerics")
+    assert _workers_for([numerics, "-k", "qwen-tiny and bs1-"]) == (1, None)
+    two = _workers_for([numerics, "--model", "qwen-tiny,falcon-tiny", "--dtype", "fp32"])
+    assert two == (min(2, os.cpu_count()), None)
+    workers, code = _workers_for([numerics, "--batch", "0"])
+    assert code == pytest.ExitCode.USAGE_ERROR
+
+
+def test_prepare_says_what_it_did_per_entry(capsys, tmp_path):
+    from tests.conftest import tiny_checkpoint
+
+    smollm2 = tiny_checkpoint("smollm2-135m")
+    (tmp_path / smollm2.name).symlink_to(smollm2)
+    assert main(["prepare", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"smollm2-135m +verified", out) and re.search(r"falcon-tiny +built", out)

@@ -12,19 +12,44 @@ pytest_plugins = ["pytester"]
 SUITE = """
 import pytest
 from harness.cases import Case
+from harness.verdicts import verdict
 
-CASES = [Case("qwen-tiny", "cpu", "fp32", b, 8) for b in (1, 2, 3, 4)]
+def cases(*seqlens, model="qwen-tiny", hardware="cpu"):
+    return [Case(model, hardware, "fp32", 1, s) for s in seqlens]
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", [Case("qwen-tiny", "cpu", "fp32", b, 8) for b in (1, 2, 3, 4)],
+                         ids=str)
 def test_records(case, record):
-    record(case, case.batch != 3, value=case.batch)
-    assert case.batch != 3
+    result = verdict(["bs3 is too far"] if case.batch == 3 else [], 1.0, value=case.batch)
+    record(result)
+    assert result.passed, f"{case}: {result.message()}"
 
-def test_npu(runner_pool):
-    runner_pool.ported(Case("qwen-tiny", "npu", "fp16", 1, 8))
+@pytest.mark.parametrize("case", cases(8, hardware="npu"), ids=str)
+def test_npu(case, runner_pool):
+    runner_pool.ported(case)
 
-def test_missing_weights(runner_pool):
-    runner_pool.ported(Case("qwen-7b", "cpu", "fp32", 1, 8))
+@pytest.mark.parametrize("case", cases(8, model="qwen-7b"), ids=str)
+def test_missing_weights(case, runner_pool):
+    runner_pool.ported(case)
+
+@pytest.mark.parametrize("case", cases(9), ids=str)
+def test_raises(case):
+    raise RuntimeError("engine exploded\\nsecond line")
+
+@pytest.fixture
+def broken():
+    raise OSError("fixture broke")
+
+@pytest.mark.parametrize("case", cases(10), ids=str)
+def test_setup_error(case, broken):
+    pass
+
+@pytest.mark.parametrize("case", cases(11), ids=str)
+def test_forgets_to_assert(case, record):
+    record(verdict(["too far"], 1.0))
+
+def test_selection(llmgate):
+    print("MODELS", ",".join(llmgate.models))
 """
 
 
@@ -36,14 +61,31 @@ def suite(pytester):
     return pytester
 
 
+def rows(pytester, run_id):
+    return {(r["test"], r["case"]): r
+            for r in csv.DictReader(open(pytester.path / "reports" / run_id / "demo.csv"))}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "qwen-8b"], "--model 'qwen-8b' is unknown; valid: falcon-7b"),
     (["--model-path", "llama-7b=/x"], "--model-path 'llama-7b' is unknown; valid:"),
     (["--model-path", "qwen-7b"], "--model-path 'qwen-7b': expected NAME=DIR"),
+    (["--model-path", "qwen-7b=/no/such/dir"], "--model-path qwen-7b=/no/such/dir: directory "
+                                                "not found"),
     (["--hardware", "tpu"], "--hardware 'tpu' is unknown; valid: cpu, cuda, npu"),
     (["--dtype", "fp32,int4"], "--dtype 'int4' is unknown; valid: fp32, bf16, fp16"),
-    (["--batch", "0"], "--batch '0': expected a positive integer"),
-    (["--seqlen", "32,x"], "--seqlen 'x': expected a positive integer"),
+    (["--batch", "0"], "--batch '0': expected an integer >= 1"),
+    (["--batch", "²"], "--batch '²': expected an integer >= 1"),
+    (["--seqlen", "32,x"], "--seqlen 'x': expected an integer >= 1"),
+    (["--decode-steps", "-3"], "--decode-steps '-3': expected an integer >= 1"),
+    (["--model", "falcon-tiny", "--seqlen", "508"],
+     "falcon-tiny has 512 positions; --seqlen 508 + --decode-steps 8 = 516 tokens do not fit"),
+    (["--model", "starcoder-tiny", "--seqlen", "32,600", "--dtype", "bf16"],
+     "starcoder-tiny has 512 positions; --seqlen 600 + --decode-steps 8 = 608 tokens*"),
+    (["--seqlen", "100000"], "falcon-tiny has 512 positions; --seqlen 100000 + --decode-steps*"),
+    (["--model", "falcon-tiny", "--seqlen", "490", "--dtype", "fp32"],
+     "falcon-tiny has 512 positions; --seqlen 490 + 32 generated tokens (greedy generation) = "
+     "522 tokens do not fit"),
 ])
 def test_bad_options_are_usage_errors(suite, args, message):
     result = suite.runpytest(*args)
@@ -51,55 +93,130 @@ def test_bad_options_are_usage_errors(suite, args, message):
     result.stderr.fnmatch_lines([f"*{message}*"])
 
 
-def test_unavailable_hardware_and_weights_skip_with_the_reason(suite):
-    result = suite.runpytest("-rs", "--results-dir", "out", "--run-id", "r1")
-    result.assert_outcomes(passed=3, failed=1, skipped=2)
-    result.stdout.fnmatch_lines(["*npu: torch_npu not importable*",
-                                 "*qwen-7b: no weights; pass --model-path qwen-7b=*"])
-
-
-def test_model_path_to_the_wrong_model_fails_every_test_of_it(suite, make_tiny):
+def test_a_model_path_needs_its_model_selected(suite, make_tiny):
     from models.config import get_config
 
     path = make_tiny(get_config("falcon-tiny"))
-    result = suite.runpytest("-k", "missing_weights", "--model-path", f"qwen-7b={path}")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*--model-path qwen-7b: *not a qwen-7b checkpoint: family*"])
+    result = suite.runpytest("--model", "qwen-tiny", "--model-path", f"falcon-tiny={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--model-path falcon-tiny=... is given but --model does not "
+                                 "select falcon-tiny; add --model falcon-tiny*"])
+    alone = suite.runpytest("-s", "-k", "selection", "--model-path", f"falcon-tiny={path}")
+    alone.stdout.fnmatch_lines(["*MODELS falcon-tiny"])  # a path alone selects its model
+    default = suite.runpytest("-s", "-k", "selection")
+    default.stdout.fnmatch_lines(["*MODELS falcon-tiny,bloom-tiny,alpaca2-tiny,qwen-tiny,"
+                                  "starcoder-tiny,smollm2-135m"])
+
+
+def test_a_model_path_to_another_model_is_a_usage_error(suite, make_tiny):
+    from models.config import get_config
+
+    path = make_tiny(get_config("falcon-tiny"))
+    result = suite.runpytest("--model-path", f"qwen-7b={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--model-path qwen-7b: *not a qwen-7b checkpoint: family*"])
+
+
+@pytest.mark.parametrize("option", ["--results-dir", "--cache-dir"])
+def test_a_directory_option_that_is_a_file_is_a_usage_error(suite, option):
+    (suite.path / "afile").write_text("x")
+    result = suite.runpytest(option, "afile")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option} afile: exists and is not a directory*"])
+
+
+def test_every_outcome_leaves_one_record_that_agrees_with_pytest(suite):
+    result = suite.runpytest("-rs", "-k", "not selection", "--run-id", "r1")
+    result.assert_outcomes(passed=3, failed=3, skipped=2, errors=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    found = rows(suite, "r1")
+    outcome = {key: row["outcome"] for key, row in found.items()}
+    assert outcome == {
+        **{("test_records", f"qwen-tiny-cpu-fp32-bs{b}-in8"): "passed" for b in (1, 2, 4)},
+        ("test_records", "qwen-tiny-cpu-fp32-bs3-in8"): "failed",
+        ("test_npu", "qwen-tiny-npu-fp32-bs1-in8"): "skipped",
+        ("test_missing_weights", "qwen-7b-cpu-fp32-bs1-in8"): "skipped",
+        ("test_raises", "qwen-tiny-cpu-fp32-bs1-in9"): "failed",
+        ("test_setup_error", "qwen-tiny-cpu-fp32-bs1-in10"): "error",
+        ("test_forgets_to_assert", "qwen-tiny-cpu-fp32-bs1-in11"): "failed",
+    }
+    reason = {key[0]: row["reason"] for key, row in found.items()}
+    assert reason["test_raises"] == "RuntimeError: engine exploded"
+    assert reason["test_setup_error"] == "OSError: fixture broke"
+    assert reason["test_npu"].startswith("npu: torch_npu not importable")
+    assert reason["test_missing_weights"].startswith("qwen-7b: no weights; pass --model-path")
+    assert reason["test_forgets_to_assert"] == "too far"
+    assert found[("test_records", "qwen-tiny-cpu-fp32-bs3-in8")]["reason"] == "bs3 is too far"
+    result.stdout.fnmatch_lines(["*llmgate results*", "demo: 3 passed, 3 failed, 1 error, "
+                                 "2 skipped", "*bs3-in8*failed*bs3 is too far*"])
+
+
+def test_a_green_run_has_only_passing_records(suite):
+    result = suite.runpytest("-k", "records and not bs3", "--run-id", "ok")
+    assert result.ret == pytest.ExitCode.OK
+    assert {row["outcome"] for row in rows(suite, "ok").values()} == {"passed"}
+
+
+def test_a_run_that_measured_nothing_fails(suite):
+    result = suite.runpytest("-k", "npu or missing", "--run-id", "none")
+    result.assert_outcomes(skipped=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    run = list(csv.DictReader(open(suite.path / "reports" / "none" / "run.csv")))
+    assert run[0]["reason"] == "no case was measured: all 2 selected were skipped"
 
 
 def test_required_hardware_fails_instead(suite):
-    result = suite.runpytest("--require-hardware", "-k", "npu")
+    result = suite.runpytest("--require-hardware", "-k", "npu", "--run-id", "hw")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*npu required but unavailable: torch_npu not importable*"])
+    assert rows(suite, "hw")[("test_npu", "qwen-tiny-npu-fp32-bs1-in8")]["outcome"] == "failed"
 
 
 def test_xdist_workers_write_their_own_files_and_the_controller_merges(suite):
-    result = suite.runpytest_subprocess("-n", "2", "-k", "records", "--results-dir", "out",
-                                        "--run-id", "x")
+    result = suite.runpytest_subprocess("-n", "2", "-k", "records", "--run-id", "x")
     result.assert_outcomes(passed=3, failed=1)
-    run_dir = suite.path / "out" / "x"
+    run_dir = suite.path / "reports" / "x"
     assert {p.name for p in run_dir.glob("records-*.jsonl")} == {"records-gw0.jsonl",
                                                                  "records-gw1.jsonl"}
-    rows = list(csv.DictReader(open(run_dir / "demo.csv")))
     expected = [f"qwen-tiny-cpu-fp32-bs{b}-in8" for b in (1, 2, 3, 4)]
-    assert sorted(r["case"] for r in rows) == expected
+    assert sorted(case for _, case in rows(suite, "x")) == expected
     assert (run_dir / "run.json").exists()
-    result.stdout.fnmatch_lines(["*llmgate results*", "*bs3-in8*False*"])
+    result.stdout.fnmatch_lines(["*llmgate results*", "*bs3-in8*failed*"])
 
 
-def test_resume_skips_what_the_run_already_recorded(suite):
-    first = suite.runpytest("-k", "records and not bs4", "--results-dir", "out", "--run-id", "r")
-    first.assert_outcomes(passed=2, failed=1)
-    again = suite.runpytest("-k", "records", "--results-dir", "out", "--run-id", "r", "--resume",
-                            "-rs")
-    again.assert_outcomes(passed=1, skipped=2, errors=1)  # the bs3 failure is not forgotten
-    again.stdout.fnmatch_lines(["*recorded as failed in run r*",
-                                "*already recorded in run r*"])
-    rows = list(csv.DictReader(open(suite.path / "out" / "r" / "demo.csv")))
-    assert len(rows) == 4
+def test_resume_skips_passes_and_fails_recorded_failures_as_failed(suite):
+    first = suite.runpytest("-k", "records and not bs4 or npu", "--run-id", "r")
+    first.assert_outcomes(passed=2, failed=1, skipped=1)
+    again = suite.runpytest("-k", "records or npu", "--run-id", "r", "--resume", "-rsf")
+    again.assert_outcomes(passed=1, skipped=3, failed=1)  # the bs3 failure is not forgotten
+    again.stdout.fnmatch_lines(["recorded as failed in run r: bs3 is too far",
+                                "*already recorded in run r*", "FAILED*bs3*"])
+    found = rows(suite, "r")
+    assert len(found) == 5  # one row per test: the resumed run adds bs4, reruns the skip
+    assert found[("test_records", "qwen-tiny-cpu-fp32-bs4-in8")]["outcome"] == "passed"
 
 
-def test_resume_needs_a_run_id(suite):
+def test_resume_needs_a_run_with_records(suite):
     result = suite.runpytest("--resume")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--resume needs the --run-id*"])
+    result = suite.runpytest("--resume", "--run-id", "never")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--resume: run 'never' has no records in *never*"])
+
+
+def test_an_existing_run_id_is_not_silently_appended_to(suite):
+    suite.runpytest("-k", "records and bs1", "--run-id", "dup").assert_outcomes(passed=1)
+    result = suite.runpytest("-k", "records and bs1", "--run-id", "dup")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--run-id 'dup' already has records in *dup; pass --resume "
+                                 "to continue it, or choose another --run-id*"])
+
+
+def test_results_default_to_reports_under_the_rootdir(suite, monkeypatch):
+    suite.makeini("[pytest]\n")
+    (suite.path / "elsewhere").mkdir()
+    monkeypatch.chdir(suite.path / "elsewhere")
+    result = suite.runpytest(str(suite.path / "demo"), "-k", "records and bs1", "--run-id", "here")
+    result.assert_outcomes(passed=1)
+    assert (suite.path / "reports" / "here" / "demo.csv").exists()

@@ -2,10 +2,13 @@
 
 import pytest
 
-from harness.cases import Case
 from harness.numerics import load_thresholds
+from harness.plugin import parametrize_cases
+from harness.settings import GREEDY_NEW_TOKENS
 
-GREEDY_NEW_TOKENS = 32
+# The padding check reruns every row alone (and against the reference in bf16/fp16): a few
+# decode steps show whether padding leaks into later positions.
+PADDING_STEPS = 4
 
 
 def pytest_generate_tests(metafunc):
@@ -13,15 +16,15 @@ def pytest_generate_tests(metafunc):
         return
     settings = metafunc.config._llmgate.settings
     name = metafunc.function.__name__
-    if name == "test_padding_invariance":  # needs a padded batch
-        cases = [c for c in settings.cases() if c.batch > 1]
+    if name == "test_padding_invariance":  # needs a padded batch; runs each row alone too
+        cases = [c for c in settings.cases(out=min(settings.decode_steps, PADDING_STEPS))
+                 if c.batch > 1]
     elif name == "test_greedy_generation":  # exact token equality: fp32 runs only
-        cases = [Case(c.model, c.hardware, c.dtype, 2, c.seqlen, GREEDY_NEW_TOKENS)
-                 for c in settings.cases(batches=[2], seqlens=[min(settings.seqlens)])
-                 if c.dtype == "fp32"]
+        cases = [c for c in settings.cases(batches=[2], seqlens=[min(settings.seqlens)],
+                                           out=GREEDY_NEW_TOKENS) if c.dtype == "fp32"]
     else:
         cases = settings.cases()
-    metafunc.parametrize("case", cases, ids=str)
+    parametrize_cases(metafunc, cases)
 
 
 @pytest.fixture(scope="session")

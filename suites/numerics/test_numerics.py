@@ -10,23 +10,16 @@ import torch
 from harness.numerics import (
     fp32_verdict,
     make_prompt,
+    nonfinite_failures,
     reduced_verdict,
     sequence_logits,
     stats_against_reference,
     teacher_forced,
 )
+from harness.prompts import prompt_ids
+from harness.verdicts import at_most, first_lines, nan_max, verdict
 
 pytestmark = pytest.mark.numerics
-
-PROMPT_TEXT = (
-    "The history of computing is a story of ever smaller machines doing ever larger jobs. "
-    "Early computers filled whole rooms, consumed enormous amounts of power and needed teams "
-    "of engineers to keep them running. Today a phone in a pocket outperforms them by many "
-    "orders of magnitude, and the same ideas that once required a laboratory now run on a "
-    "laptop. Language models follow the same path: what first ran on large clusters is being "
-    "ported to new accelerators, and each port must prove that it still computes the same "
-    "function as the original implementation, token by token, before anyone relies on it."
-)
 
 
 def test_teacher_forced(case, runner_pool, llmgate, thresholds, record):
@@ -35,21 +28,19 @@ def test_teacher_forced(case, runner_pool, llmgate, thresholds, record):
     ids, mask = make_prompt(case, ported.model.config.vocab_size)
     pretrained = llmgate.has_pretrained(case.model)
     if case.dtype == "fp32":
-        history, _ = teacher_forced(reference, [ported], ids, mask, llmgate.decode_steps)
+        history, _ = teacher_forced(reference, [ported], ids, mask, case.out)
         ours = stats_against_reference(history, 1, thresholds)
-        verdict = fp32_verdict(ours, thresholds, pretrained)
+        result = fp32_verdict(ours, thresholds, pretrained, nonfinite_failures(history, 1))
         theirs = {}
     else:
         reference_in_dtype = runner_pool.reference(case.model, case.dtype)
-        history, _ = teacher_forced(reference, [ported, reference_in_dtype], ids, mask,
-                                    llmgate.decode_steps)
+        history, _ = teacher_forced(reference, [ported, reference_in_dtype], ids, mask, case.out)
         ours = stats_against_reference(history, 1, thresholds)
         hf = stats_against_reference(history, 2, thresholds)
-        verdict = reduced_verdict(ours, hf, thresholds, pretrained)
+        result = reduced_verdict(ours, hf, thresholds, pretrained, nonfinite_failures(history, 1))
         theirs = {f"reference_{k}": v for k, v in hf.as_dict().items() if k != "positions"}
-    record(case, verdict.passed, **ours.as_dict(), **theirs, limit=verdict.limit,
-           failures="; ".join(verdict.failures), thresholds_version=thresholds["version"])
-    assert verdict.passed, f"{case}: " + "; ".join(verdict.failures)
+    record(result, **theirs, thresholds_version=thresholds["version"])
+    assert result.passed, f"{case}: {result.message()}"
 
 
 def test_padding_invariance(case, runner_pool, llmgate, thresholds, record):
@@ -60,36 +51,39 @@ def test_padding_invariance(case, runner_pool, llmgate, thresholds, record):
     """
     ported = runner_pool.ported(case)
     ids, mask = make_prompt(case, ported.model.config.vocab_size)
-    steps = min(llmgate.decode_steps, 4)
-    batch_history, tokens = teacher_forced(ported, [], ids, mask, steps)
+    batch_history, tokens = teacher_forced(ported, [], ids, mask, case.out)
     reference = runner_pool.reference(case.model) if case.dtype != "fp32" else None
     kind = "real" if llmgate.has_pretrained(case.model) else "tiny"
     abs_limit = thresholds["fp32"][f"padding_abs_diff_{kind}"]
     factor = thresholds["reduced"]["padding_relative"]
-    worst_diff, worst_ratio, failures = 0.0, 0.0, []
+    diffs, ratios, failures = [], [], []
     for row in range(case.batch):
         pad = int((mask[row] == 0).sum())
         sequence, row_tokens = ids[row:row + 1, pad:], [t[row:row + 1] for t in tokens]
         padded = torch.stack([step[0][row] for step in batch_history])
         by_itself = sequence_logits(ported, sequence, row_tokens)
         diff = (padded - by_itself).abs().max().item()
-        worst_diff = max(worst_diff, diff)
+        diffs.append(diff)
         if reference is None:
-            if diff > abs_limit:
+            if not at_most(diff, abs_limit):
                 failures.append(f"row {row}: batch vs alone max |dlogit| {diff:.3g} > "
                                 f"{abs_limit:g}")
             continue
         truth = sequence_logits(reference, sequence, row_tokens)
         padded_error = (padded - truth).abs().max().item()
         alone_error = (by_itself - truth).abs().max().item()
-        worst_ratio = max(worst_ratio, padded_error / max(alone_error, 1e-12))
-        if padded_error > factor * alone_error + abs_limit:
+        ratios.append(padded_error / max(alone_error, 1e-12))
+        if not at_most(padded_error, factor * alone_error + abs_limit):
             failures.append(f"row {row}: padded error {padded_error:.3g} > {factor} x alone "
                             f"{alone_error:.3g} + {abs_limit:g}")
-    record(case, not failures, max_abs_diff=worst_diff, padded_error_ratio=worst_ratio,
-           limit=abs_limit if reference is None else factor, failures="; ".join(failures),
-           thresholds_version=thresholds["version"])
-    assert not failures, f"{case}: " + "; ".join(failures)
+    if reference is None:
+        result = verdict(failures, abs_limit, f"batch vs alone max |dlogit| <= {abs_limit:g}",
+                         max_abs_diff=nan_max(diffs))
+    else:
+        result = verdict(failures, factor, f"padded error <= {factor} x alone + {abs_limit:g}",
+                         max_abs_diff=nan_max(diffs), padded_error_ratio=nan_max(ratios))
+    record(result, thresholds_version=thresholds["version"])
+    assert result.passed, f"{case}: {result.message()}"
 
 
 def test_greedy_generation(case, runner_pool, llmgate, record):
@@ -101,21 +95,24 @@ def test_greedy_generation(case, runner_pool, llmgate, record):
     ported = runner_pool.ported(case)
     reference = runner_pool.reference(case.model)
     tokenizer = AutoTokenizer.from_pretrained(llmgate.checkpoint(case.model))
-    full = tokenizer(PROMPT_TEXT, return_tensors="pt").input_ids[:, : case.seqlen]
-    assert full.shape[1] == case.seqlen, f"prompt text has fewer than {case.seqlen} tokens"
-    ids = full.repeat(2, 1)
+    pad_id = tokenizer.pad_token_id or 0
+    ids = torch.tensor([prompt_ids(tokenizer, case.seqlen)] * 2)
     mask = torch.ones_like(ids)
     mask[1, : case.seqlen // 2] = 0  # second row: the prompt's tail, left-padded
-    ids[1, : case.seqlen // 2] = tokenizer.pad_token_id or 0
-    ours = generate(ported.engine, ids, mask, case.out, ignore_eos=True).tokens
+    ids[1, : case.seqlen // 2] = pad_id
+    generation = generate(ported.engine, ids, mask, case.out, ignore_eos=True)
+    ours = generation.tokens
     theirs = reference.model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=case.out, min_new_tokens=case.out,
-        do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)[:, case.seqlen:].tolist()
-    agree = [sum(a == b for a, b in zip(o, t)) for o, t in zip(ours, theirs)]
+        do_sample=False, pad_token_id=pad_id)[:, case.seqlen:].tolist()
     first_diff = [next((i for i, (a, b) in enumerate(zip(o, t)) if a != b), None)
                   for o, t in zip(ours, theirs)]
-    passed = ours == theirs
-    record(case, passed, tokens_compared=sum(len(t) for t in theirs),
-           tokens_equal=sum(agree), first_difference=str(first_diff),
-           text=tokenizer.decode(ours[0]))
-    assert passed, f"{case}: first differing new token per row {first_diff}"
+    failures = first_lines([f"step {step} row {row}: non-finite logits"
+                            for step, row in generation.nonfinite])
+    failures += [f"row {row}: first differing new token at {i}"
+                 for row, i in enumerate(first_diff) if i is not None]
+    result = verdict(failures, 0, "identical tokens",
+                     tokens_compared=sum(len(t) for t in theirs),
+                     tokens_equal=sum(a == b for o, t in zip(ours, theirs) for a, b in zip(o, t)))
+    record(result, text=tokenizer.decode(ours[0]))
+    assert result.passed, f"{case}: {result.message()}"
