@@ -1,5 +1,7 @@
 """llmgate's pytest options (one group; defaults in the help) and its plugin."""
 
+from harness.perf.options import add_options as add_perf_options
+
 pytest_plugins = ["harness.plugin"]
 
 
@@ -7,7 +9,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("llmgate", "llmgate: model x hardware x dtype x batch x seqlen")
     group.addoption("--model", action="append", metavar="NAME",
                     help="registered model name, repeatable or comma-separated "
-                         "(default: every tiny model and smollm2-135m)")
+                         "(default: every tiny model and smollm2-135m; perf adds the real "
+                         "models, skipped without --model-path)")
     group.addoption("--model-path", action="append", metavar="NAME=DIR",
                     help="HuggingFace checkpoint directory with the real weights of NAME "
                          "(repeatable; without --model, these models are the selection; "
@@ -16,9 +19,10 @@ def pytest_addoption(parser):
                     help="cpu, cuda or npu, repeatable or comma-separated (default: cpu)")
     group.addoption("--dtype", action="append", metavar="DTYPE",
                     help="fp32, bf16 or fp16, repeatable or comma-separated "
-                         "(default: fp32,bf16)")
+                         "(default: numerics fp32,bf16; perf fp32)")
     group.addoption("--batch", action="append", metavar="N",
-                    help="batch sizes, repeatable or comma-separated (default: 1,4)")
+                    help="batch sizes, repeatable or comma-separated (default: numerics 1,4; "
+                         "perf 1,8)")
     group.addoption("--seqlen", action="append", metavar="N",
                     help="prompt lengths, repeatable or comma-separated (default: 32,128)")
     group.addoption("--decode-steps", type=int, default=8, metavar="N",
@@ -35,6 +39,9 @@ def pytest_addoption(parser):
     group.addoption("--run-id", metavar="ID",
                     help="name of this run's results directory; an existing one is refused "
                          "unless --resume is given (default: a timestamp)")
+    group.addoption("--baselines-dir", metavar="DIR",
+                    help="stored baselines (default: the project's baselines/)")
     group.addoption("--resume", action="store_true", default=False,
                     help="with --run-id of an interrupted run: do not rerun what it recorded "
                          "(recorded passes skip, recorded failures fail) (default: off)")
+    add_perf_options(group)

@@ -16,7 +16,7 @@ class Case:
     model: str
     hardware: str
     dtype: str
-    batch: int
+    batch: int | str  # "max": the max-batch search
     seqlen: int
     out: int | None = None
 

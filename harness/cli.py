@@ -1,9 +1,10 @@
 """The `llmgate` command.
 
     llmgate run [SUITE] [PYTEST ARGS]   run the suites (default: all) on the embedded defaults
-    llmgate prepare             build or verify the embedded checkpoints
-    llmgate models              list the registered models
-    llmgate devices             say which hardware is usable here, and why not
+    llmgate baseline save|list|show     store a run as a baseline; list and show baselines
+    llmgate prepare                     build or verify the embedded checkpoints
+    llmgate models                      list the registered models
+    llmgate devices                     say which hardware is usable here, and why not
 """
 
 from __future__ import annotations
@@ -14,25 +15,52 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from harness import baseline_commands
 from models.config import EMBEDDED_MODELS, REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("numerics",)
+SUITES = ("numerics", "perf")
 
 
 def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
+    """The suites through pytest, as one run: the perf suite afterwards and alone, in this
+    process, because workers running beside it would be timed with it."""
     import pytest
 
+    from harness.results import load_records, new_run_id
+
     suites = SUITES if not args.suite or "all" in args.suite else args.suite
-    argv = [*(str(ROOT / "suites" / s) for s in suites), *pytest_args]
-    workers = args.workers
-    if workers is None:
-        workers, code = _workers_for(argv)
-        if code is not None:
-            return code
-    if workers > 1:
-        argv += ["-n", str(workers), "--dist", "loadgroup"]
-    return int(pytest.main(["-q", *argv]))
+    known, _ = _RUN_OPTIONS.parse_known_args(pytest_args)
+    run_id = known.run_id or new_run_id()
+    extra = [] if known.run_id else ["--run-id", run_id]
+    codes = []
+    parallel = [str(ROOT / "suites" / s) for s in suites if s != "perf"]
+    if parallel:
+        argv = [*parallel, *pytest_args, *extra]
+        workers = args.workers
+        if workers is None:
+            workers, code = _workers_for(argv)
+            if code is not None:
+                return code
+        if workers > 1:
+            argv += ["-n", str(workers), "--dist", "loadgroup"]
+        codes.append(int(pytest.main(["-q", *argv])))
+        if codes[-1] in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED):
+            return codes[-1]
+    if "perf" in suites:
+        results = Path(known.results_dir or ROOT / "reports") / run_id
+        resume = ["--resume"] if load_records(results) and not known.resume else []
+        codes.append(int(pytest.main(["-q", str(ROOT / "suites" / "perf"), *pytest_args, *extra,
+                                      *resume])))
+    measured = [c for c in codes if c != pytest.ExitCode.NO_TESTS_COLLECTED]
+    return max(measured) if measured else codes[0]
+
+
+# The pytest options `llmgate run` itself needs to read (they still go to pytest).
+_RUN_OPTIONS = argparse.ArgumentParser(add_help=False)
+_RUN_OPTIONS.add_argument("--run-id")
+_RUN_OPTIONS.add_argument("--results-dir")
+_RUN_OPTIONS.add_argument("--resume", action="store_true")
 
 
 def _workers_for(argv: list[str]) -> tuple[int, int | None]:
@@ -106,11 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         "run", help="run the suites through pytest; other arguments go to pytest",
         usage="llmgate run [SUITE ...] [--workers N] [PYTEST ARGS ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run llmgate's suites through pytest. Every argument not listed here goes "
-                    "to pytest unchanged;\nthe llmgate options (--model, --dtype, --batch, ...) "
-                    "are listed under 'llmgate' in `pytest --help`.",
+        description="Run llmgate's suites through pytest, as one run (one --run-id, one "
+                    "report). Every argument\nnot listed here goes to pytest unchanged; the "
+                    "llmgate options (--model, --dtype, --batch, ...)\nare listed under "
+                    "'llmgate' in `pytest --help`. The perf suite runs last and alone, in this\n"
+                    "process, so that no worker beside it skews its timings.",
         epilog="examples:\n"
                "  llmgate run                                  every suite, embedded defaults\n"
+               "  llmgate run perf -k \"qwen and bs8\"            the batch-8 Qwen perf cases\n"
                "  llmgate run numerics -k \"qwen and bs1-\"      one suite, a -k selection\n"
                "  llmgate run numerics --model smollm2-135m --dtype fp32 --workers 1\n\n"
                f"SUITE (first, before other arguments): {', '.join(SUITES)} or all "
@@ -122,16 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--cache-dir", help="default: $LLMGATE_CACHE or ~/.cache/llmgate")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("devices", help="which hardware is usable here")
+    baseline_commands.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         args.suite = []
         while rest and rest[0] in (*SUITES, "all"):
             args.suite.append(rest.pop(0))
-    if args.command != "run" and rest:
+        return cmd_run(args, rest)
+    if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"run": lambda: cmd_run(args, rest), "prepare": lambda: cmd_prepare(args),
-                "models": lambda: cmd_models(args), "devices": lambda: cmd_devices(args)}
-    return commands[args.command]()
+    commands = {"prepare": cmd_prepare, "models": cmd_models, "devices": cmd_devices,
+                "baseline": baseline_commands.main}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ TORCH_DEVICE_BACKEND_AUTOLOAD=0 is set.
 from __future__ import annotations
 
 import importlib
+import platform
 import resource
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import psutil
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,6 +52,14 @@ class Backend:
 
     def torch_device(self) -> torch.device:
         return torch.device(self.name)
+
+    def device_name(self) -> str:
+        """The device model, e.g. 'NVIDIA A100-SXM4-80GB' or 'Ascend910B3': what a stored
+        baseline must match to count as the same hardware."""
+        raise NotImplementedError
+
+    def free_memory_bytes(self) -> int:
+        raise NotImplementedError
 
     def dtypes(self) -> tuple[str, ...]:
         return tuple(DTYPES)
@@ -102,6 +112,18 @@ class CpuBackend(Backend):
     def availability(self) -> tuple[bool, str]:
         return True, ""
 
+    def device_name(self) -> str:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine()
+
+    def free_memory_bytes(self) -> int:
+        return psutil.virtual_memory().available
+
     def reset_peak_memory(self) -> None:
         try:  # Linux >= 4.0: writing 5 resets the peak RSS to the current RSS.
             Path("/proc/self/clear_refs").write_text("5")
@@ -143,6 +165,18 @@ class _AcceleratorBackend(Backend):
 
     def peak_memory_bytes(self) -> int:
         return int(self.module().max_memory_allocated())
+
+    def device_name(self) -> str:
+        return self.module().get_device_name()
+
+    def limit_memory(self, memory: int | None, weights: int = 0) -> None:
+        """Let this process's allocator hand out at most `memory` bytes (None: all)."""
+        total = self.module().mem_get_info()[1]
+        fraction = 1.0 if memory is None else min(1.0, memory / total)
+        self.module().set_per_process_memory_fraction(fraction)
+
+    def free_memory_bytes(self) -> int:
+        return int(self.module().mem_get_info()[0])
 
 
 class CudaBackend(_AcceleratorBackend):

@@ -52,7 +52,8 @@ class RunnerPool:
         self._runners.move_to_end(key)
         return self._runners[key]
 
-    def ported(self, case: Case) -> PortedRunner:
+    def backend(self, case: Case):
+        """The case's backend; unavailable hardware or dtype skips (or fails, if required)."""
         backend = get_backend(case.hardware)
         ok, reason = backend.availability()
         if ok and case.dtype not in backend.dtypes():
@@ -61,14 +62,26 @@ class RunnerPool:
             if self.settings.require_hardware:
                 pytest.fail(f"{case.hardware} required but unavailable: {reason}", pytrace=False)
             pytest.skip(f"{case.hardware}: {reason}")
+        return backend
+
+    def ported(self, case: Case, **options) -> PortedRunner:
+        """Our engine for the case; `options` go to PortedRunner (compile, device_logits)."""
+        backend = self.backend(case)
         path = self.settings.checkpoint(case.model)
-        return self._get(("ported", case.model, case.hardware, case.dtype), lambda: PortedRunner(
-            path, hardware=backend, dtype=DTYPES[case.dtype]))
+        key = ("ported", case.model, case.hardware, case.dtype, *sorted(options.items()))
+        return self._get(key, lambda: PortedRunner(path, hardware=backend,
+                                                   dtype=DTYPES[case.dtype], **options))
 
     def reference(self, model: str, dtype: str = "fp32") -> ReferenceRunner:
         path = self.settings.checkpoint(model)
         return self._get(("reference", model, dtype),
                          lambda: ReferenceRunner(path, dtype=DTYPES[dtype]))
+
+    def tokenizer(self, model: str):
+        from transformers import AutoTokenizer
+
+        path = self.settings.checkpoint(model)
+        return self._get(("tokenizer", model), lambda: AutoTokenizer.from_pretrained(path))
 
 
 def parametrize_cases(metafunc, cases: list[Case]) -> None:
@@ -205,6 +218,10 @@ class LlmgatePlugin:
         if self.is_worker or not self.run_dir.exists():
             return
         rows = latest_rows(load_records(self.run_dir))
+        for row in self._grid_means(rows):
+            self.results().record({**row, "session": self.session, "worker": self.worker})
+            if not row["passed"]:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if rows and all(r.get("outcome") == "skipped" for r in rows):
             # A gate that measured nothing must not pass.
             self.results().record({
@@ -216,6 +233,15 @@ class LlmgatePlugin:
             {"run_id": self.run_id, "started": self.started, "duration_s":
              time.time() - self.started, **environment()}, indent=2))
         merge(self.run_dir)
+
+    def _grid_means(self, rows: list[dict]) -> list[dict]:
+        """The perf tables' grid means this run covered (computed once all cases are in)."""
+        from harness.perf.case import baselines
+        from harness.perf.gate import aggregate_rows
+
+        perf = self.settings.perf
+        tables, _ = baselines(perf.baselines_dir, perf.baseline_names())
+        return aggregate_rows(rows, tables, perf.tolerance, perf.min_ratio, perf.assume_unit)
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.is_worker or not self.run_dir.exists():

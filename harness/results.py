@@ -82,26 +82,37 @@ def latest_rows(rows: list[dict]) -> list[dict]:
 
 
 def merge(run_dir: Path) -> dict[str, Path]:
-    """Write `<suite>.csv` for each suite in the run; returns the files written."""
+    """Write `<suite>.csv` for each suite in the run (scalars only: samples and other lists
+    stay in the JSON-lines records), plus the perf suite's seed-format CSVs; returns the
+    suite files written."""
+    from harness.perf.report import write_seed_csvs
+
     rows = latest_rows(load_records(run_dir))
     written = {}
-    if not rows:
-        return written
     for suite in sorted({row["suite"] for row in rows}):
         # Only the columns this suite's rows have; a NaN metric reads "nan", a metric the
         # row does not have stays empty.
-        part = pd.DataFrame([{k: "nan" if v != v else v for k, v in r.items()}
+        part = pd.DataFrame([{k: "nan" if v != v else v for k, v in r.items()
+                              if not isinstance(v, (list, dict))}
                              for r in rows if r["suite"] == suite]).sort_values(["case", "test"])
         path = Path(run_dir) / f"{suite}.csv"
         part.to_csv(path, index=False)
         written[suite] = path
+    write_seed_csvs(run_dir, rows)
     return written
 
 
-# Per suite: the columns of the console table and how each is printed.
+# Per suite: the columns of the console table, their headers and how each is printed.
 SUMMARY_COLUMNS = {
-    "numerics": {"max_abs_diff": "{:.3g}", "min_cosine": "{:.6f}", "top1_agreement": "{:.4f}",
-                 "max_kl": "{:.3g}", "rule": "{}"},
+    "numerics": {"max_abs_diff": ("max_abs_diff", "{:.3g}"), "min_cosine": ("min_cosine",
+                                                                           "{:.6f}"),
+                 "top1_agreement": ("top1", "{:.4f}"), "max_kl": ("max_kl", "{:.3g}"),
+                 "rule": ("rule", "{}")},
+    "perf": {"forward_first_token_time(ms)": ("first ms", "{:.3f}"),
+             "forward_next_token_time(ms)": ("next ms", "{:.3f}"),
+             "e2e_throughput_tokens_per_s": ("E2E tok/s", "{:.1f}"),
+             "pct_of_floor": ("% floor", "{:.0f}"), "ratio_next_token": ("next vs HF", "{:.2f}"),
+             "baselines_compared": ("baselines", "{}"), "max_batch": ("max batch", "{}")},
 }
 
 
@@ -114,11 +125,13 @@ def summary_table(run_dir: Path, max_rows: int = 60) -> str:
         part = sorted((r for r in rows if r["suite"] == suite),
                       key=lambda r: (order.get(r.get("outcome"), 0), r["case"], r["test"]))
         columns = SUMMARY_COLUMNS.get(suite, {})
+        columns = {c: spec for c, spec in columns.items() if any(c in r for r in part)}
         table = [[r["case"], r["test"], r.get("outcome", "")]
-                 + [_format(r.get(c), fmt) for c, fmt in columns.items()]
+                 + [_format(r.get(c), fmt) for c, (_, fmt) in columns.items()]
                  + [_clip(r.get("reason") or r.get("failures") or "")]
                  for r in part[:max_rows]]
-        text = tabulate(table, headers=["case", "test", "outcome", *columns, "reason"],
+        headers = [header for header, _ in columns.values()]
+        text = tabulate(table, headers=["case", "test", "outcome", *headers, "reason"],
                         tablefmt="simple")
         counts = ", ".join(f"{sum(r.get('outcome') == o for r in part)} {o}"
                            for o in ("passed", "failed", "error", "skipped"))

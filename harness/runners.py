@@ -30,26 +30,42 @@ class Runner(Protocol):
 
     def reset(self) -> None: ...
 
+    def reserve(self, new_tokens: int) -> None:
+        """Make room for `new_tokens` decode steps after the next prefill."""
+
 
 class PortedRunner:
     """The ported model on a device; device work is synchronised before logits return."""
 
     def __init__(self, checkpoint: str | Path, *, hardware: str | Backend = "cpu",
                  dtype: torch.dtype = torch.float32, headroom: int = 256,
-                 compile: bool = False):
+                 compile: bool = False, device_logits: bool = False):
+        """device_logits: return logits on the device in the model dtype (the perf loop picks
+        tokens there, as a serving loop would) instead of float32 on the CPU."""
         self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
-        self.dtype = dtype
+        self.dtype, self.device_logits = dtype, device_logits
         self.model = load_model(checkpoint, dtype=dtype, device=self.backend.torch_device())
         self.engine = Engine(self.model, headroom=headroom, compile=compile)
 
+    def _out(self, logits: Tensor) -> Tensor:
+        return logits if self.device_logits else logits.float().cpu()
+
     def prefill(self, input_ids, attention_mask=None, all_logits=False):
-        return self.engine.prefill(input_ids, attention_mask, all_logits).float().cpu()
+        return self._out(self.engine.prefill(input_ids, attention_mask, all_logits))
 
     def decode(self, next_ids):
-        return self.engine.decode(next_ids).float().cpu()
+        return self._out(self.engine.decode(next_ids))
 
     def reset(self):
         self.engine.reset()
+
+    def reserve(self, new_tokens: int) -> None:
+        self.engine.headroom = max(self.engine.headroom, new_tokens)
+
+    def release(self) -> None:
+        """Free the KV cache (the next prefill allocates a new one)."""
+        self.engine.reset()
+        self.model.release_cache()
 
 
 class ReferenceRunner:
@@ -94,3 +110,6 @@ class ReferenceRunner:
 
     def reset(self):
         self.past, self.mask, self.next_position = None, None, None
+
+    def reserve(self, new_tokens: int) -> None:
+        pass  # transformers' dynamic cache grows as needed

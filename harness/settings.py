@@ -6,7 +6,6 @@ value and what was expected: a run never discovers a bad option one test at a ti
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass, field
 from itertools import product
@@ -14,37 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from harness.baselines import BASELINES_DIR, BaselineError, ours_baselines, perf_tables
 from harness.cases import Case
 from harness.checkpoints import default_cache_dir, embedded_checkpoint, verify_checkpoint
 from harness.devices import BACKENDS, DTYPES
+from harness.perf.options import PerfSettings
+from harness.values import check_names, int_list, positive_int, split_values
 from models.checkpoint import CheckpointError
 from models.config import EMBEDDED_MODELS, REGISTRY, get_config
 
 # New tokens of the numerics suite's greedy-generation test (fp32 only).
 GREEDY_NEW_TOKENS = 32
-
-
-def split_values(values: list[str] | None) -> list[str]:
-    """Repeatable options also take comma-separated lists: --dtype fp32,bf16."""
-    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
-
-
-def check_names(option: str, values: list[str], valid) -> None:
-    for value in values:
-        if value not in valid:
-            raise pytest.UsageError(f"{option} {value!r} is unknown; valid: {', '.join(valid)}")
-
-
-def positive_int(option: str, item: str, minimum: int = 1) -> int:
-    """An ASCII decimal integer >= minimum ('²' or '٣' are digits to Python, not to us)."""
-    if not re.fullmatch(r"[0-9]+", item.strip()) or int(item) < minimum:
-        raise pytest.UsageError(f"{option} {item!r}: expected an integer >= {minimum}")
-    return int(item)
-
-
-def int_list(option: str, values: list[str] | None, default: list[int]) -> list[int]:
-    parsed = [positive_int(option, item) for item in split_values(values)]
-    return list(dict.fromkeys(parsed)) or default
 
 
 def writable_dir(option: str, path: Path) -> Path:
@@ -78,18 +57,37 @@ def model_paths(items: list[str] | None) -> dict[str, Path]:
     return paths
 
 
+def baselines_dir(option: str | None) -> Path:
+    """The stored baselines, every file parsed now: a damaged one is a start-up error."""
+    root = Path(option).expanduser() if option else BASELINES_DIR
+    if not root.is_dir():
+        raise pytest.UsageError(f"--baselines-dir {root}: directory not found")
+    try:
+        perf_tables(root)
+        ours_baselines(root)
+    except BaselineError as e:
+        raise pytest.UsageError(str(e)) from None
+    return root
+
+
 @dataclass
 class Settings:
+    """The selection and options of a run. Suites share the models, hardware and options;
+    where a suite has its own default (perf's batches and dtypes, the models it skips with a
+    hint), the `*_given` fields say what the user actually asked for."""
+
     models: list[str]
+    perf_models: list[str]
     model_paths: dict[str, Path]
     hardware: list[str]
-    dtypes: list[str]
-    batches: list[int]
+    dtypes_given: list[str]
+    batches_given: list[int]
     seqlens: list[int]
     decode_steps: int
     require_hardware: bool
     cache_dir: Path
     results_root: Path
+    perf: PerfSettings
     _resolved: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
@@ -102,48 +100,69 @@ class Settings:
             if models and name not in models:
                 raise pytest.UsageError(f"--model-path {name}=... is given but --model does not "
                                         f"select {name}; add --model {name}")
-        # --model-path alone selects its models; with neither, the embedded defaults run.
-        models = list(dict.fromkeys(models or list(paths) or list(EMBEDDED_MODELS)))
+        # --model-path alone selects its models; with neither, the embedded defaults run,
+        # and perf also lists the real models (skipped with a hint) next to its seed tables.
+        given = list(dict.fromkeys(models or list(paths)))
         hardware = split_values(opt("--hardware")) or ["cpu"]
         check_names("--hardware", hardware, BACKENDS)
-        dtypes = split_values(opt("--dtype")) or ["fp32", "bf16"]
+        dtypes = split_values(opt("--dtype"))
         check_names("--dtype", dtypes, DTYPES)
-        decode_steps = positive_int("--decode-steps", str(opt("--decode-steps")))
+        batches = int_list("--batch", opt("--batch"), [])
         cache_dir = Path(opt("--cache-dir") or default_cache_dir()).expanduser()
         results = Path(opt("--results-dir") or config.rootpath / "reports").expanduser()
-        settings = cls(models, paths, hardware, dtypes,
-                       int_list("--batch", opt("--batch"), [1, 4]),
-                       int_list("--seqlen", opt("--seqlen"), [32, 128]),
-                       decode_steps, opt("--require-hardware"),
-                       writable_dir("--cache-dir", cache_dir),
-                       writable_dir("--results-dir", results))
+        settings = cls(
+            models=given or list(EMBEDDED_MODELS), perf_models=given or list(REGISTRY),
+            model_paths=paths, hardware=hardware, dtypes_given=dtypes, batches_given=batches,
+            seqlens=int_list("--seqlen", opt("--seqlen"), [32, 128]),
+            decode_steps=positive_int("--decode-steps", str(opt("--decode-steps"))),
+            require_hardware=opt("--require-hardware"),
+            cache_dir=writable_dir("--cache-dir", cache_dir),
+            results_root=writable_dir("--results-dir", results),
+            perf=PerfSettings.from_config(config, batches, baselines_dir(opt("--baselines-dir"))))
         settings.check_lengths()
         return settings
 
-    def length_requests(self) -> list[tuple[int, str]]:
-        """(tokens, what asks for them): the longest sequence each check will run."""
-        requests = [(max(self.seqlens) + self.decode_steps,
+    @property
+    def dtypes(self) -> list[str]:
+        return self.dtypes_given or ["fp32", "bf16"]
+
+    @property
+    def batches(self) -> list[int]:
+        return self.batches_given or [1, 4]
+
+    def length_requests(self) -> list[tuple[list[str], int, str]]:
+        """(models, tokens, what asks for them): the longest sequence each check will run."""
+        requests = [(self.models, max(self.seqlens) + self.decode_steps,
                      f"--seqlen {max(self.seqlens)} + --decode-steps {self.decode_steps}")]
         if "fp32" in self.dtypes:
-            requests.append((min(self.seqlens) + GREEDY_NEW_TOKENS,
+            requests.append((self.models, min(self.seqlens) + GREEDY_NEW_TOKENS,
                              f"--seqlen {min(self.seqlens)} + {GREEDY_NEW_TOKENS} generated "
                              "tokens (greedy generation)"))
+        requests += [(self.perf_models, tokens, what)
+                     for tokens, what in self.perf.length_requests()]
         return requests
 
     def check_lengths(self) -> None:
-        for model in self.models:
-            limit = get_config(model).max_positions
-            for tokens, what in self.length_requests():
+        for models, tokens, what in self.length_requests():
+            for model in models:
+                limit = get_config(model).max_positions
                 if tokens > limit:
                     raise pytest.UsageError(f"{model} has {limit} positions; {what} = {tokens} "
                                             "tokens do not fit")
 
     def cases(self, *, dtypes=None, batches=None, seqlens=None, out=None) -> list[Case]:
-        """The grid, model-major so that each model is loaded once per process."""
+        """The numerics grid, model-major so that each model is loaded once per process."""
         out = self.decode_steps if out is None else out
         return [Case(m, h, d, b, s, out) for m, h, d, b, s in product(
             self.models, self.hardware, dtypes or self.dtypes, batches or self.batches,
             seqlens or self.seqlens)]
+
+    def perf_cases(self) -> list[Case]:
+        """The perf grid: batches x (in, out) pairs, or batch "max" with --max-batch."""
+        batches = ["max"] if self.perf.max_batch else self.perf.batches
+        return [Case(m, h, d, b, i, o) for m, h, d, b, (i, o) in product(
+            self.perf_models, self.hardware, self.dtypes_given or ["fp32"], batches,
+            self.perf.pairs)]
 
     def has_pretrained(self, model: str) -> bool:
         return model in self.model_paths or model == "smollm2-135m"

@@ -63,9 +63,14 @@ class DecoderLM(nn.Module):
         if max_len > self.config.max_positions:
             raise ValueError(f"{self.config.name}: {max_len} tokens exceed its "
                              f"{self.config.max_positions} positions")
+        self.release_cache()  # the old cache is freed before the new one is allocated
         p = self.embed.weight
         for block in self.blocks:
             block.attn.allocate(batch, max_len, p.dtype, p.device)
+
+    def release_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.k_cache = block.attn.v_cache = None
 
     @property
     def cache_shape(self) -> tuple[int, int]:

@@ -1,0 +1,131 @@
+"""One perf case end to end: measure, count bytes, compare with transformers and baselines.
+
+The suite calls `perf_case` or `max_batch_case` and records what they return; everything
+here is testable with dummy runners.
+"""
+
+from __future__ import annotations
+
+import gc
+from functools import cache
+from pathlib import Path
+
+from harness.baselines import ours_baselines, perf_tables
+from harness.cases import Case
+from harness.devices import Backend
+from harness.perf.gate import gate
+from harness.perf.memory import (
+    cpu_search_in_child,
+    is_out_of_memory,
+    kv_bytes_read_per_step,
+    run_search,
+    streamed_weight_bytes,
+    weight_bytes,
+)
+from harness.perf.options import PerfSettings
+from harness.perf.timing import SEED_COLUMNS, measure, summary
+from harness.verdicts import Verdict, verdict
+
+PHASES = {"first_token": "forward_first_token_time(ms)",
+          "next_token": "forward_next_token_time(ms)", "pre": "pre_next_token_time(ms)",
+          "post": "post_next_token_time_post(ms)", "response": "ResponseTime(s)"}
+
+
+@cache
+def bandwidth(backend: Backend) -> float:
+    """Copy bandwidth in bytes/s, measured once per process per device."""
+    return backend.copy_bandwidth()
+
+
+@cache
+def baselines(root: Path, selected: tuple[str, ...] | None):
+    """(table rows, saved runs of ours) under `root`, limited to the names of --perf-baseline
+    (None: all). An unknown name is a ValueError that lists the stored ones."""
+    rows, ours = perf_tables(root), ours_baselines(root)
+    if selected is not None:
+        known = {r.name for r in rows} | set(ours)
+        unknown = [n for n in selected if n not in known]
+        if unknown:
+            raise ValueError(f"--perf-baseline {unknown[0]!r} is unknown; stored in {root}: "
+                             f"{', '.join(sorted(known))}")
+        rows = [r for r in rows if r.name in selected]
+        ours = {n: b for n, b in ours.items() if n in selected}
+    return rows, ours
+
+
+def byte_counts(runner, case: Case, next_ms: float, rate: float) -> dict:
+    """Weight and KV bytes a decode step reads, and how close the step comes to the floor."""
+    model = runner.model
+    weights = streamed_weight_bytes(model)
+    cfg = getattr(model, "config", None)
+    element = next(model.parameters()).element_size()
+    kv = kv_bytes_read_per_step(cfg, element, case.batch, case.seqlen, case.out) if hasattr(
+        cfg, "num_kv_heads") else 0.0
+    floor_ms = (weights + kv) / rate * 1e3
+    return {"weight_bytes": weight_bytes(model), "streamed_weight_bytes": weights,
+            "kv_bytes_per_step": kv,
+            "achieved_gb_per_s": (weights + kv) / next_ms / 1e6 if next_ms else float("nan"),
+            "copy_bandwidth_gb_per_s": rate / 1e9, "floor_ms": floor_ms,
+            "pct_of_floor": 100 * floor_ms / next_ms if next_ms else float("nan")}
+
+
+def perf_case(case: Case, runner, tokenizer, backend: Backend, settings: PerfSettings,
+              reference=None) -> tuple[Verdict, dict]:
+    """Measure a case; its verdict against the matching baselines and its metrics."""
+    backend.reset_peak_memory()
+    try:
+        samples = measure(runner, tokenizer, backend, case.batch, case.seqlen, case.out,
+                          settings.repeats, settings.warmup)
+    except Exception as e:  # noqa: BLE001 - an OOM fails this case, not the grid
+        if not is_out_of_memory(e):
+            raise
+        runner.release()
+        gc.collect()
+        reason = f"out of memory at batch {case.batch}: {str(e).splitlines()[0][:160]}"
+        return verdict([reason], float("nan"), "completes"), {}
+    metrics = summary(samples, case.batch, case.seqlen, case.out)
+    metrics["peak_memory_bytes"] = backend.peak_memory_bytes()
+    metrics.update(byte_counts(runner, case, metrics["forward_next_token_time(ms)"],
+                               bandwidth(backend)))
+    metrics["device"] = backend.device_name()
+    if reference is not None:
+        theirs = summary(measure(reference, tokenizer, backend, case.batch, case.seqlen, case.out,
+                                 settings.repeats, settings.warmup),
+                         case.batch, case.seqlen, case.out)
+        for phase, column in PHASES.items():
+            metrics[f"reference_{column}"] = theirs[column]
+            metrics[f"ratio_{phase}"] = metrics[column] / theirs[column]
+    rows, ours = baselines(settings.baselines_dir, settings.baseline_names())
+    result, comparisons = gate(case, samples, metrics["device"], rows, ours, settings.tolerance,
+                               settings.min_ratio, settings.assume_unit)
+    bad = [c for c in SEED_COLUMNS[3:] if not metrics[c] >= 0]
+    if bad:  # a gate fails on what it cannot measure
+        result.failures.append(f"not measurable: {', '.join(bad)}")
+        result.passed = False
+    metrics.update(samples=samples.as_dict(), comparisons=comparisons)
+    metrics.update({f"ratio_{c['metric']}_{c['baseline']}": c["slowdown"] for c in comparisons})
+    return result, metrics
+
+
+def max_batch_case(case: Case, checkpoint, backend: Backend, settings: PerfSettings) -> tuple[
+        Verdict, dict]:
+    """The largest batch for (in, out) under the memory limit (and latency bound)."""
+    args = dict(dtype=case.dtype, in_len=case.seqlen, out_len=case.out,
+                memory=settings.memory_limit, cap=settings.max_batch_cap,
+                max_next_ms=settings.max_next_token_ms, repeats=settings.repeats,
+                warmup=settings.warmup)
+    if backend.name == "cpu":
+        result = cpu_search_in_child(checkpoint, **args)
+    else:
+        try:
+            result = run_search(checkpoint, backend, enforce=backend.limit_memory, **args)
+        finally:
+            backend.limit_memory(None)
+    found = result["search"]
+    metrics = {"max_batch": found["found"], "predicted_batch": found["predicted"],
+               "bound_by": found["bound_by"], "memory_limit_bytes": result["memory_bytes"],
+               "weight_bytes": result["weight_bytes"], "probes": found["probes"],
+               **result["summary"]}
+    failures = [] if found["found"] else [f"no batch fits: {found['probes'][-1]['error']}"]
+    return verdict(failures, float(found["found"]), f"largest batch that fits ({found['bound_by']})"
+                   ), metrics

@@ -1,0 +1,165 @@
+"""The perf suite's options: the source documents' grid flags, repeats, gate and max-batch.
+
+Every flag is also accepted under the seeds' own spelling (`--seqlen_in_pair`), and lengths
+take the seeds' space-separated form (`--seqlen_in_pair 256 512`) as well as commas.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.values import positive_int, split_values
+
+DEFAULT_BATCHES = [1, 8]
+DEFAULT_PAIRS = [(32, 32), (128, 32)]
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+         "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def add_options(group) -> None:
+    def add(name: str, **kwargs):
+        group.addoption(f"--{name}", f"--{name.replace('-', '_')}", **kwargs)
+
+    add("seqlen-in-pair", nargs="+", metavar="N",
+        help="perf: prompt lengths, zipped with --seqlen-out-pair (default: 32 128)")
+    add("seqlen-out-pair", nargs="+", metavar="N",
+        help="perf: new-token counts, one per --seqlen-in-pair value (default: 32 32)")
+    add("seqlen-in-range", nargs=2, metavar=("START", "END"),
+        help="perf: prompt lengths 2^START..2^END inclusive, every combination with "
+             "--seqlen-out-range (e.g. 5 10: 32..1024)")
+    add("seqlen-out-range", nargs=2, metavar=("START", "END"),
+        help="perf: new-token counts 2^START..2^END inclusive")
+    add("repeats", type=int, default=5, metavar="N",
+        help="perf: measured requests per case; every sample is kept (default: 5)")
+    add("warmup", type=int, default=1, metavar="N",
+        help="perf: unrecorded warm-up requests per case (default: 1)")
+    add("compile", action="store_true", default=False,
+        help="perf: run the ported decode step through torch.compile (default: eager)")
+    add("perf-reference", action="store_true", default=False,
+        help="perf: also time transformers on the CPU through the same loop and record "
+             "ported/reference per phase (default: off)")
+    add("perf-tolerance", type=float, default=0.10, metavar="F",
+        help="perf: a metric fails when worse than a same-device baseline by more than this "
+             "fraction, beyond noise (default: 0.10)")
+    add("perf-min-ratio", type=float, metavar="R",
+        help="perf: gate cross-device comparisons too: fail when our speed is below R x the "
+             "baseline's (default: report the ratio only)")
+    add("perf-baseline", action="append", metavar="NAME",
+        help="perf: stored baselines to compare with, repeatable: a seed table's file stem, "
+             "a name saved by `llmgate baseline save`, or none (default: every one that "
+             "matches a case)")
+    add("assume-unit", choices=("ms", "tokens/s"),
+        help="perf: the unit to read baseline rows whose unit is ambiguous in their source "
+             "(default: such rows are not used)")
+    add("max-batch", action="store_true", default=False,
+        help="perf: search the largest batch per (in, out) instead of the grid's batches")
+    add("memory-limit", metavar="SIZE",
+        help="perf: memory the max-batch search may use, e.g. 512MiB or 2GB (default: the "
+             "device's free memory)")
+    add("max-next-token-ms", type=float, metavar="MS",
+        help="perf: max-batch search also keeps the next-token latency under this")
+    add("max-batch-cap", type=int, default=1024, metavar="N",
+        help="perf: largest batch the max-batch search probes (default: 1024)")
+
+
+def parse_size(option: str, text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in UNITS or float(match.group(1)) <= 0:
+        raise pytest.UsageError(f"{option} {text!r}: expected a size like 512MiB, 2GB or "
+                                "1073741824")
+    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+
+
+def _lengths(option: str, values: list[str] | None) -> list[int]:
+    return [positive_int(option, v) for v in split_values(values)]
+
+
+def _power_range(option: str, values: list[str]) -> list[int]:
+    start, end = (positive_int(option, v, minimum=0) for v in values)
+    if start > end or end > 20:
+        raise pytest.UsageError(f"{option} {start} {end}: expected START <= END within 0..20 "
+                                "(powers of two)")
+    return [2**e for e in range(start, end + 1)]
+
+
+@dataclass(frozen=True)
+class PerfSettings:
+    batches: list[int]
+    pairs: list[tuple[int, int]]
+    repeats: int
+    warmup: int
+    compile: bool
+    reference: bool
+    tolerance: float
+    min_ratio: float | None
+    baselines: list[str] | None  # None: every matching baseline; []: none
+    assume_unit: str | None
+    max_batch: bool
+    memory_limit: int | None
+    max_next_token_ms: float | None
+    max_batch_cap: int
+    baselines_dir: Path
+
+    def baseline_names(self) -> tuple[str, ...] | None:
+        return None if self.baselines is None else tuple(self.baselines)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config, batches: list[int] | None,
+                    baselines_dir: Path) -> PerfSettings:
+        opt = config.getoption
+        in_pair = _lengths("--seqlen-in-pair", opt("--seqlen-in-pair"))
+        out_pair = _lengths("--seqlen-out-pair", opt("--seqlen-out-pair"))
+        in_range, out_range = opt("--seqlen-in-range"), opt("--seqlen-out-range")
+        if len(in_pair) != len(out_pair):
+            raise pytest.UsageError(f"--seqlen-in-pair has {len(in_pair)} values and "
+                                    f"--seqlen-out-pair {len(out_pair)}: expected one output "
+                                    "length per input length")
+        if bool(in_range) != bool(out_range):
+            raise pytest.UsageError("--seqlen-in-range and --seqlen-out-range go together")
+        if in_pair and in_range:
+            raise pytest.UsageError("give either --seqlen-in-pair/--seqlen-out-pair or "
+                                    "--seqlen-in-range/--seqlen-out-range, not both")
+        if in_range:
+            pairs = [(i, o) for i in _power_range("--seqlen-in-range", in_range)
+                     for o in _power_range("--seqlen-out-range", out_range)]
+        else:
+            pairs = list(zip(in_pair, out_pair)) or DEFAULT_PAIRS
+        tolerance, min_ratio = opt("--perf-tolerance"), opt("--perf-min-ratio")
+        if not 0 <= tolerance < 10:
+            raise pytest.UsageError(f"--perf-tolerance {tolerance}: expected a fraction >= 0, "
+                                    "e.g. 0.10")
+        if min_ratio is not None and min_ratio <= 0:
+            raise pytest.UsageError(f"--perf-min-ratio {min_ratio}: expected a ratio > 0")
+        names = split_values(opt("--perf-baseline"))
+        if names and names != ["none"]:
+            from harness.baselines import ours_baselines, perf_tables
+
+            known = {r.name for r in perf_tables(baselines_dir)} | set(
+                ours_baselines(baselines_dir))
+            for name in names:
+                if name not in known:
+                    raise pytest.UsageError(f"--perf-baseline {name!r} is unknown; stored in "
+                                            f"{baselines_dir}: {', '.join(sorted(known))}")
+        memory = opt("--memory-limit")
+        next_ms = opt("--max-next-token-ms")
+        if next_ms is not None and next_ms <= 0:
+            raise pytest.UsageError(f"--max-next-token-ms {next_ms}: expected a time > 0")
+        return cls(
+            batches=batches or DEFAULT_BATCHES, pairs=list(dict.fromkeys(pairs)),
+            repeats=positive_int("--repeats", str(opt("--repeats"))),
+            warmup=positive_int("--warmup", str(opt("--warmup")), minimum=0),
+            compile=opt("--compile"), reference=opt("--perf-reference"), tolerance=tolerance,
+            min_ratio=min_ratio, baselines=None if not names else
+            [] if names == ["none"] else names, assume_unit=opt("--assume-unit"),
+            max_batch=opt("--max-batch"),
+            memory_limit=parse_size("--memory-limit", memory) if memory else None,
+            max_next_token_ms=next_ms,
+            max_batch_cap=positive_int("--max-batch-cap", str(opt("--max-batch-cap"))),
+            baselines_dir=baselines_dir)
+
+    def length_requests(self) -> list[tuple[int, str]]:
+        return [(i + o, f"perf in {i} + out {o}") for i, o in self.pairs]

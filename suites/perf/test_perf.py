@@ -1,0 +1,30 @@
+"""How fast the port is: the source documents' perf grid, against stored baselines.
+
+Each case times a fixed-length request phase by phase (see harness/perf/timing.py), writes
+the seeds' CSV columns and gates against every matching baseline (harness/perf/gate.py).
+"""
+
+import pytest
+
+from harness.perf.case import max_batch_case, perf_case
+
+pytestmark = pytest.mark.perf
+
+
+def test_perf(case, runner_pool, llmgate, record):
+    settings = llmgate.perf
+    runner = runner_pool.ported(case, compile=settings.compile, device_logits=True)
+    reference = None
+    if settings.reference and case.hardware == "cpu":
+        reference = runner_pool.reference(case.model, case.dtype)
+    result, metrics = perf_case(case, runner, runner_pool.tokenizer(case.model),
+                                runner_pool.backend(case), settings, reference)
+    record(result, compile=settings.compile, **metrics)
+    assert result.passed, f"{case}: {result.message()}"
+
+
+def test_max_batch(case, runner_pool, llmgate, record):
+    backend = runner_pool.backend(case)
+    result, metrics = max_batch_case(case, llmgate.checkpoint(case.model), backend, llmgate.perf)
+    record(result, **metrics)
+    assert result.passed, f"{case}: {result.message()}"
