@@ -9,6 +9,7 @@ the row and the column.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -16,14 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
 PERF_COLUMNS = ("source", "table", "model", "hardware", "device", "dtype", "batch", "input_len",
                 "output_len", "grid", "metric", "value", "unit", "note")
 PERF_METRICS = ("first_token", "next_token", "e2e_throughput", "max_batch", "none")
 PERF_UNITS = ("ms", "s", "tokens/s", "batch", "ambiguous", "none")
 OURS_FORMAT = 1
+EXTRA = "\0extra"  # csv.DictReader's key for fields beyond the header
 
 
 class BaselineError(ValueError):
@@ -89,16 +89,22 @@ def _grid(file: Path, line: int, text: str) -> tuple[range, range] | None:
 
 def read_perf_table(file: Path) -> list[PerfRow]:
     try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        with open(file, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, restkey=EXTRA)
+            records = [(reader.line_num, r) for r in reader]
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise BaselineError(f"{file}: cannot read as CSV ({e})") from None
-    missing = [c for c in PERF_COLUMNS if c not in frame.columns]
+    missing = [c for c in PERF_COLUMNS if c not in header]
     if missing:
         raise BaselineError(f"{file}: missing column {missing[0]!r} (expected columns: "
                             f"{', '.join(PERF_COLUMNS)})")
     rows = []
-    for index, r in frame.iterrows():
-        line = index + 2  # the header is line 1
+    for line, r in records:
+        fields = sum(v is not None for k, v in r.items() if k != EXTRA) + len(r.get(EXTRA, []))
+        if fields != len(header):
+            raise BaselineError(f"{file}: row {line} has {fields} fields, expected "
+                                f"{len(header)} (a comma in a value needs quotes)")
         for column, valid in (("metric", PERF_METRICS), ("unit", PERF_UNITS)):
             if r[column] not in valid:
                 raise BaselineError(f"{file}: row {line}, column {column!r}: {r[column]!r} is "

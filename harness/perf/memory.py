@@ -148,7 +148,9 @@ def search(check, predicted: int, cap: int, max_next_ms: float | None) -> Search
             if batch == 0:
                 break
     result.found = lo
-    if lo == cap:
+    if lo == 0:
+        pass  # "nothing fits"
+    elif lo == cap:
         result.bound_by = "cap"
     elif lo + 1 in seen and lo + 1 <= cap:
         result.bound_by = "memory" if not seen[lo + 1].fits else "latency"

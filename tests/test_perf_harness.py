@@ -1,0 +1,290 @@
+"""The perf harness with dummy runners: timing loop, gate, baselines, grid means, OOM."""
+
+import json
+import random
+import time
+from contextlib import contextmanager
+from functools import cache
+
+import pytest
+import torch
+
+from harness.baselines import BaselineError, perf_tables, read_perf_table
+from harness.cases import Case
+from harness.devices import Timing, get_backend
+from harness.perf.case import perf_case
+from harness.perf.gate import aggregate_rows, gate
+from harness.perf.memory import Probe as MemoryProbe
+from harness.perf.memory import Search, predict_max_batch, search
+from harness.perf.options import DEFAULT_PAIRS, PerfSettings
+from harness.perf.timing import SEED_COLUMNS, Samples, measure, summary
+from models.config import get_config
+from tests.conftest import tiny_checkpoint
+
+CPU = get_backend("cpu")
+VOCAB = 49152
+
+
+@cache
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_checkpoint("smollm2-135m"))
+
+
+class VirtualClock:
+    """A backend whose timer reads a clock that only the runner advances: timings in these
+    tests are exact, whatever else the machine is doing."""
+
+    name = "cpu"
+
+    def __init__(self):
+        self.now = 0.0
+
+    def torch_device(self):
+        return torch.device("cpu")
+
+    @contextmanager
+    def timer(self):
+        timing, start = Timing(), self.now
+        yield timing
+        timing.ms = self.now - start
+
+
+class SleepRunner:
+    """Costs `ms` per prefill and per decode step (+-5% seeded jitter), on a virtual clock
+    (or really sleeping, without one); optional out-of-memory from a batch size on."""
+
+    def __init__(self, ms=5.0, oom_from_batch=None, clock=None, seed=0):
+        self.ms, self.oom_from_batch, self.clock, self.calls = ms, oom_from_batch, clock, []
+        self.jitter = random.Random(seed)
+        self.model = torch.nn.Linear(4, 4)
+
+    def _logits(self, batch):
+        cost = self.ms * (1 + self.jitter.uniform(-0.05, 0.05))
+        if self.clock is None:
+            time.sleep(cost / 1e3)
+        else:
+            self.clock.now += cost
+        return torch.zeros(batch, VOCAB)
+
+    def prefill(self, input_ids, attention_mask=None, all_logits=False):
+        if self.oom_from_batch and len(input_ids) >= self.oom_from_batch:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 123 bytes")
+        self.calls.append(("prefill", tuple(input_ids.shape)))
+        return self._logits(len(input_ids))
+
+    def decode(self, next_ids):
+        self.calls.append(("decode", tuple(next_ids.shape)))
+        return self._logits(len(next_ids))
+
+    def reset(self):
+        pass
+
+    def reserve(self, new_tokens):
+        pass
+
+    def release(self):
+        pass
+
+
+def settings(**changes) -> PerfSettings:
+    from harness.baselines import BASELINES_DIR
+
+    base = dict(batches=[1], pairs=DEFAULT_PAIRS, repeats=5, warmup=1, compile=False,
+                reference=False, tolerance=0.10, min_ratio=None, baselines=[],
+                assume_unit=None, max_batch=False, memory_limit=None, max_next_token_ms=None,
+                max_batch_cap=64, baselines_dir=BASELINES_DIR)
+    return PerfSettings(**{**base, **changes})
+
+
+def test_the_loop_times_every_phase_and_keeps_every_sample():
+    runner = SleepRunner(ms=2)
+    samples = measure(runner, tokenizer(), CPU, batch=3, in_len=17, out_len=5, repeats=4,
+                      warmup=2)
+    assert runner.calls.count(("prefill", (3, 17))) == 6  # exactly 17 tokens, warm-ups run
+    assert runner.calls.count(("decode", (3,))) == 6 * 4
+    assert len(samples.response_s) == len(samples.first_token_ms) == 4  # warm-ups not kept
+    assert all(len(steps) == 4 for steps in samples.decode_ms + samples.pre_ms)
+    assert all(len(steps) == 5 for steps in samples.post_ms)  # every new token detokenised
+    assert all(1.9 < ms for steps in samples.decode_ms for ms in steps)
+    row = summary(samples, 3, 17, 5)
+    assert list(row)[:8] == list(SEED_COLUMNS)
+    assert row["e2e_throughput_tokens_per_s"] == pytest.approx(3 * 5 / row["ResponseTime(s)"])
+    assert row["decode_step_ms_p90"] >= row["decode_step_ms_median"] >= row["decode_step_ms_min"]
+
+
+def saved_baseline(tmp_path, case, samples, device):
+    ours = tmp_path / "perf" / "ours"
+    ours.mkdir(parents=True)
+    (ours / "base.json").write_text(json.dumps({
+        "format": 1, "name": "base", "saved": "now", "run": {},
+        "cases": [{"case": case.id, "device": device, "samples": samples.as_dict()}]}))
+    from harness.baselines import ours_baselines
+
+    return ours_baselines(tmp_path)
+
+
+@pytest.mark.parametrize("slower, passes", [(1.0, True), (1.02, True), (1.20, False)])
+def test_a_run_slowed_by_20_percent_fails_and_by_2_percent_passes(tmp_path, slower, passes):
+    case = Case("qwen-tiny", "cpu", "fp32", 2, 8, 6)
+    clock = VirtualClock()
+
+    def run(ms, seed):
+        return measure(SleepRunner(ms, clock=clock, seed=seed), tokenizer(), clock, 2, 8, 6,
+                       repeats=5, warmup=1)
+
+    ours = saved_baseline(tmp_path, case, run(25, seed=1), "this cpu")
+    candidate = run(25 * slower, seed=2)
+    result, comparisons = gate(case, candidate, "this cpu", [], ours, 0.10, None, None)
+    assert result.passed == passes, result.failures
+    assert {c["metric"] for c in comparisons} == {"first_token", "next_token", "e2e_throughput"}
+    if not passes:
+        assert len(result.failures) == 3
+        assert result.failures[1].startswith("next-token latency 3") and \
+            "in baseline base (same device): 1.2" in result.failures[1] and \
+            "x slower > 1.10 tolerance, Mann-Whitney p=" in result.failures[1]
+    # another device: the ratio is reported, and gated only with a minimum ratio
+    result, comparisons = gate(case, candidate, "other cpu", [], ours, 0.10, None, None)
+    assert result.passed and not any(c["gated"] for c in comparisons)
+    assert gate(case, candidate, "other cpu", [], ours, 0.10, 0.5, None)[0].passed
+    failed = gate(case, candidate, "other cpu", [], ours, 0.10, 2.0, None)[0]
+    assert "speed ratio" in failed.failures[0] and "< minimum 2.0" in failed.failures[0]
+
+
+def table(tmp_path, rows, name="t"):
+    header = ("source,table,model,hardware,device,dtype,batch,input_len,output_len,grid,metric,"
+              "value,unit,note")
+    path = tmp_path / "perf" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_a_table_row_gates_against_the_runs_own_spread(tmp_path):
+    case = Case("qwen-7b", "npu", "fp16", 2, 16, 6)
+    clock = VirtualClock()
+    samples = measure(SleepRunner(ms=10, clock=clock), tokenizer(), clock, 2, 16, 6, repeats=3,
+                      warmup=0)
+    table(tmp_path, ["s.txt,T,qwen-7b,npu,910B3,fp16,2,16,6,,next_token,8.0,ms,",
+                     "s.txt,T,qwen-7b,npu,A100,fp16,2,16,6,,first_token,20.0,ms,",
+                     "s.txt,T,qwen-7b,npu,910B3,fp16,2,16,6,,e2e_throughput,1.0,tokens/s,"])
+    rows = perf_tables(tmp_path)
+    result, comparisons = gate(case, samples, "Ascend910B3", rows, {}, 0.10, None, None)
+    assert not result.passed and len(result.failures) == 1  # 10 ms vs 8 ms on the same device
+    assert result.failures[0].startswith("next-token latency 1") and "vs 8 ms" in result.failures[0]
+    assert {c["same_device"] for c in comparisons} == {True, False}
+    assert gate(case, samples, "Ascend910B3", rows, {}, 0.5, None, None)[0].passed
+
+
+def test_an_ambiguous_unit_is_used_only_when_stated(tmp_path):
+    case = Case("alpaca2-7b", "cuda", "fp16", 1, 16, 6)
+    clock = VirtualClock()
+    samples = measure(SleepRunner(ms=10, clock=clock), tokenizer(), clock, 1, 16, 6, repeats=3,
+                      warmup=0)
+    table(tmp_path, ["s.txt,T,alpaca2-7b,cuda,A100,fp16,1,,,,next_token,11.25,ambiguous,"])
+    rows = perf_tables(tmp_path)
+    result, comparisons = gate(case, samples, "NVIDIA A100", rows, {}, 0.10, None, None)
+    assert comparisons == [] and "unit is ambiguous in the source; pass --assume-unit" in \
+        result.metrics["baselines_unusable"]
+    result, comparisons = gate(case, samples, "NVIDIA A100", rows, {}, 0.10, None, "ms")
+    assert [c["theirs"] for c in comparisons] == [11.25] and result.passed
+    _, comparisons = gate(case, samples, "NVIDIA A100", rows, {}, 0.10, None, "tokens/s")
+    assert comparisons[0]["theirs"] == pytest.approx(1e3 / 11.25)
+
+
+def test_the_shipped_tables_hold_every_seed_table():
+    rows = perf_tables()
+    by_name = {}
+    for row in rows:
+        by_name.setdefault(row.name, []).append(row)
+    assert len(by_name["003_qwen-7b_910b3"]) == 16 * 3 and len(by_name["003_qwen-7b_310p3"]) == 36
+    assert len(by_name["003_qwen-7b_310p3_max-batch"]) == 4 * 4
+    assert {r.unit for r in by_name["002_alpaca2-7b"]} == {"ambiguous"}
+    assert [r.metric for r in by_name["004_starcoder-15b"]] == ["none"]  # none published
+    falcon = by_name["000_falcon-7b"]
+    assert all(r.grid and len(r.grid_cells()) == 36 for r in falcon)
+    assert {(r.device, r.metric, r.value) for r in falcon} >= {("910B3", "first_token", 59.18),
+                                                               ("A100", "next_token", 10.73)}
+    assert all(r.source.endswith(".txt") for r in rows)
+
+
+def test_grid_means_compare_a_complete_grid_only(tmp_path):
+    table(tmp_path, ["s.txt,T,m,npu,910B3,fp16,1,,,in=1..2;out=1..1,next_token,10.0,ms,"])
+    rows = perf_tables(tmp_path)
+    cell = dict(suite="perf", test="test_perf", outcome="passed", model="m", hardware="npu",
+                dtype="fp16", batch=1, out=2, device="Ascend910B3")
+    records = [{**cell, "seqlen": 2, "forward_next_token_time(ms)": 12.0,
+                "next_token_ms_min": 11.5}]
+    assert aggregate_rows(records, rows, 0.10, None, None) == []  # in=4 is missing
+    records.append({**cell, "seqlen": 4, "forward_next_token_time(ms)": 14.0,
+                    "next_token_ms_min": 13.5})
+    [mean] = aggregate_rows(records, rows, 0.10, None, None)
+    assert mean["ours_mean"] == 13.0 and mean["cells"] == 2 and mean["outcome"] == "failed"
+    assert mean["case"] == "m-npu-fp16-bs1-grid-in2^1..2^2-out2^1..2^1-next_token"
+    [mean] = aggregate_rows(records, rows, 0.5, None, None)
+    assert mean["outcome"] == "passed"
+
+
+@pytest.mark.parametrize("row, message", [
+    ("s,T,m,npu,d,fp16,1,,,,next_token,12,furlongs,", "row 2, column 'unit': 'furlongs' is "
+                                                      "not one of ms"),
+    ("s,T,m,npu,d,fp16,1,,,,next_token,1O.5,ms,", "row 2, column 'value': '1O.5' is not a "
+                                                  "positive number"),
+    ("s,T,m,npu,d,fp16,one,,,,next_token,10,ms,", "row 2, column 'batch': 'one' is not a "
+                                                  "whole number"),
+    ("s,T,m,npu,d,fp16,1,,,in=5-10,next_token,10,ms,", "row 2, column 'grid': 'in=5-10' is "
+                                                       "not like"),
+])
+def test_a_damaged_table_names_file_row_and_column(tmp_path, row, message):
+    path = table(tmp_path, [row])
+    with pytest.raises(BaselineError, match="t.csv: " + message.replace("(", r"\(")) as e:
+        read_perf_table(path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_table_without_a_column_says_which(tmp_path):
+    path = tmp_path / "perf" / "t.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("source,model\nx,y\n")
+    with pytest.raises(BaselineError, match=r"t.csv: missing column 'table' \(expected columns"):
+        read_perf_table(path)
+
+
+def test_out_of_memory_fails_the_case_and_the_next_one_runs():
+    runner = SleepRunner(ms=1, oom_from_batch=4)
+    big, small = Case("m", "cpu", "fp32", 4, 8, 3), Case("m", "cpu", "fp32", 2, 8, 3)
+    result, metrics = perf_case(big, runner, tokenizer(), CPU, settings(repeats=2))
+    assert not result.passed and metrics == {}
+    assert result.failures[0].startswith("out of memory at batch 4: DefaultCPUAllocator")
+    result, metrics = perf_case(small, runner, tokenizer(), CPU, settings(repeats=2))
+    assert result.passed and metrics["batch_size"] == 2 and "samples" in metrics
+
+
+def test_the_search_brackets_the_prediction_then_bisects():
+    def check(batch):
+        return MemoryProbe(batch, batch <= 37, 1.0 + batch / 10)
+
+    found = search(check, predicted=10, cap=100, max_next_ms=None)
+    assert (found.found, found.bound_by) == (37, "memory")
+    assert [p.batch for p in found.probes][:4] == [10, 20, 40, 30]
+    assert search(check, 90, 100, None).found == 37  # a prediction too high halves down
+    assert search(check, 10, 30, None) == Search(10, 30, "cap", search(check, 10, 30,
+                                                                          None).probes)
+    assert search(check, 10, 100, max_next_ms=3.0).bound_by == "latency"
+    assert search(check, 10, 100, max_next_ms=3.0).found == 20
+    assert search(lambda b: MemoryProbe(b, False, None), 10, 100, None).bound_by == "nothing fits"
+
+
+def test_the_memory_model_grows_with_batch_and_length():
+    cfg = get_config("qwen-tiny")
+    one_gb = predict_max_batch(cfg, 25 * 2**20, 4, 128, 32, 2**30)
+    assert predict_max_batch(cfg, 25 * 2**20, 4, 128, 32, 2 * 2**30) > 2 * one_gb - 2
+    assert predict_max_batch(cfg, 25 * 2**20, 4, 512, 32, 2**30) < one_gb
+    assert predict_max_batch(cfg, 2**31, 4, 128, 32, 2**30) == 0
+
+
+def test_samples_round_trip_through_a_saved_baseline():
+    samples = Samples([1.0], [2.0], [3.0], [[4.0, 5.0]], [[0.1, 0.1]], [[0.2, 0.2, 0.2]])
+    assert Samples(**json.loads(json.dumps(samples.as_dict()))) == samples
