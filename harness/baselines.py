@@ -1,10 +1,10 @@
 """Stored baselines: the source documents' tables and runs of ours saved as baselines.
 
-`baselines/perf/*.csv` holds one file per performance table of the source documents, one
-metric per row with its provenance (see `baselines/README.md`). `baselines/perf/ours/*.json`
-holds runs of ours saved by `llmgate baseline save`, with every sample, the machine, the
-library versions and the commit. Every malformed file fails with one line naming the file,
-the row and the column.
+`baselines/{perf,accuracy}/*.csv` hold one file per table of the source documents, one figure
+per row with its provenance (see `baselines/README.md`). `baselines/{perf,accuracy}/ours/*.json`
+hold runs of ours saved by `llmgate baseline save`: perf with every sample, accuracy with every
+question's answer, both with the machine, the library versions and the commit. Every malformed
+file fails with one line naming the file, the row and the column.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ PERF_COLUMNS = ("source", "table", "model", "hardware", "device", "dtype", "batc
                 "output_len", "grid", "metric", "value", "unit", "note")
 PERF_METRICS = ("first_token", "next_token", "e2e_throughput", "max_batch", "none")
 PERF_UNITS = ("ms", "s", "tokens/s", "batch", "ambiguous", "none")
+ACCURACY_COLUMNS = ("source", "table", "model", "task", "category", "hardware", "device",
+                    "dtype", "role", "score", "note")
+ACCURACY_ROLES = ("reference", "port", "none")
 OURS_FORMAT = 1
 EXTRA = "\0extra"  # csv.DictReader's key for fields beyond the header
 
@@ -87,7 +90,8 @@ def _grid(file: Path, line: int, text: str) -> tuple[range, range] | None:
     return range(a, b + 1), range(c, d + 1)
 
 
-def read_perf_table(file: Path) -> list[PerfRow]:
+def _read_csv(file: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, row) of a CSV that must have `columns`; every row must have every field."""
     try:
         with open(file, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, restkey=EXTRA)
@@ -95,20 +99,30 @@ def read_perf_table(file: Path) -> list[PerfRow]:
             header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise BaselineError(f"{file}: cannot read as CSV ({e})") from None
-    missing = [c for c in PERF_COLUMNS if c not in header]
+    missing = [c for c in columns if c not in header]
     if missing:
         raise BaselineError(f"{file}: missing column {missing[0]!r} (expected columns: "
-                            f"{', '.join(PERF_COLUMNS)})")
-    rows = []
+                            f"{', '.join(columns)})")
     for line, r in records:
         fields = sum(v is not None for k, v in r.items() if k != EXTRA) + len(r.get(EXTRA, []))
         if fields != len(header):
             raise BaselineError(f"{file}: row {line} has {fields} fields, expected "
                                 f"{len(header)} (a comma in a value needs quotes)")
-        for column, valid in (("metric", PERF_METRICS), ("unit", PERF_UNITS)):
-            if r[column] not in valid:
-                raise BaselineError(f"{file}: row {line}, column {column!r}: {r[column]!r} is "
-                                    f"not one of {', '.join(valid)}")
+    return records
+
+
+def _choice(file: Path, line: int, r: dict, column: str, valid: tuple[str, ...]) -> str:
+    if r[column] not in valid:
+        raise BaselineError(f"{file}: row {line}, column {column!r}: {r[column]!r} is not one "
+                            f"of {', '.join(valid)}")
+    return r[column]
+
+
+def read_perf_table(file: Path) -> list[PerfRow]:
+    rows = []
+    for line, r in _read_csv(file, PERF_COLUMNS):
+        _choice(file, line, r, "metric", PERF_METRICS)
+        _choice(file, line, r, "unit", PERF_UNITS)
         if r["unit"] == "none":
             value = float("nan")  # a table the source left empty: kept as a record of that
         else:
@@ -128,6 +142,47 @@ def read_perf_table(file: Path) -> list[PerfRow]:
     return rows
 
 
+@dataclass(frozen=True)
+class AccuracyRow:
+    """One score of a source table: a task's category (or "overall") on one device."""
+
+    name: str
+    line: int
+    source: str
+    table: str
+    model: str
+    task: str
+    category: str
+    hardware: str
+    device: str
+    dtype: str
+    role: str  # "reference" (what a port must keep: the GPU), "port", or "none" published
+    score: float
+    note: str
+
+
+def read_accuracy_table(file: Path) -> list[AccuracyRow]:
+    rows = []
+    for line, r in _read_csv(file, ACCURACY_COLUMNS):
+        role = _choice(file, line, r, "role", ACCURACY_ROLES)
+        try:
+            score = float(r["score"]) if role != "none" else float("nan")
+        except ValueError:
+            score = float("nan")
+        if role != "none" and not 0 <= score <= 1:
+            raise BaselineError(f"{file}: row {line}, column 'score': {r['score']!r} is not a "
+                                "fraction between 0 and 1")
+        rows.append(AccuracyRow(file.stem, line, r["source"], r["table"], r["model"], r["task"],
+                                r["category"], r["hardware"], r["device"], r["dtype"], role,
+                                score, r["note"]))
+    return rows
+
+
+def accuracy_tables(root: Path = BASELINES_DIR) -> list[AccuracyRow]:
+    return [row for file in sorted((root / "accuracy").glob("*.csv"))
+            for row in read_accuracy_table(file)]
+
+
 def read_ours(file: Path) -> OursBaseline:
     try:
         data = json.loads(file.read_text())
@@ -141,6 +196,19 @@ def read_ours(file: Path) -> OursBaseline:
                             f"llmgate reads ({OURS_FORMAT})")
     return OursBaseline(data["name"], file, data["saved"], data["run"],
                         {c["case"]: c for c in data["cases"]})
+
+
+ANSWER_FIELDS = ("id", "subject", "category", "expected", "predicted", "correct", "status")
+
+
+def _answers(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return list({r["id"]: r for r in rows}.values())
 
 
 def perf_tables(root: Path = BASELINES_DIR) -> list[PerfRow]:
@@ -163,6 +231,10 @@ def save_ours(run_dir: Path, name: str, suite: str, root: Path = BASELINES_DIR,
             if r["suite"] == suite and r.get("outcome") == "passed"]
     if not rows:
         raise BaselineError(f"{run_dir}: no passed {suite} records to save")
+    for row in rows:  # accuracy: every question's answer, from the run's answer files
+        if row.get("answers_file"):
+            row["answers"] = [{k: a[k] for k in ANSWER_FIELDS if k in a} for a in
+                              _answers(run_dir / row["answers_file"])]
     out = root / suite / "ours" / f"{name}.json"
     if out.exists() and not force:
         raise BaselineError(f"{out}: baseline {name!r} exists; choose another name or --force")

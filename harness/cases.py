@@ -7,23 +7,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Case:
-    """Renders pytest ids like `qwen-tiny-cpu-fp32-bs2-in32` (or `...-in256-out64`).
+    """Renders pytest ids like `qwen-tiny-cpu-fp32-bs2-in32-out8` or
+    `mmlu-smollm2-135m-cpu-fp32-bs8-0shot`.
 
     Every field is its own dash-separated token, so `-k "qwen and bs8"` selects by field.
     pytest's -k matches substrings: `-k "bs1-"` selects batch 1 but not batch 16.
+    `task` (accuracy) comes first; `tags` (e.g. "5shot", "reference", "tp2") come last.
     """
 
     model: str
     hardware: str
     dtype: str
     batch: int | str  # "max": the max-batch search
-    seqlen: int
+    seqlen: int | None = None
     out: int | None = None
+    task: str = ""
+    tags: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
-        tail = f"-out{self.out}" if self.out is not None else ""
-        return f"{self.model}-{self.hardware}-{self.dtype}-bs{self.batch}-in{self.seqlen}{tail}"
+        parts = [self.task] if self.task else []
+        parts += [self.model, self.hardware, self.dtype, f"bs{self.batch}"]
+        parts += [f"in{self.seqlen}"] if self.seqlen is not None else []
+        parts += [f"out{self.out}"] if self.out is not None else []
+        return "-".join([*parts, *self.tags])
 
     def __str__(self) -> str:
         return self.id

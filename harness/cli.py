@@ -19,7 +19,7 @@ from harness import baseline_commands
 from models.config import EMBEDDED_MODELS, REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("numerics", "perf")
+SUITES = ("numerics", "accuracy", "perf")
 
 
 def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:

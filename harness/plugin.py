@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,12 @@ class RunnerPool:
         path = self.settings.checkpoint(model)
         return self._get(("reference", model, dtype),
                          lambda: ReferenceRunner(path, dtype=DTYPES[dtype]))
+
+    def config(self, model: str):
+        """The model's structure as registered (its positions, vocabulary, ...)."""
+        from models.config import get_config
+
+        return get_config(model)
 
     def tokenizer(self, model: str):
         from transformers import AutoTokenizer
@@ -275,6 +282,12 @@ def llmgate(pytestconfig) -> Settings:
 @pytest.fixture(scope="session")
 def runner_pool(llmgate) -> RunnerPool:
     return RunnerPool(llmgate)
+
+
+@pytest.fixture(scope="session")
+def run_dir(pytestconfig) -> Path:
+    """This run's results directory (reports/<run-id>/), where suites keep their files."""
+    return pytestconfig._llmgate.run_dir
 
 
 @pytest.fixture

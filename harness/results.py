@@ -113,6 +113,9 @@ SUMMARY_COLUMNS = {
              "e2e_throughput_tokens_per_s": ("E2E tok/s", "{:.1f}"),
              "pct_of_floor": ("% floor", "{:.0f}"), "ratio_next_token": ("next vs HF", "{:.2f}"),
              "baselines_compared": ("baselines", "{}"), "max_batch": ("max batch", "{}")},
+    "accuracy": {"accuracy": ("accuracy", "{:.4f}"), "stderr": ("stderr", "{:.4f}"),
+                 "questions": ("questions", "{}"), "problems": ("problems", "{}"),
+                 "isolation": ("isolation", "{}"), "baselines_compared": ("baselines", "{}")},
 }
 
 

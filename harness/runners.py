@@ -33,6 +33,9 @@ class Runner(Protocol):
     def reserve(self, new_tokens: int) -> None:
         """Make room for `new_tokens` decode steps after the next prefill."""
 
+    def prefill_shared(self, prefix: Tensor, suffixes: list[Tensor]) -> Tensor:
+        """Logits (B, V) at the end of prefix + suffixes[b], for each row."""
+
 
 class PortedRunner:
     """The ported model on a device; device work is synchronised before logits return."""
@@ -60,7 +63,16 @@ class PortedRunner:
         self.engine.reset()
 
     def reserve(self, new_tokens: int) -> None:
-        self.engine.headroom = max(self.engine.headroom, new_tokens)
+        self.engine.reserve(new_tokens)
+
+    def prefill_shared(self, prefix, suffixes):
+        """The prefix runs once (and once per distinct prefix, across calls); its cache is
+        copied into every row."""
+        lengths = torch.tensor([len(s) for s in suffixes])
+        padded = torch.zeros(len(suffixes), int(lengths.max()), dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            padded[row, : len(suffix)] = suffix
+        return self._out(self.engine.prefill_shared(prefix, padded, lengths))
 
     def release(self) -> None:
         """Free the KV cache (the next prefill allocates a new one)."""
@@ -113,3 +125,13 @@ class ReferenceRunner:
 
     def reserve(self, new_tokens: int) -> None:
         pass  # transformers' dynamic cache grows as needed
+
+    def prefill_shared(self, prefix, suffixes):
+        """Each row whole (prefix + suffix), left-padded: transformers as lm-eval runs it."""
+        rows = [torch.cat([prefix, suffix]) for suffix in suffixes]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+        return self.prefill(ids, mask)

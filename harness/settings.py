@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import BASELINES_DIR, BaselineError, ours_baselines, perf_tables
+from harness.accuracy.options import DEFAULT_BATCH, AccuracySettings
+from harness.baselines import (
+    BASELINES_DIR,
+    BaselineError,
+    accuracy_tables,
+    ours_baselines,
+    perf_tables,
+)
 from harness.cases import Case
 from harness.checkpoints import default_cache_dir, embedded_checkpoint, verify_checkpoint
 from harness.devices import BACKENDS, DTYPES
@@ -64,7 +71,9 @@ def baselines_dir(option: str | None) -> Path:
         raise pytest.UsageError(f"--baselines-dir {root}: directory not found")
     try:
         perf_tables(root)
-        ours_baselines(root)
+        accuracy_tables(root)
+        ours_baselines(root, "perf")
+        ours_baselines(root, "accuracy")
     except BaselineError as e:
         raise pytest.UsageError(str(e)) from None
     return root
@@ -88,6 +97,7 @@ class Settings:
     cache_dir: Path
     results_root: Path
     perf: PerfSettings
+    accuracy: AccuracySettings
     _resolved: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
@@ -118,7 +128,8 @@ class Settings:
             require_hardware=opt("--require-hardware"),
             cache_dir=writable_dir("--cache-dir", cache_dir),
             results_root=writable_dir("--results-dir", results),
-            perf=PerfSettings.from_config(config, batches, baselines_dir(opt("--baselines-dir"))))
+            perf=PerfSettings.from_config(config, batches, baselines_dir(opt("--baselines-dir"))),
+            accuracy=AccuracySettings.from_config(config))
         settings.check_lengths()
         return settings
 
@@ -163,6 +174,20 @@ class Settings:
         return [Case(m, h, d, b, i, o) for m, h, d, b, (i, o) in product(
             self.perf_models, self.hardware, self.dtypes_given or ["fp32"], batches,
             self.perf.pairs)]
+
+    def accuracy_cases(self, task: str) -> list[Case]:
+        """A task's cases; the reference runner (transformers) runs on the CPU only."""
+        from harness.accuracy.case import shots_for
+
+        acc = self.accuracy
+        if task not in acc.tasks:
+            return []
+        reference = acc.runner == "reference"
+        tags = ((f"n{acc.samples}",) if task == "humaneval"
+                else (f"{shots_for(task, acc)}shot",)) + (("reference",) if reference else ())
+        return [Case(m, h, d, b, task=task, tags=tags) for m, h, d, b in product(
+            self.models, ["cpu"] if reference else self.hardware, self.dtypes_given or ["fp32"],
+            self.batches_given or [DEFAULT_BATCH])]
 
     def has_pretrained(self, model: str) -> bool:
         return model in self.model_paths or model == "smollm2-135m"

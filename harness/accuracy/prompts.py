@@ -1,0 +1,74 @@
+"""The multiple-choice tasks, declared: prompt formats, answer tokens, versions.
+
+MMLU is lm-evaluation-harness's default `mmlu` task (which follows Hendrycks' original script):
+a description line, then `shots` examples from the dev split (the first n), then the question,
+each as "question\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:" with " X" as the answer, joined by
+blank lines. C-Eval is its official script (`code/evaluator_series`): "以下是中国关于{科目}考试的
+单项选择题，请选出其中的正确答案。" then examples ending "\\n答案：X\\n\\n" and the question ending
+"\\n答案：". A question is scored by the next-token log-probabilities of the four answer
+tokens at the last position.
+
+Changing anything that shapes a prompt must bump the task's `version`; every result carries the
+version and a hash of the templates, so runs are only compared when they asked the same thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from harness.accuracy.datasets import Question
+
+LETTERS = ("A", "B", "C", "D")
+
+
+@dataclass(frozen=True)
+class MultipleChoiceTask:
+    name: str
+    version: int
+    header: str  # formatted with {subject}
+    choice_line: str  # formatted with {letter}, {text}
+    answer_cue: str  # ends the question; the answer token follows it
+    answer_prefix: str  # what precedes the letter in the answer token (" " for MMLU)
+    example_end: str  # after an example's answer
+
+    @property
+    def prompt_hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+    def question_text(self, q: Question) -> str:
+        lines = [q.question.strip() if self.name == "mmlu" else q.question]
+        lines += [self.choice_line.format(letter=letter, text=text)
+                  for letter, text in zip(LETTERS, q.choices)]
+        return "\n".join(lines) + self.answer_cue
+
+    def prefix(self, subject_title: str, examples: list[Question]) -> str:
+        """What every question of a subject shares: the header and the few-shot examples."""
+        text = self.header.format(subject=subject_title)
+        for q in examples:
+            text += self.question_text(q) + self.answer_prefix + q.answer + self.example_end
+        return text
+
+    def answer_tokens(self, tokenizer) -> list[int]:
+        """The token of each answer letter as it follows the cue; each must be one token."""
+        ids = []
+        for letter in LETTERS:
+            tokens = tokenizer(self.answer_prefix + letter, add_special_tokens=False).input_ids
+            if len(tokens) != 1:
+                raise ValueError(f"task {self.name}: answer {self.answer_prefix + letter!r} is "
+                                 f"{len(tokens)} tokens for this tokenizer, expected 1")
+            ids.append(tokens[0])
+        return ids
+
+
+MMLU = MultipleChoiceTask(
+    "mmlu", 1,
+    header="The following are multiple choice questions (with answers) about {subject}.\n\n",
+    choice_line="{letter}. {text}", answer_cue="\nAnswer:", answer_prefix=" ",
+    example_end="\n\n")
+CEVAL = MultipleChoiceTask(
+    "ceval", 1,
+    header="以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n",
+    choice_line="{letter}. {text}", answer_cue="\n答案：", answer_prefix="", example_end="\n\n")
+TASKS = {task.name: task for task in (MMLU, CEVAL)}

