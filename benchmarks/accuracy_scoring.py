@@ -43,7 +43,7 @@ def transformers_loop(model, tokenizer, prompts: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--per-subject", type=int, default=12)
+    parser.add_argument("--per-subject", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 

@@ -90,6 +90,7 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask, title: str,
         prefix_ids, shots = _fitting_prefix(task, tokenizer, title, examples, longest,
                                             max_positions)
         prefix_text = task.prefix(title, examples[:shots])
+        todo.sort(key=lambda q: len(texts[q.id]))  # similar lengths batch with little padding
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
             logits = _logits(runner, tokenizer, prefix_text, prefix_ids,
@@ -107,26 +108,36 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask, title: str,
     return [done[q.id] for q in questions]
 
 
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _logits(runner, tokenizer, prefix_text: str, prefix_ids: list[int], suffix_texts: list[str],
             max_positions: int) -> list[tuple[torch.Tensor, bool]]:
-    """(logits at the prompt's end, truncated?) per question, the prefix shared where exact."""
-    shared, alone = {}, {}
-    P = len(prefix_ids)
-    for i, text in enumerate(suffix_texts):
-        full = tokenizer(prefix_text + text).input_ids
-        if len(full) > max_positions:
-            alone[i] = (full[-max_positions:], True)  # kept: the end, with the answer cue
-        elif len(full) > P and full[:P] == prefix_ids:
-            shared[i] = full[P:]
-        else:
-            alone[i] = (full, False)
+    """(logits at the prompt's end, truncated?) per question, the prefix shared where exact.
+
+    Each question's whole prompt is tokenised; the shared part is the prefix's tokens up to
+    where any prompt's tokens differ (text ending in a blank line tokenises differently on
+    its own than before more text), so every row runs exactly the tokens of its prompt.
+    """
+    fulls = [tokenizer(prefix_text + text).input_ids for text in suffix_texts]
+    fitting = [i for i, full in enumerate(fulls) if len(full) <= max_positions]
+    shared_len = min((_common_length(prefix_ids, fulls[i]) for i in fitting), default=0)
+    shared_len = min([shared_len] + [len(fulls[i]) - 1 for i in fitting])
     out: dict[int, tuple[torch.Tensor, bool]] = {}
-    if shared:
-        rows = runner.prefill_shared(torch.tensor(prefix_ids),
-                                     [torch.tensor(s) for s in shared.values()])
-        out.update({i: (row, False) for i, row in zip(shared, rows)})
-    for i, (ids, truncated) in alone.items():
-        out[i] = (runner.prefill(torch.tensor([ids]))[0], truncated)
+    if fitting and shared_len > 0:
+        rows = runner.prefill_shared(torch.tensor(fulls[fitting[0]][:shared_len]),
+                                     [torch.tensor(fulls[i][shared_len:]) for i in fitting])
+        out.update({i: (row, False) for i, row in zip(fitting, rows)})
+    for i, full in enumerate(fulls):
+        if i not in out:  # too long (kept: the end, with the answer cue), or nothing shared
+            truncated = len(full) > max_positions
+            out[i] = (runner.prefill(torch.tensor([full[-max_positions:]]))[0], truncated)
     runner.reset()
     return [out[i] for i in range(len(suffix_texts))]
 
