@@ -11,6 +11,7 @@ from tabulate import tabulate
 from harness.baselines import (
     BASELINES_DIR,
     BaselineError,
+    accuracy_tables,
     ours_baselines,
     perf_tables,
     save_ours,
@@ -32,8 +33,9 @@ def add_parser(sub) -> None:
                                            "included, as baseline NAME")
     save.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a reports/<run-id> directory")
     save.add_argument("name", metavar="NAME", help="letters, digits, '.', '_' and '-'")
-    save.add_argument("--suite", choices=("perf",), default="perf",
-                      help="which suite's records to store (default: perf)")
+    save.add_argument("--suite", choices=("perf", "accuracy"), default="perf",
+                      help="which suite's records to store: perf (every sample) or accuracy "
+                           "(every question's answer) (default: perf)")
     save.add_argument("--force", action="store_true", help="replace an existing NAME")
     actions.add_parser("list", help="every stored baseline with its provenance")
     show = actions.add_parser("show", help="the rows of one baseline")
@@ -60,41 +62,55 @@ def save(args) -> int:
 
 
 def listing(args) -> int:
-    tables: dict[str, list] = {}
-    for row in perf_tables(args.baselines_dir):
-        tables.setdefault(row.name, []).append(row)
-    rows = [(name, "table", rs[0].model,
+    tables: dict[tuple[str, str], list] = {}
+    for suite, rows in (("perf", perf_tables(args.baselines_dir)),
+                        ("accuracy", accuracy_tables(args.baselines_dir))):
+        for row in rows:
+            tables.setdefault((suite, row.name), []).append(row)
+    rows = [(name, suite, "table", rs[0].model,
              ", ".join(sorted({f"{r.hardware}:{r.device}" for r in rs})), len(rs), rs[0].source)
-            for name, rs in tables.items()]
-    for name, b in ours_baselines(args.baselines_dir).items():
-        cases = list(b.cases.values())
-        rows.append((name, "ours", ",".join(sorted({c["model"] for c in cases})),
-                     cases[0].get("device", "") if cases else "", len(cases),
-                     f"run {b.run.get('run_id', '?')} commit {b.run.get('commit', '?')[:10]} "
-                     f"saved {b.saved}"))
-    print(tabulate(rows, headers=("baseline", "kind", "model", "device", "rows", "provenance")))
+            for (suite, name), rs in tables.items()]
+    for suite in ("perf", "accuracy"):
+        for name, b in ours_baselines(args.baselines_dir, suite).items():
+            cases = list(b.cases.values())
+            rows.append((name, suite, "ours", ",".join(sorted({c["model"] for c in cases})),
+                         ",".join(sorted({c.get("device") or c.get("hardware", "")
+                                          for c in cases})), len(cases),
+                         f"run {b.run.get('run_id', '?')} commit {b.run.get('commit', '?')[:10]} "
+                         f"saved {b.saved}"))
+    print(tabulate(rows, headers=("baseline", "suite", "kind", "model", "device", "rows",
+                                  "provenance")))
     return 0
 
 
 def show(args) -> int:
-    table = [r for r in perf_tables(args.baselines_dir) if r.name == args.name]
-    ours = ours_baselines(args.baselines_dir).get(args.name)
-    if not table and ours is None:
-        raise BaselineError(f"no baseline named {args.name!r} in {args.baselines_dir}")
-    if table:
+    root = args.baselines_dir
+    perf = [r for r in perf_tables(root) if r.name == args.name]
+    accuracy = [r for r in accuracy_tables(root) if r.name == args.name]
+    ours = {**ours_baselines(root, "accuracy"), **ours_baselines(root, "perf")}.get(args.name)
+    if perf:
         print(tabulate([(r.line, r.model, f"{r.hardware}:{r.device}", r.dtype, r.batch,
                          r.input_len or "", r.output_len or "",
                          f"grid {r.grid[0].start}..{r.grid[0].stop - 1}" if r.grid else "",
-                         r.metric, r.value, r.unit) for r in table],
+                         r.metric, r.value, r.unit) for r in perf],
                        headers=("row", "model", "device", "dtype", "batch", "in", "out", "grid",
                                 "metric", "value", "unit")))
-        print(f"\nsource: {table[0].source} ({table[0].table}); note: {table[0].note}")
-        return 0
-    print(tabulate([(c["case"], c.get("forward_first_token_time(ms)"),
-                     c.get("forward_next_token_time(ms)"), c.get("e2e_throughput_tokens_per_s"),
-                     len(c.get("samples", {}).get("response_s", []))) for c in ours.cases.values()],
-                   headers=("case", "first ms", "next ms", "E2E tok/s", "repeats"),
-                   floatfmt=".3f"))
-    print(f"\nrun {ours.run.get('run_id')} on {ours.run.get('host')}, commit "
-          f"{ours.run.get('commit')}, torch {ours.run.get('torch')}, saved {ours.saved}")
+        print(f"\nsource: {perf[0].source} ({perf[0].table}); note: {perf[0].note}")
+    elif accuracy:
+        print(tabulate([(r.line, r.model, r.task, r.category, f"{r.hardware}:{r.device}",
+                         r.dtype, r.role, r.score) for r in accuracy],
+                       headers=("row", "model", "task", "category", "device", "dtype", "role",
+                                "score")))
+        print(f"\nsource: {accuracy[0].source} ({accuracy[0].table})")
+    elif ours is not None:
+        print(tabulate([(c["case"], c.get("forward_first_token_time(ms)", ""),
+                         c.get("forward_next_token_time(ms)", ""), c.get("accuracy", ""),
+                         len(c.get("answers", [])) or len(c.get("samples", {}).get(
+                             "response_s", []))) for c in ours.cases.values()],
+                       headers=("case", "first ms", "next ms", "accuracy", "answers/repeats"),
+                       floatfmt=".4f"))
+        print(f"\nrun {ours.run.get('run_id')} on {ours.run.get('host')}, commit "
+              f"{ours.run.get('commit')}, torch {ours.run.get('torch')}, saved {ours.saved}")
+    else:
+        raise BaselineError(f"no baseline named {args.name!r} in {root}")
     return 0
