@@ -32,6 +32,7 @@ class PairedResult:
     reference: float
     lost: list[str] = field(default_factory=list)  # right -> wrong
     gained: list[str] = field(default_factory=list)  # wrong -> right
+    flipped: list[dict] = field(default_factory=list)  # id, expected, both answers, text
     p_value: float = 1.0
     difference: float = 0.0
     low: float = 0.0
@@ -48,6 +49,11 @@ def _pair(name: str, category: str, pairs: list[tuple[dict, dict]], alpha: float
     result = PairedResult(name, category, n, sum(ours) / n, sum(theirs) / n)
     result.lost = [c["id"] for c, b in pairs if b["correct"] and not c["correct"]]
     result.gained = [c["id"] for c, b in pairs if c["correct"] and not b["correct"]]
+    result.flipped = [{"id": c["id"], "direction": "right->wrong" if b["correct"] else
+                       "wrong->right", "expected": c.get("expected"),
+                       "candidate": c.get("predicted"), "baseline": b.get("predicted"),
+                       "question": c.get("question", "")}
+                      for c, b in pairs if bool(c["correct"]) != bool(b["correct"])]
     result.p_value = mcnemar_worse_p_value(len(result.lost), len(result.gained))
     diff = paired_difference(ours, theirs)
     result.difference, result.low, result.high = diff["difference"], diff["low"], diff["high"]
@@ -69,6 +75,8 @@ def paired_gate(task: str, candidate: list[dict], baseline: list[dict], name: st
     results = [_pair(name, "overall", pairs, ALPHA, tolerance)]
     results += [_pair(name, cat, [p for p in pairs if p[0]["category"] == cat],
                       ALPHA / len(categories), None) for cat in categories]
+    for r in results[1:]:
+        r.flipped = []  # listed once, in the overall result
     failures = [f"{task} {r.category}: {r.candidate:.4f} vs {r.reference:.4f} in baseline "
                 f"{name} ({r.questions} questions, {len(r.lost)} right->wrong, "
                 f"{len(r.gained)} wrong->right, McNemar p={r.p_value:.3g}): {r.rule}"

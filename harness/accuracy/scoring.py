@@ -37,6 +37,7 @@ class Answer:
     correct: bool
     shots: int
     truncated: bool = False
+    question: str = ""  # the text, so that a report can show a flipped question
 
 
 def read_answers(path: Path) -> dict[str, dict]:
@@ -100,7 +101,7 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask, title: str,
                 logprobs = torch.log_softmax(row_logits.float(), -1)[answer_ids].tolist()
                 predicted = LETTERS[max(range(4), key=lambda i: logprobs[i])]
                 answers.append(Answer(q.id, q.subject, q.category, q.answer, predicted, logprobs,
-                                      predicted == q.answer, shots, truncated))
+                                      predicted == q.answer, shots, truncated, q.question))
             _append(results, answers)
             done.update({a.id: asdict(a) for a in answers})
             if progress:
