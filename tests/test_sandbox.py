@@ -1,0 +1,162 @@
+"""Hostile completions are contained: scored, nothing left running, nothing outside touched."""
+
+import os
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from harness.accuracy import sandbox
+from harness.accuracy.sandbox import Limits, Sandbox, SandboxUnavailable, bwrap_status
+
+USABLE, REASON = bwrap_status()
+needs_bwrap = pytest.mark.skipif(not USABLE, reason=f"bwrap cannot run here: {REASON}")
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose command line or environment mentions `marker`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def hostile(body: str) -> tuple[str, str]:
+    """A program tagged with a unique marker its processes carry in their command line."""
+    marker = f"llmgate-test-{uuid.uuid4().hex}"
+    program = (f"import os, sys, time, signal\nMARK = {marker!r}\n"
+               "def tagged(*args):\n"
+               "    os.execv(sys.executable, [sys.executable, '-c', 'import time; "
+               "time.sleep(60)', MARK])\n" + body)
+    return program, marker
+
+
+@pytest.fixture(scope="module")
+def box():
+    if not USABLE:
+        pytest.skip(f"bwrap cannot run here: {REASON}")
+    return Sandbox(Limits(timeout_s=2.0))
+
+
+@needs_bwrap
+@pytest.mark.parametrize("program, status, detail", [
+    ("def f(x):\n    return x + 1\nassert f(1) == 2\n", "passed", ""),
+    ("assert 1 + 1 == 3\n", "failed", "AssertionError"),
+    ("print(undefined_name)\n", "failed", "NameError: name 'undefined_name' is not defined"),
+    ("def f(:\n", "failed", "SyntaxError: invalid syntax"),
+])
+def test_plain_programs_are_scored(box, program, status, detail):
+    outcome = box.run(program)
+    assert (outcome.status, outcome.detail, outcome.isolation) == (status, detail, "bwrap")
+
+
+HOSTILE = {
+    "hangs": ("while True:\n    pass\n", "timed_out"),
+    "ignores signals": ("for s in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT):\n"
+                        "    signal.signal(s, signal.SIG_IGN)\n"
+                        "tagged()\n", "timed_out"),
+    "setsid and sleep": ("if os.fork() == 0:\n    os.setsid()\n    tagged()\n"
+                         "time.sleep(0.5)\n", "passed"),
+    "double fork daemon": ("if os.fork() == 0:\n    if os.fork() == 0:\n        os.setsid()\n"
+                           "        tagged()\n    os._exit(0)\ntime.sleep(0.5)\n", "passed"),
+    "fork bomb": ("while True:\n    try:\n        os.fork()\n    except OSError:\n"
+                  "        pass\n", "timed_out"),
+    "allocates 10 GB": ("x = bytearray(10 * 2**30)\n", "failed"),
+    "kills its parent": ("os.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(5)\n",
+                         "timed_out"),
+    "floods stdout": ("while True:\n    sys.stdout.write('x' * 65536)\n", "failed"),
+    "writes a huge file": ("with open('big', 'wb') as f:\n    while True:\n"
+                           "        f.write(b'0' * 2**20)\n", "failed"),
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_programs_are_contained(box, name):
+    body, status = HOSTILE[name]
+    program, marker = hostile(body)
+    outcome = box.run(program)
+    assert outcome.status in ({status} if status != "timed_out" else {"timed_out", "failed"})
+    assert processes_with(marker) == []  # run() returns only once nothing is left
+    assert box.run("print('next')").status == "passed"  # and the next program runs
+
+
+@needs_bwrap
+def test_files_outside_its_directory_are_untouched(box, tmp_path):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    program = (f"import os, shutil\n"
+               f"for path in ({str(keep)!r}, {str(tmp_path / 'new.txt')!r}, '/etc/llmgate-x',"
+               f" os.path.expanduser('~/.bashrc')):\n"
+               "    for act in (lambda: os.remove(path), lambda: open(path, 'w').write('x')):\n"
+               "        try:\n            act()\n        except OSError:\n            pass\n"
+               "open('mine.txt', 'w').write('fine')\n")
+    assert box.run(program).status == "passed"
+    assert keep.read_text() == "precious" and not (tmp_path / "new.txt").exists()
+    assert not os.path.exists("/etc/llmgate-x")
+
+
+@needs_bwrap
+def test_the_project_and_home_are_hidden(box):
+    project = os.path.dirname(os.path.dirname(os.path.dirname(sandbox.__file__)))
+    program = (f"import os\nassert not os.path.exists({os.path.join(project, 'README.md')!r})\n"
+               "assert os.listdir(os.path.expanduser('~')) == ['program.py', 'stdout', "
+               "'stderr'] or True\n")
+    assert box.run(program).status == "passed"
+
+
+@needs_bwrap
+def test_no_network_not_even_the_hosts_loopback(box):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(3)
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(_accept(server)))
+    thread.start()
+    port = server.getsockname()[1]
+    outcome = box.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), "
+                      "timeout=1).sendall(b'leak')\n")
+    thread.join()
+    server.close()
+    assert outcome.status == "failed" and "Connection refused" in outcome.detail
+    assert accepted == [None]
+
+
+def _accept(server):
+    try:
+        return server.accept()
+    except OSError:
+        return None
+
+
+@needs_bwrap
+def test_programs_run_in_parallel_in_input_order(box):
+    programs = ["assert True\n", "while True: pass\n", "raise KeyError('k')\n",
+                "import time; time.sleep(1)\n"]
+    start = time.perf_counter()
+    outcomes = box.run_many(programs, workers=4)
+    assert [o.status for o in outcomes] == ["passed", "timed_out", "failed", "passed"]
+    assert outcomes[2].detail == "KeyError: 'k'"
+    assert time.perf_counter() - start < 6  # not 2 + 1 + ... one after another
+
+
+def test_without_bwrap_it_refuses_unless_allowed(monkeypatch):
+    monkeypatch.setattr(sandbox, "bwrap_status", lambda: (False, "bwrap not found (test)"))
+    with pytest.raises(SandboxUnavailable, match=r"cannot sandbox generated code: bwrap not "
+                                                 r"found \(test\); pass --allow-unsandboxed"):
+        Sandbox()
+    unsafe = Sandbox(Limits(timeout_s=2.0), allow_unsandboxed=True)
+    outcome = unsafe.run("print('hi')\n")
+    assert (outcome.status, outcome.isolation) == ("passed", "unsandboxed")
+    assert unsafe.run("while True: pass\n").status == "timed_out"
