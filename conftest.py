@@ -40,6 +40,9 @@ def pytest_addoption(parser):
     group.addoption("--run-id", metavar="ID",
                     help="name of this run's results directory; an existing one is refused "
                          "unless --resume is given (default: a timestamp)")
+    group.addoption("--shard", metavar="K/N",
+                    help="run the K-th of N deterministic parts of the selection (each model's "
+                         "cases stay together); join the runs with `llmgate merge`")
     group.addoption("--baselines-dir", metavar="DIR",
                     help="stored baselines (default: the project's baselines/)")
     group.addoption("--resume", action="store_true", default=False,

@@ -201,7 +201,8 @@ def read_ours(file: Path) -> OursBaseline:
 ANSWER_FIELDS = ("id", "subject", "category", "expected", "predicted", "correct", "status")
 
 
-def _answers(path: Path) -> list[dict]:
+def read_answers_file(path: Path) -> list[dict]:
+    """The answers (or samples) of a run's answer file, the last one per id."""
     rows = []
     for line in path.read_text().splitlines():
         try:
@@ -234,7 +235,7 @@ def save_ours(run_dir: Path, name: str, suite: str, root: Path = BASELINES_DIR,
     for row in rows:  # accuracy: every question's answer, from the run's answer files
         if row.get("answers_file"):
             row["answers"] = [{k: a[k] for k in ANSWER_FIELDS if k in a} for a in
-                              _answers(run_dir / row["answers_file"])]
+                              read_answers_file(run_dir / row["answers_file"])]
     out = root / suite / "ours" / f"{name}.json"
     if out.exists() and not force:
         raise BaselineError(f"{out}: baseline {name!r} exists; choose another name or --force")

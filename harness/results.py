@@ -20,6 +20,7 @@ import torch
 from tabulate import tabulate
 
 RECORD_GLOB = "records-*.jsonl"
+RECORD_FORMAT = 1  # bump when a record's fields change meaning; newer ones are refused
 
 
 def new_run_id() -> str:
@@ -27,15 +28,25 @@ def new_run_id() -> str:
 
 
 def environment() -> dict:
-    """Machine and code provenance written next to the records."""
+    """Machine and code provenance written next to the records. torch_npu and CANN are
+    reported only where torch_npu was imported by this run (importing it elsewhere breaks)."""
+    import sys
+
+    import transformers
+
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=5, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return {"commit": commit, "host": platform.node(), "machine": platform.machine(),
+    info = {"commit": commit, "host": platform.node(), "machine": platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
+    if "torch_npu" in sys.modules:
+        info["torch_npu"] = getattr(sys.modules["torch_npu"], "__version__", "")
+        info["cann"] = os.environ.get("ASCEND_TOOLKIT_HOME", "")
+    return info
 
 
 class ResultsStore:
@@ -53,7 +64,7 @@ class ResultsStore:
                     f.write(b"\n")
 
     def record(self, row: dict) -> dict:
-        row = {**row, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        row = {**row, "format": RECORD_FORMAT, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with open(self.path, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
             f.flush()

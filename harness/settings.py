@@ -6,6 +6,7 @@ value and what was expected: a run never discovers a bad option one test at a ti
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from itertools import product
@@ -64,6 +65,15 @@ def model_paths(items: list[str] | None) -> dict[str, Path]:
     return paths
 
 
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", value.strip())
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise pytest.UsageError(f"--shard {value!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+    return int(match.group(1)), int(match.group(2))
+
+
 def baselines_dir(option: str | None) -> Path:
     """The stored baselines, every file parsed now: a damaged one is a start-up error."""
     root = Path(option).expanduser() if option else BASELINES_DIR
@@ -98,6 +108,7 @@ class Settings:
     results_root: Path
     perf: PerfSettings
     accuracy: AccuracySettings
+    shard: tuple[int, int] | None = None  # (K, N): this host runs the K-th of N shards
     _resolved: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
@@ -129,7 +140,7 @@ class Settings:
             cache_dir=writable_dir("--cache-dir", cache_dir),
             results_root=writable_dir("--results-dir", results),
             perf=PerfSettings.from_config(config, batches, baselines_dir(opt("--baselines-dir"))),
-            accuracy=AccuracySettings.from_config(config))
+            accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")))
         settings.check_lengths()
         return settings
 

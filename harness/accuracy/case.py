@@ -156,8 +156,8 @@ def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
     if broken:
         failures.insert(0, f"{len(broken)} completions generated from non-finite logits "
                            f"(first: {broken[0]})")
-    statuses = {s: sum(r["status"] == s for r in rows) for s in ("passed", "failed",
-                                                                   "timed_out")}
+    statuses = {f"samples_{s}": sum(r["status"] == s for r in rows)
+                for s in ("passed", "failed", "timed_out")}
     return accuracy_verdict(failures, acc.tolerance, compared), {
         **identity, "runner": acc.runner, **scores, "accuracy": scores["pass@1"],
         "problems": len(problems), "samples": acc.samples, **statuses,

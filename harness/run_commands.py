@@ -1,0 +1,199 @@
+"""`llmgate report | merge | compare | history`: what can be done with stored runs.
+
+Each reads the same records the suites wrote (`records-*.jsonl`) and calls the same harness
+code the suites call (the perf gate, the paired accuracy test, the report), never a second
+implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.baselines import read_answers_file
+from harness.results import RECORD_FORMAT, RECORD_GLOB, latest_rows, load_records, merge
+
+
+class RunError(ValueError):
+    """A directory that is not a run, or runs that cannot be joined."""
+
+
+VOLATILE = ("session", "worker", "time")  # differ between any two runs of the same thing
+
+
+def run_directory(path: Path) -> Path:
+    """`path` if it holds a run (records or run.json), else a one-line error saying why not."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: not a directory")
+    if not list(path.glob(RECORD_GLOB)) and not (path / "run.json").exists():
+        raise RunError(f"{path}: not a run (no {RECORD_GLOB} and no run.json)")
+    newer = [r for r in load_records(path) if r.get("format", 1) > RECORD_FORMAT]
+    if newer:
+        raise RunError(f"{path}: records of format {newer[0]['format']} are newer than this "
+                       f"llmgate reads ({RECORD_FORMAT}); update llmgate")
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report.render import render
+
+    run_dir = run_directory(args.run_dir)
+    merge(run_dir)
+    print(render(run_dir))
+    return 0
+
+
+# Fields two runs must agree on to be joined or compared as equals.
+VERSION_FIELDS = ("thresholds_version", "task_version", "prompt_hash")
+
+
+def _versions(rows: list[dict]) -> dict[tuple[str, str], set]:
+    out: dict[tuple[str, str], set] = {}
+    for row in rows:
+        for field in VERSION_FIELDS:
+            if row.get(field) is not None:
+                out.setdefault((row.get("task") or row["suite"], field), set()).add(
+                    str(row[field]))
+    return out
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Join shard runs into one run, as if it had run on one host."""
+    from harness.report.render import render
+
+    inputs = [run_directory(p) for p in args.run_dirs]
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise RunError(f"{out}: exists and is not empty; choose another OUT or --force")
+    runs = {p: latest_rows(load_records(p)) for p in inputs}
+    seen: dict[tuple, Path] = {}
+    for path, rows in runs.items():
+        for row in rows:
+            key = (row["suite"], row["case"], row["test"])
+            if key in seen and row["suite"] != "run":
+                raise RunError(f"{row['case']} {row['test']} is in both {seen[key]} and {path}: "
+                               "overlapping shards")
+            seen[key] = path
+    versions = _versions([r for rows in runs.values() for r in rows])
+    mixed = {k: v for k, v in versions.items() if len(v) > 1}
+    if mixed and not args.force:
+        (scope, field), values = next(iter(mixed.items()))
+        raise RunError(f"the runs measured different things: {scope} {field} "
+                       f"{' vs '.join(sorted(values))}; --force to merge anyway")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shards = []
+    for index, (path, rows) in enumerate(runs.items(), start=1):
+        with open(out / f"records-shard{index}.jsonl", "w") as f:
+            f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
+        if (path / "accuracy").is_dir():
+            shutil.copytree(path / "accuracy", out / "accuracy", dirs_exist_ok=True)
+        meta = path / "run.json"
+        shards.append({"path": str(path), **(json.loads(meta.read_text()) if meta.exists()
+                                             else {})})
+    first = min(shards, key=lambda s: s.get("started", 0))
+    run = {**{k: v for k, v in first.items() if k not in ("path", "run_id")},
+           "run_id": out.name, "merged_from": shards,
+           "duration_s": sum(s.get("duration_s", 0) for s in shards)}
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    merge(out)
+    print(f"merged {len(inputs)} runs ({sum(len(r) for r in runs.values())} records) into "
+          f"{out}; report: {render(out)}")
+    return 0
+
+
+def compare_runs(a: Path, b: Path, tolerance: float = 0.10) -> dict[str, list[dict]]:
+    """Differences of run A against run B (B as the baseline), per suite."""
+    from harness.accuracy.gate import paired_gate
+    from harness.baselines import OursBaseline
+    from harness.cases import Case
+    from harness.perf.gate import gate
+    from harness.perf.timing import Samples
+
+    rows_a = {(r["case"], r["test"]): r for r in latest_rows(load_records(a))}
+    rows_b = {(r["case"], r["test"]): r for r in latest_rows(load_records(b))}
+    out: dict[str, list[dict]] = {"numerics": [], "perf": [], "accuracy": [], "outcome": []}
+    for key in sorted(rows_a.keys() & rows_b.keys()):
+        ra, rb = rows_a[key], rows_b[key]
+        if ra.get("outcome") != rb.get("outcome"):
+            out["outcome"].append({"case": key[0], "test": key[1], "a": ra.get("outcome"),
+                                   "b": rb.get("outcome"), "reason": ra.get("reason", "")})
+        if ra.get("outcome") != "passed" or rb.get("outcome") != "passed":
+            continue
+        if ra["suite"] == "numerics" and "max_abs_diff" in ra and "max_abs_diff" in rb:
+            da, db = ra["max_abs_diff"], rb["max_abs_diff"]
+            if max(da, db) > 1e-6 and not (0.5 <= (da + 1e-12) / (db + 1e-12) <= 2):
+                out["numerics"].append({"case": key[0], "test": key[1], "a": da, "b": db})
+        elif ra["suite"] == "perf" and "samples" in ra and "samples" in rb:
+            case = Case(ra["model"], ra["hardware"], ra["dtype"], ra["batch"], ra["seqlen"],
+                        ra["out"])
+            theirs = OursBaseline(str(b), b, "", {}, {case.id: {**rb, "case": case.id}})
+            _, comparisons = gate(case, Samples(**ra["samples"]), ra.get("device", ""), [],
+                                  {b.name: theirs}, tolerance, None, None)
+            for c in comparisons:
+                slower = c["slowdown"] > 1 + tolerance and c["p_value"] < 0.05
+                faster = c["slowdown"] < 1 / (1 + tolerance)
+                if slower or faster:
+                    out["perf"].append({"case": key[0], "metric": c["metric"], "a": c["ours"],
+                                        "b": c["theirs"], "ratio": c["slowdown"],
+                                        "p_value": c["p_value"],
+                                        "change": "slower" if slower else "faster"})
+        elif ra["suite"] == "accuracy" and ra.get("answers_file") and rb.get("answers_file"):
+            answers_a = read_answers_file(a / ra["answers_file"])
+            answers_b = read_answers_file(b / rb["answers_file"])
+            if ra["test"] == "test_humaneval":
+                from harness.accuracy.humaneval import first_samples
+
+                answers_a, answers_b = first_samples(answers_a), first_samples(answers_b)
+            failures, results = paired_gate(ra.get("task", ""), answers_a, answers_b, b.name,
+                                            1.0)
+            overall = results[0] if results else {}
+            if overall.get("lost") or overall.get("gained"):
+                out["accuracy"].append({
+                    "case": key[0], "a": overall["candidate"], "b": overall["reference"],
+                    "right_to_wrong": overall["lost"], "wrong_to_right": overall["gained"],
+                    "p_value": overall["p_value"]})
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    a, b = run_directory(args.run_a), run_directory(args.run_b)
+    diff = compare_runs(a, b, args.tolerance)
+    if not any(diff.values()):
+        print(f"no differences between {a} and {b}")
+        return 0
+    for suite, rows in diff.items():
+        if rows:
+            print(f"\n{suite} ({len(rows)}): A = {a}, B = {b}")
+            shown = [{k: (", ".join(v[:8]) + (" ..." if len(v) > 8 else "")
+                          if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
+            print(tabulate(shown, headers="keys", floatfmt=".4g"))
+    worse = diff["outcome"] or any(r["change"] == "slower" for r in diff["perf"]) or any(
+        r["right_to_wrong"] and r["a"] < r["b"] for r in diff["accuracy"])
+    return 1 if worse else 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from harness.report.history import history_table, runs
+
+    root = Path(args.results_dir)
+    if not root.is_dir():
+        raise RunError(f"{root}: no results directory")
+    if not runs(root):
+        raise RunError(f"{root}: no runs (no subdirectory with run.json)")
+    table = history_table(root, {args.case} if args.case else None, last=args.last)
+    if not table:
+        print(f"no stored values{' for ' + args.case if args.case else ''} in {root}")
+        return 0
+    print(tabulate([(h["case"], h["metric"], h["runs"],
+                     " -> ".join(f"{v:.4g}" for _, v in h["values"]), h["regressed_at"])
+                    for h in table],
+                   headers=("case", "metric", "runs", f"last {args.last} values",
+                            "regressed at")))
+    return 0
