@@ -6,7 +6,16 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup run test bench lint clean
 
+# bubblewrap sandboxes HumanEval programs; chromium opens the report in the browser test.
+# Installed with apt where we are root and they are missing (elsewhere: skipped, with the
+# reason, by the tests that need them).
+SYSTEM_PACKAGES := bubblewrap chromium
+
 $(STAMP): pyproject.toml
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    ! (command -v bwrap && command -v chromium) >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned first: an unpinned torch would pull a multi-GB CUDA build.

@@ -67,6 +67,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from harness.report.render import render
 
     inputs = [run_directory(p) for p in args.run_dirs]
+    twice = next((p for i, p in enumerate(inputs) if p.resolve() in
+                  [q.resolve() for q in inputs[:i]]), None)
+    if twice is not None:
+        raise RunError(f"{twice} is given twice: overlapping shards")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise RunError(f"{out}: exists and is not empty; choose another OUT or --force")

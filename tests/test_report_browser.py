@@ -1,0 +1,77 @@
+"""The HTML report, rendered from a fixed run and opened in headless Chromium."""
+
+import shutil
+
+import pytest
+
+from harness.report.render import render
+from harness.results import latest_rows, load_records
+from tests.example_run import PERF_CASES, write_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (Debian package chromium; `make test` "
+                    "installs it where it runs as root)")
+    run = write_run(tmp_path_factory.mktemp("reports") / "example",
+                    models=("qwen-tiny", "falcon-tiny"))
+    html = render(run)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(html.as_uri())
+        page.screenshot(path=str(run / "screenshot.png"), full_page=True)
+        yield page, run
+        browser.close()
+
+
+def test_the_summary_counts_every_outcome(page):
+    page, run = page
+    rows = latest_rows(load_records(run))
+    for outcome in ("passed", "failed", "error", "skipped"):
+        expected = sum(r["outcome"] == outcome for r in rows)
+        assert page.locator(f"#count-{outcome}").inner_text() == str(expected)
+    assert page.locator("#verdict").inner_text() == "GATES FAILED"
+    failures = page.locator("#failures tr")
+    assert failures.count() == 1 + 2  # header + one bf16 failure per model
+    assert "non-finite logits" in failures.nth(1).inner_text()
+    page.locator("#skips summary").click()
+    assert "no weights" in page.locator("#skips").inner_text()
+    assert "0123456789abcdef" in page.locator("#metadata").inner_text()
+
+
+def test_every_section_has_its_rows(page):
+    page, _ = page
+    assert page.locator("#numerics-table tr").count() == 1 + 4
+    perf_tables = page.locator("table.perf-table")
+    assert perf_tables.count() == 2
+    assert perf_tables.nth(0).locator("tr").count() == 1 + len(PERF_CASES)
+    assert page.locator("#max-batch tr").count() == 1 + 2
+    assert page.locator("h3.accuracy-case").count() == 4
+    page.locator("details.flipped summary").first.click()
+    assert "Question number 1?" in page.locator("details.flipped").first.inner_text()
+    assert "pass@1" in page.locator("#accuracy").inner_text()
+
+
+def test_every_chart_is_a_non_empty_svg(page):
+    page, _ = page
+    charts = page.locator(".chart svg")
+    assert charts.count() >= 2 * 3 + 2  # 3 perf charts per model, an accuracy chart per case
+    for i in range(charts.count()):
+        chart = charts.nth(i)
+        assert chart.locator("path").count() > 5
+        box = chart.bounding_box()
+        assert box and box["width"] > 100 and box["height"] > 100
+
+
+def test_the_report_loads_nothing_from_the_network(page):
+    _, run = page
+    html = (run / "index.html").read_text()
+    assert "http://" not in html.replace("http://www.w3.org", "")
+    assert "https://" not in html and "<link" not in html

@@ -1,0 +1,150 @@
+"""llmgate report, merge, compare and history on stored runs."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.results import latest_rows, load_records, merge
+from harness.run_commands import VOLATILE, compare_runs
+from tests.example_run import write_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest_plugins = ["pytester"]
+
+SUITE = """
+import pytest
+from harness.cases import Case
+from harness.verdicts import verdict
+
+CASES = [Case(m, "cpu", "fp32", b, 16, 4) for m in ("qwen-tiny", "falcon-tiny", "bloom-tiny")
+         for b in (1, 2)]
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cell(case, record):
+    result = verdict([] if case.batch == 1 else [], 1.0, value=len(case.model) * case.batch)
+    record(result, thresholds_version=1)
+    assert result.passed
+"""
+
+
+def comparable(run_dir: Path) -> list[dict]:
+    return sorted(({k: v for k, v in r.items() if k not in VOLATILE}
+                   for r in latest_rows(load_records(run_dir))), key=lambda r: r["case"])
+
+
+def test_two_shards_merge_into_the_unsharded_run(pytester, monkeypatch):
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    (pytester.path / "demo").mkdir()
+    (pytester.path / "demo" / "test_cells.py").write_text(SUITE)
+    for args in (["--shard", "1/2", "--run-id", "a"], ["--shard", "2/2", "--run-id", "b"],
+                 ["--run-id", "whole"]):
+        pytester.runpytest("demo", *args)
+    reports = pytester.path / "reports"
+    a, b = comparable(reports / "a"), comparable(reports / "b")
+    assert {r["model"] for r in a}.isdisjoint({r["model"] for r in b})  # models stay whole
+    assert len(a) + len(b) == 6
+    assert main(["merge", str(reports / "merged"), str(reports / "a"), str(reports / "b")]) == 0
+    assert comparable(reports / "merged") == comparable(reports / "whole")
+    for name in ("demo.csv", "index.html", "summary.md"):
+        assert (reports / "merged" / name).exists()
+    assert main(["merge", str(reports / "again"), str(reports / "a"), str(reports / "a")]) == 2
+
+
+def test_compare_a_run_with_itself_shows_no_differences(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    assert main(["compare", str(run), str(run)]) == 0
+    assert capsys.readouterr().out.startswith("no differences between")
+
+
+def test_compare_shows_exactly_the_injected_changes(tmp_path, capsys):
+    before = write_run(tmp_path / "before")
+    after = write_run(tmp_path / "after")
+    # one perf cell 30% slower, and three answers of the MMLU case flipped to wrong
+    rows = load_records(after)
+    slow = write_run(tmp_path / "slow_source", slow=1.3)
+    slow_row = next(r for r in load_records(slow) if r["case"] == "qwen-tiny-cpu-fp32-bs8-in128"
+                    "-out16")
+    rows = [slow_row if r["case"] == slow_row["case"] else r for r in rows]
+    (after / "records-example.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flipped = write_run(tmp_path / "flipped", flips=3)
+    answers = flipped / "accuracy" / "mmlu-qwen-tiny-cpu-fp32-bs8-0shot" / "answers.jsonl"
+    target = after / "accuracy" / "mmlu-qwen-tiny-cpu-fp32-bs8-0shot" / "answers.jsonl"
+    target.write_text(answers.read_text())
+    diff = compare_runs(after, before)
+    assert [(d["case"], d["change"]) for d in diff["perf"]] == [
+        ("qwen-tiny-cpu-fp32-bs8-in128-out16", "slower")] * len(diff["perf"])
+    assert {d["metric"] for d in diff["perf"]} >= {"next_token", "first_token"}
+    assert [d["case"] for d in diff["accuracy"]] == ["mmlu-qwen-tiny-cpu-fp32-bs8-0shot"]
+    assert diff["accuracy"][0]["right_to_wrong"] == [f"abstract_algebra/test/{i}"
+                                                     for i in (1, 4, 7)]
+    assert diff["numerics"] == [] and diff["outcome"] == []
+    assert main(["compare", str(after), str(before)]) == 1
+    out = capsys.readouterr().out
+    assert "slower" in out and "abstract_algebra/test/4" in out
+
+
+def test_history_flags_the_run_where_a_regression_entered(tmp_path, capsys):
+    for index, slow in enumerate((1.0, 1.0, 1.4, 1.4), start=1):
+        write_run(tmp_path / f"run{index}", slow=slow, started=float(index))
+    assert main(["history", "--results-dir", str(tmp_path), "--case",
+                 "qwen-tiny-cpu-fp32-bs8-in32-out16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    next_token = next(line for line in lines if "next-token ms" in line)
+    assert next_token.rstrip().endswith("run3")
+    throughput = next(line for line in lines if "E2E tokens/s" in line)
+    assert throughput.rstrip().endswith("run3")
+
+
+def test_report_rerenders_from_records(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    html = (run / "index.html").read_text()
+    assert "GATES FAILED" in html and "non-finite logits" in html
+    assert (tmp_path / "latest").resolve() == run.resolve()
+    with open(run / "performance_cpu_qwen-tiny_fp32.csv") as f:
+        assert next(csv.reader(f))[0] == "batch_size"
+
+
+@pytest.mark.parametrize("command", [["report", "{x}"], ["compare", "{x}", "{x}"],
+                                     ["merge", "{out}", "{x}"],
+                                     ["history", "--results-dir", "{x}"]])
+def test_commands_on_a_directory_that_is_not_a_run(tmp_path, capsys, command):
+    (tmp_path / "x").mkdir()
+    args = [a.format(x=tmp_path / "x", out=tmp_path / "out") for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"llmgate {command[0]}: ") and "\n" not in err.strip()
+    assert "not a run" in err or "no runs" in err
+
+
+def test_merging_different_task_versions_is_refused_unless_forced(tmp_path, capsys):
+    a, b = write_run(tmp_path / "a", models=("qwen-tiny",)), write_run(tmp_path / "b",
+                                                                        models=("falcon-tiny",))
+    rows = load_records(b)
+    for r in rows:
+        if r.get("task") == "mmlu":
+            r["prompt_hash"] = "changed"
+    (b / "records-example.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["merge", str(tmp_path / "m"), str(a), str(b)]) == 2
+    assert "mmlu prompt_hash abc123 vs changed; --force to merge anyway" in \
+        capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "m"), str(a), str(b), "--force"]) == 0
+
+
+def test_records_of_a_newer_format_are_refused(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    rows = load_records(run)
+    rows[0]["format"] = 99
+    (run / "records-example.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(run)]) == 2
+    assert "records of format 99 are newer than this llmgate reads" in capsys.readouterr().err
+
+
+def test_merge_writes_the_same_csvs(tmp_path):
+    run = write_run(tmp_path / "run")
+    written = merge(run)
+    assert set(written) == {"numerics", "perf", "accuracy"}
