@@ -57,6 +57,9 @@ def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
         codes.append(int(pytest.main(["-q", str(ROOT / "suites" / "perf"), *pytest_args, *extra,
                                       *resume])))
     measured = [c for c in codes if c != pytest.ExitCode.NO_TESTS_COLLECTED]
+    report = Path(known.results_dir or ROOT / "reports") / run_id / "index.html"
+    if report.exists():
+        print(f"\nllmgate report: {report}")
     return max(measured) if measured else codes[0]
 
 

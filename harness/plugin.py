@@ -249,15 +249,26 @@ class LlmgatePlugin:
             backend = get_backend(hardware)
             if backend.available:
                 devices[hardware] = backend.device_name()
-        (self.run_dir / "run.json").write_text(json.dumps(
-            {"format": RECORD_FORMAT, "run_id": self.run_id, "started": self.started,
-             "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started)),
-             "duration_s": time.time() - self.started, "devices": devices, **environment()},
+        meta = self.run_dir / "run.json"
+        started = self.started  # a resumed run keeps the start of its first session
+        if meta.exists():
+            started = min(started, json.loads(meta.read_text()).get("started", started))
+        meta.write_text(json.dumps(
+            {"format": RECORD_FORMAT, "run_id": self.run_id, "started": started,
+             "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+             "duration_s": time.time() - started, "devices": devices,
+             "unmatched_baselines": self._unmatched_baselines(rows), **environment()},
             indent=2))
         merge(self.run_dir)
         from harness.report.render import render
 
         self.report = render(self.run_dir)
+
+    def _unmatched_baselines(self, rows: list[dict]) -> list[str]:
+        """Baselines named with --perf-baseline / --accuracy-baseline that no case met."""
+        named = (self.settings.perf.baselines or []) + (self.settings.accuracy.baselines or [])
+        used = {c["baseline"].split(":")[0] for r in rows for c in r.get("comparisons", [])}
+        return [name for name in named if name not in used]
 
     def _grid_means(self, rows: list[dict]) -> list[dict]:
         """The perf tables' grid means this run covered (computed once all cases are in)."""

@@ -1,6 +1,7 @@
 """The perf suite itself, through pytester on a copy of the suites (tiny models, short runs)."""
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -121,3 +122,13 @@ def test_a_damaged_baseline_file_is_a_usage_error(suites, damage, message):
     result = suites.runpytest("copied_suites/perf", "--baselines-dir", str(baselines))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*000_falcon-7b.csv: {message}*"])
+
+
+def test_a_baseline_that_matches_no_case_is_reported_not_an_error(suites):
+    result = suites.runpytest("copied_suites/perf", "--model", "falcon-tiny", "--batch", "1",
+                              "--seqlen-in-pair", "16", "--seqlen-out-pair", "4",
+                              "--perf-baseline", "dev-cpu", *SHORT, "--run-id", "nomatch")
+    result.assert_outcomes(passed=1)
+    run = suites.path / "reports" / "nomatch"
+    assert json.loads((run / "run.json").read_text())["unmatched_baselines"] == ["dev-cpu"]
+    assert "matched no case: dev-cpu" in (run / "summary.md").read_text()
