@@ -43,8 +43,9 @@ class Linear(nn.Module):
 
     split="column": output features are divided across ranks; `output_sizes` lists the fused
     parts (q|k|v, gate|up) so that each part is divided on its own. split="row": input
-    features are divided and the partial outputs are summed across ranks. At world size 1 with
-    the dense method this is exactly `nn.Linear`.
+    features are divided and the partial outputs are summed across ranks (`tp_group`), the
+    bias added once after the sum. At world size 1 with the dense method this is exactly
+    `nn.Linear`; `models/parallel.py` does the splitting, `models/quant.py` swaps the method.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, *, split: str,
@@ -58,10 +59,40 @@ class Linear(nn.Module):
         if sum(self.output_sizes) != out_features:
             raise ValueError(f"output_sizes {self.output_sizes} do not add up to {out_features}")
         self.method = method
+        self.tp_group = None  # row split across ranks: partial outputs are all-reduced
+        self.reduce_bias: Tensor | None = None
         method.create_weights(self, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.method.apply(self, x)
+        y = self.method.apply(self, x)
+        if self.tp_group is not None:
+            torch.distributed.all_reduce(y, group=self.tp_group)
+            if self.reduce_bias is not None:
+                y = y + self.reduce_bias
+        return y
+
+    def shard(self, rows: list[int] | None = None, cols: list[int] | None = None,
+              output_sizes: tuple[int, ...] | None = None) -> None:
+        """Keep only `rows` (output features) and/or `cols` (input features) of every weight
+        tensor: the float weight, or the int8 weight and its per-row scales."""
+        for name in ("weight", "weight_int8", "weight_scale", "bias"):
+            tensor = getattr(self, name, None)
+            if tensor is None:
+                continue
+            if rows is not None:
+                tensor = tensor[rows]
+            if cols is not None and tensor.dim() == 2:
+                tensor = tensor[:, cols]
+            tensor = tensor.contiguous()
+            if isinstance(getattr(self, name), nn.Parameter):
+                setattr(self, name, nn.Parameter(tensor, requires_grad=False))
+            else:
+                setattr(self, name, tensor)
+        if rows is not None:
+            self.out_features = len(rows)
+            self.output_sizes = output_sizes or (len(rows),)
+        if cols is not None:
+            self.in_features = len(cols)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "

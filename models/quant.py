@@ -1,0 +1,142 @@
+"""INT8 quantization as `Linear` methods, one entry point: `quantize_(model, Int8WeightOnly())`.
+
+Both schemes quantize weights per output channel, symmetrically: scale = max|w_row| / 127,
+w_int8 = round(w / scale). They differ in the activations:
+  - W8A16 (`Int8WeightOnly`): activations stay in the model dtype (the device's half type).
+    On the CPU with bf16 activations the matmul is PyTorch's int8 weight-pack kernel
+    (`aten._weight_int8pack_mm`, several times faster than a dense matmul on small batches);
+    elsewhere the weight is dequantized and multiplied.
+  - W8A8 (`Int8DynamicActivation`): activations are quantized per token at run time
+    (scale = max|x_row| / 127), multiplied with `torch._int_mm` (int32 accumulation, exact) and
+    rescaled by both scales into the model dtype.
+Which layers are quantized is an explicit argument, never parsed from a name: by default every
+`Linear` but the LM head (embeddings are not `Linear`s).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.layers import Linear
+
+QMAX = 127
+
+
+def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-output-channel symmetric int8: (int8 weight, float32 scale per row)."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / QMAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8), scale
+
+
+class Int8Method:
+    """Storage shared by both schemes: `weight_int8` (out, in) and `weight_scale` (out,)."""
+
+    scheme = ""
+
+    def create_weights(self, layer: Linear, bias: bool) -> None:
+        layer.register_buffer("weight_int8", torch.empty(layer.out_features, layer.in_features,
+                                                         dtype=torch.int8))
+        layer.register_buffer("weight_scale", torch.empty(layer.out_features,
+                                                          dtype=torch.float32))
+        layer.weight = None
+        layer.bias = (nn.Parameter(torch.empty(layer.out_features), requires_grad=False)
+                      if bias else None)
+
+    def convert(self, layer: Linear) -> None:
+        """Quantize a dense layer's weight in place and take it over."""
+        weight_int8, scale = quantize_rows(layer.weight.data)
+        bias = layer.bias
+        del layer.weight
+        layer.register_buffer("weight_int8", weight_int8)
+        layer.register_buffer("weight_scale", scale.to(weight_int8.device))
+        layer.weight = None
+        layer.bias = bias
+        layer.method = self
+
+    def _bias(self, layer: Linear, y: Tensor) -> Tensor:
+        return y if layer.bias is None else y + layer.bias
+
+
+class Int8WeightOnly(Int8Method):
+    scheme = "w8a16"
+
+    def apply(self, layer: Linear, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+            y = torch.ops.aten._weight_int8pack_mm(x2, layer.weight_int8,
+                                                   layer.weight_scale.to(x.dtype))
+        else:
+            weight = layer.weight_int8.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None]
+            y = F.linear(x2, weight)
+        return self._bias(layer, y.reshape(*shape[:-1], -1))
+
+
+class Int8DynamicActivation(Int8Method):
+    scheme = "w8a8"
+
+    def apply(self, layer: Linear, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float()
+        x_scale = (x2.abs().amax(dim=1, keepdim=True) / QMAX).clamp(
+            min=torch.finfo(torch.float32).tiny)
+        x_int8 = torch.round(x2 / x_scale).clamp(-QMAX, QMAX).to(torch.int8)
+        y = int8_matmul(x_int8, layer.weight_int8) * x_scale * layer.weight_scale[None, :]
+        return self._bias(layer, y.to(x.dtype).reshape(*shape[:-1], -1))
+
+
+def int8_matmul(x: Tensor, weight: Tensor) -> Tensor:
+    """x (M, K) int8 @ weight (N, K)^T with int32 accumulation, as float32 (M, N).
+
+    cuBLAS's int8 kernel needs more than 16 rows: fewer are padded with zero rows.
+    """
+    rows = x.shape[0]
+    if x.device.type == "cuda" and rows <= 16:
+        x = torch.cat([x, x.new_zeros(17 - rows, x.shape[1])])
+    if x.device.type in ("cpu", "cuda"):
+        return torch._int_mm(x, weight.t())[:rows].float()
+    # Other devices: the int8 values are exact in float32; sums beyond 2^24 round.
+    return (x.float() @ weight.float().t())[:rows]
+
+
+SCHEMES = {"w8a16": Int8WeightOnly(), "w8a8": Int8DynamicActivation()}
+
+
+def quantizable(model: nn.Module, include_lm_head: bool = False) -> list[str]:
+    """Names of the `Linear`s a scheme applies to: all but the LM head unless asked."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, Linear) and (include_lm_head or name != "lm_head")]
+
+
+def quantize_(model: nn.Module, method: Int8Method, modules: list[str] | None = None,
+              include_lm_head: bool = False) -> list[str]:
+    """Switch `modules` (default: `quantizable(model)`) to `method`; returns their names."""
+    names = modules if modules is not None else quantizable(model, include_lm_head)
+    found = dict(model.named_modules())
+    for name in names:
+        layer = found.get(name)
+        if not isinstance(layer, Linear):
+            raise ValueError(f"{name!r} is not a Linear layer of this model")
+        if layer.weight is None:
+            raise ValueError(f"{name!r} is already quantized")
+        method.convert(layer)
+    return names
+
+
+def prepare_quantized(model: nn.Module, method: Int8Method, modules: list[str]) -> None:
+    """Give `modules` the empty int8 storage of `method`, to load a quantized checkpoint into
+    (no float weights exist to quantize)."""
+    found = dict(model.named_modules())
+    for name in modules:
+        layer = found.get(name)
+        if not isinstance(layer, Linear):
+            raise ValueError(f"{name!r} is not a Linear layer of this model")
+        bias = layer.bias is not None
+        del layer.weight
+        if bias:
+            del layer.bias
+        method.create_weights(layer, bias)
+        layer.method = method
