@@ -29,7 +29,7 @@ def test_unknown_arguments_are_refused_outside_run():
 def test_run_help_says_where_the_options_are(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert "Every argument not listed here goes to pytest" in out
     assert "under 'llmgate' in `pytest --help`" in out and "examples:" in out
 

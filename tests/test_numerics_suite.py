@@ -80,6 +80,7 @@ def readme_selections() -> list[tuple[str, str]]:
 PROMISES = {
     "cpu and fp32": lambda case: "-cpu-" in case and "-fp32-" in case,
     "qwen and bf16": lambda case: case.startswith("qwen-") and "-bf16-" in case,
+    "qwen and bs8": lambda case: case.startswith("qwen-") and "-bs8-" in case,
     "bs1-": lambda case: "-bs1-" in case,
     "in32-": lambda case: "-in32-" in case,
 }
@@ -100,7 +101,7 @@ def selected(pytester, *args) -> list[str]:
 @pytest.mark.parametrize("suite, expression", readme_selections())
 def test_the_readme_selection_examples_select_what_they_say(suites, suite, expression):
     assert expression in PROMISES, f"README example -k {expression!r} has no promise here"
-    grid = ("--batch", "1,4,16", "--seqlen", "32,320", "--dtype", "fp32,bf16")
+    grid = ("--batch", "1,8,16", "--seqlen", "32,320", "--dtype", "fp32,bf16")
     path = suite.replace("suites/", "copied_suites/")
     cases = selected(suites, path, "-k", expression, *grid)
     assert cases and sorted(cases) == sorted(c for c in selected(suites, path, *grid)

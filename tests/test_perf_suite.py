@@ -33,8 +33,12 @@ def read(pytester, run_id, name):
 
 def test_qwen_bs8_runs_exactly_the_batch_8_qwen_cases(suites):
     result = suites.runpytest("copied_suites/perf", "-k", "qwen and bs8", "-rs", *SHORT,
-                              "--perf-tolerance", "9", "--run-id", "q8")
-    result.assert_outcomes(passed=2, skipped=2)
+                              "--run-id", "q8")
+    outcomes = result.parseoutcomes()
+    # Both qwen-tiny cases ran; a loaded machine may make one slower than the shipped
+    # baseline of ours, which is a verdict, not an error.
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2, outcomes
+    assert outcomes["skipped"] == 2 and "error" not in outcomes
     result.stdout.fnmatch_lines(["*qwen-7b: no weights; pass --model-path qwen-7b=*"])
     with open(suites.path / "reports" / "q8" / "performance_cpu_qwen-tiny_fp32.csv") as f:
         header = next(csv.reader(f))
@@ -42,6 +46,8 @@ def test_qwen_bs8_runs_exactly_the_batch_8_qwen_cases(suites):
     rows = {r["case"]: r for r in read(suites, "q8", "perf.csv")}
     assert set(rows) == {"qwen-tiny-cpu-fp32-bs8-in32-out32", "qwen-tiny-cpu-fp32-bs8-in128-out32",
                          "qwen-7b-cpu-fp32-bs8-in32-out32", "qwen-7b-cpu-fp32-bs8-in128-out32"}
+    for row in rows.values():
+        assert row["outcome"] in ("passed", "skipped") or "in baseline dev-cpu" in row["reason"]
     measured = rows["qwen-tiny-cpu-fp32-bs8-in32-out32"]
     assert float(measured["baselines_compared"]) >= 1  # the shipped baseline of ours
     assert float(measured["forward_next_token_time(ms)"]) > 0
