@@ -19,8 +19,10 @@ def pytest_addoption(parser):
     group.addoption("--hardware", action="append", metavar="HW",
                     help="cpu, cuda or npu, repeatable or comma-separated (default: cpu)")
     group.addoption("--dtype", action="append", metavar="DTYPE",
-                    help="fp32, bf16 or fp16, repeatable or comma-separated "
-                         "(default: numerics fp32,bf16; perf fp32)")
+                    help="fp32, bf16, fp16, or the int8 schemes w8a16 (int8 weights, 16-bit "
+                         "activations: bf16 on cpu, fp16 elsewhere) and w8a8 (int8 weights "
+                         "and per-token int8 activations), repeatable or comma-separated "
+                         "(default: numerics fp32,bf16,w8a16,w8a8; perf and accuracy fp32)")
     group.addoption("--batch", action="append", metavar="N",
                     help="batch sizes, repeatable or comma-separated (default: numerics 1,4; "
                          "perf 1,8)")
@@ -48,5 +50,11 @@ def pytest_addoption(parser):
     group.addoption("--resume", action="store_true", default=False,
                     help="with --run-id of an interrupted run: do not rerun what it recorded "
                          "(recorded passes skip, recorded failures fail) (default: off)")
+    group.addoption("--tp", default="1", metavar="N",
+                    help="tensor-parallel ranks: the pytest process is rank 0 and starts "
+                         "ranks 1..N-1 itself (gloo on cpu); cases gain -tpN (default: 1)")
+    group.addoption("--quantize-lm-head", action="store_true", default=False,
+                    help="w8a16/w8a8 quantize the LM head too (default: every linear layer "
+                         "but the LM head; embeddings never)")
     add_perf_options(group)
     add_accuracy_options(group)

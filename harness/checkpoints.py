@@ -22,12 +22,14 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from harness.reference import hf_model
+from models import ported
 from models.checkpoint import Checkpoint, CheckpointError, read_config
 from models.config import EMBEDDED_MODELS, TINY_MODELS, ModelConfig, get_config
 from models.loading import FAMILY_MODULES, model_config
@@ -93,10 +95,38 @@ STRUCTURE_FIELDS = ("family", "vocab_size", "hidden_size", "num_layers", "num_he
                     "num_kv_heads", "intermediate_size")
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A model's weights as the suites use them (see `weights_layout`)."""
+
+    path: Path  # what our engine loads
+    files: Path  # config.json and the tokenizer (part_model/0 of a split checkpoint)
+    source: Path  # the float checkpoint the transformers reference reads
+    scheme: str | None  # the int8 scheme a quantized checkpoint holds
+    world_size: int | None  # the ranks a split checkpoint was cut for
+
+
+def weights_layout(path: Path) -> Weights:
+    """What a checkpoint directory holds: HuggingFace float weights, or ours as written by
+    `llmgate weights quant|cut` (whose config names the float checkpoint it came from)."""
+    path = Path(path)
+    parts = ported.part_dirs(path)
+    if parts == []:
+        raise CheckpointError(f"{path}/part_model: holds no rank directories")
+    files = parts[0] if parts else path
+    config = read_config(files).data
+    source = path
+    if ported.is_ported(config):
+        source = Path(config["llmgate"].get("source") or path)
+    split = ported.tensor_parallel_of(config)
+    return Weights(path, files, source, ported.scheme_of(files),
+                   split[1] if split and parts else None)
+
+
 def verify_checkpoint(name: str, path: Path) -> None:
     """Fail unless the checkpoint at `path` has the structure registered for `name`."""
     expected = get_config(name)
-    config = read_config(path)
+    config = read_config(weights_layout(path).files)
     found = model_config(config, name)
     wrong = [f"{f} {getattr(found, f)!r} (expected {getattr(expected, f)!r})"
              for f in STRUCTURE_FIELDS if getattr(found, f) != getattr(expected, f)]

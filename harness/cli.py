@@ -6,6 +6,7 @@
     llmgate compare RUN_A RUN_B         what changed from run B to run A
     llmgate history [--case ID]         key metrics over the stored runs
     llmgate baseline save|list|show     store a run as a baseline; list and show baselines
+    llmgate weights quant|cut           quantize a checkpoint (int8) or split it per rank
     llmgate prepare                     build or verify the embedded checkpoints and datasets
     llmgate models                      list the registered models and their weights
     llmgate devices                     say which hardware is usable here, and why not
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness import baseline_commands, run_commands
+from harness import baseline_commands, run_commands, weights_commands
 from models.config import EMBEDDED_MODELS, REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     "process, so that no worker beside it skews its timings.",
         epilog="examples:\n"
                "  llmgate run                                  every suite, embedded defaults\n"
-               "  llmgate run perf -k \"qwen and bs8\"            the batch-8 Qwen perf cases\n"
+               "  llmgate run perf -k \"qwen and bs8\"           the batch-8 Qwen perf cases\n"
                "  llmgate run numerics -k \"qwen and bs1-\"      one suite, a -k selection\n"
                "  llmgate run numerics --model smollm2-135m --dtype fp32 --workers 1\n\n"
                f"SUITE (first, before other arguments): {', '.join(SUITES)} or all "
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("models", help="list the registered models and where their weights come from")
     sub.add_parser("devices", help="which hardware is usable here")
     baseline_commands.add_parser(sub)
+    weights_commands.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         args.suite = []
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"prepare": cmd_prepare, "models": cmd_models, "devices": cmd_devices,
-                "baseline": baseline_commands.main, "report": run_commands.cmd_report,
+                "baseline": baseline_commands.main, "weights": weights_commands.main,
+                "report": run_commands.cmd_report,
                 "merge": run_commands.cmd_merge, "compare": run_commands.cmd_compare,
                 "history": run_commands.cmd_history}
     try:

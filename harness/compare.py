@@ -23,6 +23,7 @@ class LogitStats:
     max_kl: float  # max KL(reference || ported)
     kl_share: float  # share of positions whose KL exceeds the threshold given to summarize
     nonfinite_positions: int = 0  # positions whose ported logits hold NaN or Inf
+    mean_kl: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -58,4 +59,5 @@ def summarize(steps: list[tuple[Tensor, Tensor]], kl_threshold: float = 1e-4) ->
         max_kl=m["kl"].max().item(),
         kl_share=over.mean().item(),
         nonfinite_positions=int(m["kl"].isnan().sum()),
+        mean_kl=m["kl"].mean().item(),
     )

@@ -24,12 +24,31 @@ import psutil
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+# INT8 schemes on the dtype axis: int8 weights with 16-bit activations, or int8 activations too.
+QUANTIZED = ("w8a16", "w8a8")
+ALL_DTYPES = (*DTYPES, *QUANTIZED)
 
 
 def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def activation_dtype(hardware: str, name: str) -> torch.dtype:
+    """The float dtype a case runs its activations in. W8A16 means 16-bit activations: bf16
+    on the CPU (where PyTorch's int8 weight-pack kernel takes bf16), fp16 on accelerators.
+    W8A8 quantizes activations per token and rescales into fp32 on the CPU, fp16 elsewhere."""
+    if name == "w8a16":
+        return torch.bfloat16 if hardware == "cpu" else torch.float16
+    if name == "w8a8":
+        return torch.float32 if hardware == "cpu" else torch.float16
+    return parse_dtype(name)
+
+
+def scheme(name: str) -> str | None:
+    return name if name in QUANTIZED else None
 
 
 @dataclass
@@ -62,14 +81,15 @@ class Backend:
         raise NotImplementedError
 
     def dtypes(self) -> tuple[str, ...]:
-        return tuple(DTYPES)
+        return ALL_DTYPES
 
     def check_dtype(self, dtype: str) -> torch.dtype:
-        parse_dtype(dtype)
+        if dtype not in ALL_DTYPES:
+            parse_dtype(dtype)
         if dtype not in self.dtypes():
             raise ValueError(f"dtype {dtype!r} is not supported on {self.name}; supported: "
                              f"{', '.join(self.dtypes())}")
-        return DTYPES[dtype]
+        return activation_dtype(self.name, dtype)
 
     def synchronize(self) -> None:
         pass
@@ -190,7 +210,8 @@ class CudaBackend(_AcceleratorBackend):
         return True, ""
 
     def dtypes(self) -> tuple[str, ...]:
-        return ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+        floats = ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+        return (*floats, *QUANTIZED)
 
 
 class NpuBackend(_AcceleratorBackend):
@@ -208,8 +229,8 @@ class NpuBackend(_AcceleratorBackend):
     def dtypes(self) -> tuple[str, ...]:
         # Atlas 300I / 310P cores have no bf16 arithmetic.
         if "310" in torch.npu.get_device_name():
-            return ("fp32", "fp16")
-        return ("fp32", "fp16", "bf16")
+            return ("fp32", "fp16", *QUANTIZED)
+        return ("fp32", "fp16", "bf16", *QUANTIZED)
 
 
 BACKENDS = {"cpu": CpuBackend, "cuda": CudaBackend, "npu": NpuBackend}

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from harness.cases import Case
 from harness.compare import LogitStats, summarize
+from harness.devices import QUANTIZED
 from harness.runners import Runner
 from harness.verdicts import (
     Verdict,
@@ -25,6 +26,8 @@ from harness.verdicts import (
     verdict,
 )
 
+QUANTIZED_KEYS = ("top1_agreement", "mean_kl", "max_kl", "min_cosine", "relative_to_fake",
+                  "fake_slack")
 THRESHOLDS_FILE = Path(__file__).resolve().parent.parent / "suites" / "numerics" / "thresholds.toml"
 
 
@@ -37,7 +40,8 @@ def load_thresholds(path: Path = THRESHOLDS_FILE) -> dict:
                                    "padding_abs_diff_tiny", "padding_abs_diff_real"),
                           "reduced": ("relative_to_reference", "kl_max",
                                       "kl_position_threshold", "kl_max_share",
-                                      "padding_relative")}.items():
+                                      "padding_relative"),
+                          **{scheme: QUANTIZED_KEYS for scheme in QUANTIZED}}.items():
         for key in keys:
             if not isinstance(data.get(section, {}).get(key), (int, float)):
                 raise ValueError(f"{path}: missing number [{section}] {key}")
@@ -142,3 +146,28 @@ def reduced_verdict(ported: LogitStats, reference: LogitStats, thresholds: dict,
                         f"{t['kl_position_threshold']:g} {ported.kl_share:.3%} "
                         f"(<= {t['kl_max_share']:.1%}); {why}")
     return verdict(failures, limit, rule, **ported.as_dict())
+
+
+def quantized_verdict(scheme: str, ported: LogitStats, fake: LogitStats, thresholds: dict,
+                      nonfinite: list[str] = ()) -> Verdict:
+    """w8a16/w8a8 against the fp32 reference: the scheme's absolute limits (top-1 agreement,
+    mean and max KL, cosine), and a mean KL at most `relative_to_fake` times that of
+    transformers running the same scheme in floating point (`fake_quantize_`) — the part of
+    the error our int8 kernels add."""
+    t = thresholds[scheme]
+    failures = list(nonfinite)
+    if not at_least(ported.top1_agreement, t["top1_agreement"]):
+        failures.append(f"top-1 agreement {ported.top1_agreement:.4f} < {t['top1_agreement']}")
+    if not at_most(ported.mean_kl, t["mean_kl"]):
+        failures.append(f"mean KL {ported.mean_kl:.3g} > {t['mean_kl']:g}")
+    if not at_most(ported.max_kl, t["max_kl"]):
+        failures.append(f"max KL {ported.max_kl:.3g} > {t['max_kl']:g}")
+    if not at_least(ported.min_cosine, t["min_cosine"]):
+        failures.append(f"min cosine {ported.min_cosine:.5f} < {t['min_cosine']}")
+    factor, slack = t["relative_to_fake"], t["fake_slack"]
+    limit = factor * fake.mean_kl + slack
+    if not at_most(ported.mean_kl, limit):
+        failures.append(f"mean KL {ported.mean_kl:.3g} > {factor} x fake-quant transformers' "
+                        f"{fake.mean_kl:.3g} + {slack:g}")
+    return verdict(failures, limit, f"{scheme}: mean KL <= {t['mean_kl']:g} and <= {factor} x "
+                   f"fake-quant ({fake.mean_kl:.3g}) + {slack:g}", **ported.as_dict())

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.cases import Case
-from harness.devices import DTYPES, get_backend
+from harness.devices import DTYPE_NAMES, QUANTIZED, activation_dtype, get_backend, scheme
 from harness.results import (
     RECORD_FORMAT,
     ResultsStore,
@@ -30,7 +30,7 @@ from harness.results import (
     new_run_id,
     summary_table,
 )
-from harness.runners import PortedRunner, ReferenceRunner
+from harness.runners import ReferenceRunner, ported_runner
 from harness.settings import Settings
 from harness.verdicts import Verdict
 
@@ -48,12 +48,24 @@ class RunnerPool:
         if key not in self._runners:
             models = list(dict.fromkeys(k[1] for k in self._runners))
             if key[1] not in models and len(models) >= self.keep_models:
-                evict = models[0]
-                for k in [k for k in self._runners if k[1] == evict]:
-                    del self._runners[k]
+                for k in [k for k in self._runners if k[1] == models[0]]:
+                    self._drop(k)
+            if key[0] == "tp":  # one tensor-parallel group at a time
+                for k in [k for k in self._runners if k[0] == "tp"]:
+                    self._drop(k)
             self._runners[key] = make()
         self._runners.move_to_end(key)
         return self._runners[key]
+
+    def _drop(self, key: tuple) -> None:
+        runner = self._runners.pop(key)
+        if hasattr(runner, "close"):
+            runner.close()
+
+    def close(self) -> None:
+        """Stop tensor-parallel ranks; free everything."""
+        for key in list(self._runners):
+            self._drop(key)
 
     def backend(self, case: Case):
         """The case's backend; unavailable hardware or dtype skips (or fails, if required)."""
@@ -67,18 +79,38 @@ class RunnerPool:
             pytest.skip(f"{case.hardware}: {reason}")
         return backend
 
-    def ported(self, case: Case, **options) -> PortedRunner:
-        """Our engine for the case; `options` go to PortedRunner (compile, device_logits)."""
+    def ported(self, case: Case, **options):
+        """Our engine for the case (split over --tp ranks); `options` go to the runner
+        (compile, device_logits)."""
         backend = self.backend(case)
-        path = self.settings.checkpoint(case.model)
-        key = ("ported", case.model, case.hardware, case.dtype, *sorted(options.items()))
-        return self._get(key, lambda: PortedRunner(path, hardware=backend,
-                                                   dtype=DTYPES[case.dtype], **options))
+        settings = self.settings
+        path = settings.checkpoint(case.model)
+        tp, lm_head = settings.tp, settings.quantize_lm_head
+        if tp == 1:
+            key = ("ported", case.model, case.hardware, case.dtype, *sorted(options.items()))
+            return self._get(key, lambda: ported_runner(path, backend, case.dtype,
+                                                        lm_head=lm_head, **options))
+        problem = settings.tp_problem(case.model)
+        if problem:
+            pytest.skip(problem)
+        from harness.tp import TensorParallelRunner
+
+        key = ("tp", case.model, case.hardware, case.dtype, *sorted(options.items()))
+        return self._get(key, lambda: TensorParallelRunner(
+            path, tp, hardware=case.hardware, dtype=activation_dtype(case.hardware, case.dtype),
+            scheme=scheme(case.dtype), lm_head=lm_head, **options))
 
     def reference(self, model: str, dtype: str = "fp32") -> ReferenceRunner:
-        path = self.settings.checkpoint(model)
-        return self._get(("reference", model, dtype),
-                         lambda: ReferenceRunner(path, dtype=DTYPES[dtype]))
+        """transformers from the model's float weights; an int8 dtype is simulated in
+        floating point (`fake_quantize_`), in that scheme's activation dtype."""
+        weights = self.settings.weights(model)
+        if not weights.source.is_dir():
+            raise FileNotFoundError(f"{weights.path}: the float checkpoint it was made from, "
+                                    f"{weights.source}, is not there (the transformers "
+                                    "reference reads it)")
+        return self._get(("reference", model, dtype), lambda: ReferenceRunner(
+            weights.source, dtype=activation_dtype("cpu", dtype), fake_quant=scheme(dtype),
+            lm_head=self.settings.quantize_lm_head))
 
     def config(self, model: str):
         """The model's structure as registered (its positions, vocabulary, ...)."""
@@ -89,8 +121,8 @@ class RunnerPool:
     def tokenizer(self, model: str):
         from transformers import AutoTokenizer
 
-        path = self.settings.checkpoint(model)
-        return self._get(("tokenizer", model), lambda: AutoTokenizer.from_pretrained(path))
+        files = self.settings.weights(model).files
+        return self._get(("tokenizer", model), lambda: AutoTokenizer.from_pretrained(files))
 
 
 def parametrize_cases(metafunc, cases: list[Case]) -> None:
@@ -133,7 +165,9 @@ class LlmgatePlugin:
         if not self.is_worker:
             if resume and not config.getoption("--run-id"):
                 raise pytest.UsageError("--resume needs the --run-id of the run to resume")
-            if resume and not recorded:
+            # An interrupted accuracy case leaves answers before any record: resumable.
+            started = self.run_dir.is_dir() and any(self.run_dir.iterdir())
+            if resume and not (recorded or started):
                 raise pytest.UsageError(f"--resume: run {self.run_id!r} has no records in "
                                         f"{self.run_dir}")
             if recorded and not resume and not config.getoption("--collect-only"):
@@ -325,8 +359,10 @@ def llmgate(pytestconfig) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def runner_pool(llmgate) -> RunnerPool:
-    return RunnerPool(llmgate)
+def runner_pool(llmgate):
+    pool = RunnerPool(llmgate)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(scope="session")
@@ -343,6 +379,10 @@ def record(request):
     verdict fails the test even if the suite forgets to assert.
     """
     state = request.node.stash.setdefault(OUTCOME, {})
+    case = _case(request.node)
+    if case is not None and case.dtype in QUANTIZED:  # which float type the activations are
+        name = DTYPE_NAMES[activation_dtype(case.hardware, case.dtype)]
+        state.setdefault("metrics", {})["activation_dtype"] = name
 
     def _record(verdict: Verdict | None = None, **metrics) -> None:
         state["verdict"] = verdict

@@ -55,3 +55,31 @@ def load_reference(path: str | Path, dtype: torch.dtype = torch.float32):
     ckpt.close()
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.eval()
+
+
+def fake_quantize_(model: torch.nn.Module, scheme: str, lm_head: bool = False
+                   ) -> torch.nn.Module:
+    """transformers with `scheme` simulated in floating point: every linear layer but the LM
+    head (unless `lm_head`) gets quantize-dequantized weights (per output channel, as ours);
+    for W8A8 its input is quantize-dequantized per token too. A plain restatement of the
+    scheme, to check that our int8 kernels add nothing to its error."""
+    from models.quant import quantize_rows
+
+    embedding = model.get_input_embeddings().weight
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or (name.endswith("lm_head") and not lm_head):
+            continue
+        if module.weight is embedding:  # a head tied to the embedding stays float (as ours)
+            continue
+        weight, scale = quantize_rows(module.weight.data)
+        module.weight.data = (weight.float() * scale[:, None]).to(module.weight.dtype)
+        if scheme == "w8a8":
+            module.register_forward_pre_hook(_fake_quantize_input)
+    return model
+
+
+def _fake_quantize_input(module, inputs):
+    (x,) = inputs
+    x32 = x.float()
+    scale = (x32.abs().amax(dim=-1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    return ((torch.round(x32 / scale).clamp(-127, 127) * scale).to(x.dtype),)

@@ -14,10 +14,15 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from harness.devices import Backend, get_backend
-from harness.reference import load_reference
+from harness.devices import Backend, activation_dtype, get_backend
+from harness.devices import scheme as scheme_of_dtype
+from harness.reference import fake_quantize_, load_reference
+from models import ported
+from models.checkpoint import CheckpointError
 from models.engine import Engine, left_padding
 from models.loading import load_model
+from models.parallel import parallelize_
+from models.quant import SCHEMES, cast_floats_, quantize_
 
 
 class Runner(Protocol):
@@ -42,12 +47,17 @@ class PortedRunner:
 
     def __init__(self, checkpoint: str | Path, *, hardware: str | Backend = "cpu",
                  dtype: torch.dtype = torch.float32, headroom: int = 256,
-                 compile: bool = False, device_logits: bool = False):
-        """device_logits: return logits on the device in the model dtype (the perf loop picks
+                 compile: bool = False, device_logits: bool = False,
+                 scheme: str | None = None, lm_head: bool = False):
+        """dtype: the activations' dtype. scheme: "w8a16" or "w8a8" quantizes the model (from
+        its float32 weights; the LM head too if `lm_head`), unless the checkpoint is quantized
+        already, with that scheme.
+        device_logits: return logits on the device in the model dtype (the perf loop picks
         tokens there, as a serving loop would) instead of float32 on the CPU."""
         self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
         self.dtype, self.device_logits = dtype, device_logits
-        self.model = load_model(checkpoint, dtype=dtype, device=self.backend.torch_device())
+        self.model = load_ported(checkpoint, scheme, dtype, self.backend.torch_device(),
+                                 lm_head=lm_head)
         self.engine = Engine(self.model, headroom=headroom, compile=compile)
 
     def _out(self, logits: Tensor) -> Tensor:
@@ -76,8 +86,38 @@ class PortedRunner:
 
     def release(self) -> None:
         """Free the KV cache (the next prefill allocates a new one)."""
-        self.engine.reset()
-        self.model.release_cache()
+        self.engine.release()
+
+
+def load_ported(checkpoint, scheme: str | None, dtype: torch.dtype, device, *,
+                lm_head: bool = False, rank: int = 0, world_size: int = 1):
+    """Our model for a case: float (scheme None) or int8 with `scheme`, activations in `dtype`,
+    rank `rank` of `world_size`. A quantized or split checkpoint is read as stored; anything
+    else is quantized from its float32 weights (LM head too if `lm_head`) and cut here."""
+    parts = ported.part_dirs(checkpoint)
+    if parts is not None:
+        ported.check_parts(checkpoint, world_size)
+        checkpoint = parts[rank]
+    stored = ported.scheme_of(checkpoint)
+    if stored != scheme and (stored is not None or parts is not None):
+        raise CheckpointError(f"{checkpoint}: holds {stored or 'float'} weights, but the case "
+                              f"asks for {scheme or 'float'} weights (choose --dtype "
+                              f"{stored or 'fp32'})")
+    if parts is not None or (stored is not None and world_size == 1):
+        return load_model(checkpoint, dtype=dtype, device=device)
+    model = load_model(checkpoint, device=device)  # float32 (or int8 as stored)
+    if scheme is not None and stored is None:
+        quantize_(model, SCHEMES[scheme], include_lm_head=lm_head)
+    if world_size > 1:
+        parallelize_(model, rank, world_size)
+    return cast_floats_(model, dtype)
+
+
+def ported_runner(checkpoint, backend: Backend, dtype: str, **options) -> PortedRunner:
+    """A PortedRunner for a case's dtype name: fp32/bf16/fp16, or an int8 scheme run in its
+    activation dtype (`harness.devices.activation_dtype`)."""
+    return PortedRunner(checkpoint, hardware=backend, dtype=activation_dtype(backend.name, dtype),
+                        scheme=scheme_of_dtype(dtype), **options)
 
 
 class ReferenceRunner:
@@ -87,9 +127,14 @@ class ReferenceRunner:
     token and the 2D attention mask grows by one column per decoded token.
     """
 
-    def __init__(self, checkpoint: str | Path, dtype: torch.dtype = torch.float32):
+    def __init__(self, checkpoint: str | Path, dtype: torch.dtype = torch.float32,
+                 fake_quant: str | None = None, lm_head: bool = False):
+        """fake_quant: simulate an int8 scheme ("w8a16", "w8a8") in floating point, on the
+        LM head too if `lm_head`."""
         self.dtype = dtype
         self.model = load_reference(checkpoint, dtype)
+        if fake_quant:
+            fake_quantize_(self.model, fake_quant, lm_head)
         # BLOOM has no position ids (ALiBi reads positions off the mask).
         self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
         self.reset()

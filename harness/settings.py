@@ -23,12 +23,20 @@ from harness.baselines import (
     perf_tables,
 )
 from harness.cases import Case
-from harness.checkpoints import default_cache_dir, embedded_checkpoint, verify_checkpoint
-from harness.devices import BACKENDS, DTYPES
+from harness.checkpoints import (
+    Weights,
+    default_cache_dir,
+    embedded_checkpoint,
+    verify_checkpoint,
+    weights_layout,
+)
+from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
 from harness.perf.options import PerfSettings
 from harness.values import check_names, int_list, positive_int, split_values
 from models.checkpoint import CheckpointError
 from models.config import EMBEDDED_MODELS, REGISTRY, get_config
+from models.parallel import SplitError, check_world_size
+from models.ported import check_parts
 
 # New tokens of the numerics suite's greedy-generation test (fp32 only).
 GREEDY_NEW_TOKENS = 32
@@ -59,10 +67,34 @@ def model_paths(items: list[str] | None) -> dict[str, Path]:
             raise pytest.UsageError(f"--model-path {name}={path}: directory not found")
         try:
             verify_checkpoint(name, directory)
-        except CheckpointError as e:
+            check_parts(directory, weights_layout(directory).world_size)
+        except (CheckpointError, ValueError) as e:
             raise pytest.UsageError(f"--model-path {name}: {e}") from None
         paths[name] = directory
     return paths
+
+
+def check_stored_weights(paths: dict[str, Path], dtypes: list[str], tp: int) -> None:
+    """A quantized checkpoint runs as its scheme only; a split one at its own --tp."""
+    for name, path in paths.items():
+        weights = weights_layout(path)
+        if weights.scheme and dtypes and weights.scheme not in dtypes:
+            raise pytest.UsageError(f"--model-path {name}={path} holds {weights.scheme} weights "
+                                    f"but --dtype asks for {','.join(dtypes)}; add --dtype "
+                                    f"{weights.scheme}")
+        if weights.world_size and weights.world_size != tp:
+            raise pytest.UsageError(f"--model-path {name}={path}: part_model is split for "
+                                    f"{weights.world_size} ranks; run it with --tp "
+                                    f"{weights.world_size}, not --tp {tp}")
+
+
+def check_tp(models: list[str], tp: int) -> None:
+    """Every model asked for by name must split over --tp ranks."""
+    for model in models:
+        try:
+            check_world_size(get_config(model), tp)
+        except SplitError as e:
+            raise pytest.UsageError(f"--tp {tp}: {e}") from None
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -109,6 +141,8 @@ class Settings:
     perf: PerfSettings
     accuracy: AccuracySettings
     shard: tuple[int, int] | None = None  # (K, N): this host runs the K-th of N shards
+    tp: int = 1  # tensor-parallel ranks
+    quantize_lm_head: bool = False
     _resolved: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
@@ -127,7 +161,11 @@ class Settings:
         hardware = split_values(opt("--hardware")) or ["cpu"]
         check_names("--hardware", hardware, BACKENDS)
         dtypes = split_values(opt("--dtype"))
-        check_names("--dtype", dtypes, DTYPES)
+        check_names("--dtype", dtypes, ALL_DTYPES)
+        tp = positive_int("--tp", str(opt("--tp")))
+        check_stored_weights(paths, dtypes, tp)
+        if tp > 1:
+            check_tp(given, tp)
         batches = int_list("--batch", opt("--batch"), [])
         cache_dir = Path(opt("--cache-dir") or default_cache_dir()).expanduser()
         results = Path(opt("--results-dir") or config.rootpath / "reports").expanduser()
@@ -140,13 +178,32 @@ class Settings:
             cache_dir=writable_dir("--cache-dir", cache_dir),
             results_root=writable_dir("--results-dir", results),
             perf=PerfSettings.from_config(config, batches, baselines_dir(opt("--baselines-dir"))),
-            accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")))
+            accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
+            tp=tp, quantize_lm_head=opt("--quantize-lm-head"))
         settings.check_lengths()
         return settings
 
     @property
     def dtypes(self) -> list[str]:
-        return self.dtypes_given or ["fp32", "bf16"]
+        return self.dtypes_given or ["fp32", "bf16", *QUANTIZED]
+
+    def model_dtypes(self, model: str, dtypes: list[str]) -> list[str]:
+        """`dtypes` this model runs: a quantized checkpoint only as its own scheme."""
+        stored = self.weights(model).scheme if model in self.model_paths else None
+        return [d for d in dtypes if d == stored] if stored else dtypes
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Id tokens every case of this run carries: `tp2` for a two-rank run."""
+        return (f"tp{self.tp}",) if self.tp > 1 else ()
+
+    def tp_problem(self, model: str) -> str | None:
+        """Why `model` cannot run at this --tp (a default model that does not split)."""
+        try:
+            check_world_size(get_config(model), self.tp)
+        except SplitError as e:
+            return f"{e} (tensor parallelism: --tp {self.tp})"
+        return None
 
     @property
     def batches(self) -> list[int]:
@@ -175,16 +232,18 @@ class Settings:
     def cases(self, *, dtypes=None, batches=None, seqlens=None, out=None) -> list[Case]:
         """The numerics grid, model-major so that each model is loaded once per process."""
         out = self.decode_steps if out is None else out
-        return [Case(m, h, d, b, s, out) for m, h, d, b, s in product(
-            self.models, self.hardware, dtypes or self.dtypes, batches or self.batches,
-            seqlens or self.seqlens)]
+        return [Case(m, h, d, b, s, out, tags=self.tags)
+                for m in self.models for h, d, b, s in product(
+                    self.hardware, self.model_dtypes(m, dtypes or self.dtypes),
+                    batches or self.batches, seqlens or self.seqlens)]
 
     def perf_cases(self) -> list[Case]:
         """The perf grid: batches x (in, out) pairs, or batch "max" with --max-batch."""
         batches = ["max"] if self.perf.max_batch else self.perf.batches
-        return [Case(m, h, d, b, i, o) for m, h, d, b, (i, o) in product(
-            self.perf_models, self.hardware, self.dtypes_given or ["fp32"], batches,
-            self.perf.pairs)]
+        return [Case(m, h, d, b, i, o, tags=self.tags)
+                for m in self.perf_models for h, d, b, (i, o) in product(
+                    self.hardware, self.model_dtypes(m, self.dtypes_given or ["fp32"]), batches,
+                    self.perf.pairs)]
 
     def accuracy_cases(self, task: str) -> list[Case]:
         """A task's cases; the reference runner (transformers) runs on the CPU only."""
@@ -196,12 +255,18 @@ class Settings:
         reference = acc.runner == "reference"
         tags = ((f"n{acc.samples}",) if task == "humaneval"
                 else (f"{shots_for(task, acc)}shot",)) + (("reference",) if reference else ())
-        return [Case(m, h, d, b, task=task, tags=tags) for m, h, d, b in product(
-            self.models, ["cpu"] if reference else self.hardware, self.dtypes_given or ["fp32"],
-            self.batches_given or [DEFAULT_BATCH])]
+        return [Case(m, h, d, b, task=task, tags=(*tags, *self.tags))
+                for m in self.models for h, d, b in product(
+                    ["cpu"] if reference else self.hardware,
+                    self.model_dtypes(m, self.dtypes_given or ["fp32"]),
+                    self.batches_given or [DEFAULT_BATCH])]
 
     def has_pretrained(self, model: str) -> bool:
         return model in self.model_paths or model == "smollm2-135m"
+
+    def weights(self, model: str) -> Weights:
+        """The model's weights and where its tokenizer and float source are."""
+        return weights_layout(self.checkpoint(model))
 
     def checkpoint(self, model: str) -> Path:
         """Weights for a model: --model-path, else the embedded cache; skip with a hint.

@@ -71,6 +71,12 @@ class Engine:
         """Make room for `new_tokens` decode steps after the next prefill."""
         self.headroom = max(self.headroom, new_tokens)
 
+    def release(self) -> None:
+        """Free the KV cache (the next prefill allocates a new one)."""
+        self.reset()
+        self._prefix = None
+        self.model.release_cache()
+
     @torch.inference_mode()
     def prefill_shared(self, prefix: Tensor, suffixes: Tensor, lengths: Tensor) -> Tensor:
         """Logits (B, V) after `prefix` (P,) then each row's suffix: `suffixes` (B, S) is

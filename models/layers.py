@@ -60,7 +60,7 @@ class Linear(nn.Module):
             raise ValueError(f"output_sizes {self.output_sizes} do not add up to {out_features}")
         self.method = method
         self.tp_group = None  # row split across ranks: partial outputs are all-reduced
-        self.reduce_bias: Tensor | None = None
+        self.register_buffer("reduce_bias", None)  # the bias of a row split, added once
         method.create_weights(self, bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from types import ModuleType
 
 import torch
 
-from models import bloom, falcon, llama, qwen, starcoder
+from models import bloom, falcon, llama, ported, qwen, starcoder
 from models.checkpoint import Checkpoint, CheckpointError, HFConfig
 from models.config import ModelConfig
 from models.transformer import DecoderLM
@@ -39,6 +39,10 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
     """
     ckpt = Checkpoint(path)
     family = family_module(ckpt.config)
+    if ported.is_ported(ckpt.config.data):
+        model = ported.load(ckpt, family, dtype, device)
+        ckpt.close()
+        return model.eval()
     cfg = family.config_from_hf(ckpt.config, name or Path(path).name)
     with torch.device("meta"):
         model = family.build(cfg).to(dtype)

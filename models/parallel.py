@@ -53,7 +53,7 @@ def _row_parallel(layer: Linear, cols: list[int], group) -> None:
     layer.shard(cols=cols)
     if bias is not None:
         layer.bias = None
-        layer.reduce_bias = bias.data  # added once, after the all-reduce
+        layer.reduce_bias = bias.data  # a buffer: added once, after the all-reduce
     layer.tp_group = group if group is not None else torch.distributed.group.WORLD
 
 

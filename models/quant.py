@@ -66,7 +66,8 @@ class Int8WeightOnly(Int8Method):
     def apply(self, layer: Linear, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        # The CPU kernel reads input features in blocks of 8 (other widths crash it).
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and shape[-1] % 8 == 0:
             y = torch.ops.aten._weight_int8pack_mm(x2, layer.weight_int8,
                                                    layer.weight_scale.to(x.dtype))
         else:
@@ -124,6 +125,17 @@ def quantize_(model: nn.Module, method: Int8Method, modules: list[str] | None = 
             raise ValueError(f"{name!r} is already quantized")
         method.convert(layer)
     return names
+
+
+def cast_floats_(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Every floating parameter and buffer to `dtype`, except the int8 scales (kept float32:
+    a bf16 scale would move every weight of its row by up to 0.4%)."""
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False),
+                             *module.named_buffers(recurse=False)]:
+            if tensor is not None and tensor.is_floating_point() and name != "weight_scale":
+                tensor.data = tensor.data.to(dtype)
+    return model
 
 
 def prepare_quantized(model: nn.Module, method: Int8Method, modules: list[str]) -> None:

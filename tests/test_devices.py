@@ -10,7 +10,7 @@ from harness.devices import get_backend
 def test_cpu_is_available_with_every_dtype():
     cpu = get_backend("cpu")
     assert cpu.availability() == (True, "")
-    assert cpu.dtypes() == ("fp32", "bf16", "fp16")
+    assert cpu.dtypes() == ("fp32", "bf16", "fp16", "w8a16", "w8a8")
     assert cpu.torch_device() == torch.device("cpu")
 
 

@@ -10,6 +10,8 @@ import gc
 from functools import cache
 from pathlib import Path
 
+import torch
+
 from harness.baselines import ours_baselines, perf_tables
 from harness.cases import Case
 from harness.devices import Backend
@@ -54,15 +56,20 @@ def baselines(root: Path, selected: tuple[str, ...] | None):
 
 
 def byte_counts(runner, case: Case, next_ms: float, rate: float) -> dict:
-    """Weight and KV bytes a decode step reads, and how close the step comes to the floor."""
+    """Weight and KV bytes a decode step reads, and how close the step comes to the floor.
+
+    Weights are counted as stored (int8 plus scales for w8a16/w8a8), the KV cache in the
+    activation dtype. Ranks of a tensor-parallel run on the CPU share one memory bus: the
+    step reads every rank's slice (rank 0's times the ranks; their slices are equal)."""
     model = runner.model
-    weights = streamed_weight_bytes(model)
+    ranks = getattr(runner, "world_size", 1) if case.hardware == "cpu" else 1
+    weights = streamed_weight_bytes(model) * ranks
     cfg = getattr(model, "config", None)
-    element = next(model.parameters()).element_size()
+    element = torch.empty((), dtype=getattr(runner, "dtype", torch.float32)).element_size()
     kv = kv_bytes_read_per_step(cfg, element, case.batch, case.seqlen, case.out) if hasattr(
         cfg, "num_kv_heads") else 0.0
     floor_ms = (weights + kv) / rate * 1e3
-    return {"weight_bytes": weight_bytes(model), "streamed_weight_bytes": weights,
+    return {"weight_bytes": weight_bytes(model) * ranks, "streamed_weight_bytes": weights,
             "kv_bytes_per_step": kv,
             "achieved_gb_per_s": (weights + kv) / next_ms / 1e6 if next_ms else float("nan"),
             "copy_bandwidth_gb_per_s": rate / 1e9, "floor_ms": floor_ms,

@@ -166,12 +166,10 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
     called once everything but the probes is loaded and warm, to make the limit real."""
     from transformers import AutoTokenizer
 
-    from harness.devices import DTYPES
     from harness.perf.timing import measure, prompts, summary
-    from harness.runners import PortedRunner
+    from harness.runners import ported_runner
 
-    runner = PortedRunner(checkpoint, hardware=backend, dtype=DTYPES[dtype], headroom=out_len,
-                          device_logits=True)
+    runner = ported_runner(checkpoint, backend, dtype, headroom=out_len, device_logits=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     cfg = runner.model.config
     weights = weight_bytes(runner.model)

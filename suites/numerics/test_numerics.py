@@ -7,10 +7,12 @@ reference's greedy choices), so every decode step is compared at the same positi
 import pytest
 import torch
 
+from harness.devices import QUANTIZED
 from harness.numerics import (
     fp32_verdict,
     make_prompt,
     nonfinite_failures,
+    quantized_verdict,
     reduced_verdict,
     sequence_logits,
     stats_against_reference,
@@ -27,7 +29,15 @@ def test_teacher_forced(case, runner_pool, llmgate, thresholds, record):
     reference = runner_pool.reference(case.model)
     ids, mask = make_prompt(case, ported.model.config.vocab_size)
     pretrained = llmgate.has_pretrained(case.model)
-    if case.dtype == "fp32":
+    if case.dtype in QUANTIZED:
+        fake = runner_pool.reference(case.model, case.dtype)
+        history, _ = teacher_forced(reference, [ported, fake], ids, mask, case.out)
+        ours = stats_against_reference(history, 1, thresholds)
+        theirs = stats_against_reference(history, 2, thresholds)
+        result = quantized_verdict(case.dtype, ours, theirs, thresholds,
+                                   nonfinite_failures(history, 1))
+        theirs = {f"fake_quant_{k}": v for k, v in theirs.as_dict().items() if k != "positions"}
+    elif case.dtype == "fp32":
         history, _ = teacher_forced(reference, [ported], ids, mask, case.out)
         ours = stats_against_reference(history, 1, thresholds)
         result = fp32_verdict(ours, thresholds, pretrained, nonfinite_failures(history, 1))
@@ -88,13 +98,11 @@ def test_padding_invariance(case, runner_pool, llmgate, thresholds, record):
 
 def test_greedy_generation(case, runner_pool, llmgate, record):
     """Greedy tokens of the engine equal transformers' `generate`, left padding included."""
-    from transformers import AutoTokenizer
-
     from models.engine import generate
 
     ported = runner_pool.ported(case)
     reference = runner_pool.reference(case.model)
-    tokenizer = AutoTokenizer.from_pretrained(llmgate.checkpoint(case.model))
+    tokenizer = runner_pool.tokenizer(case.model)
     pad_id = tokenizer.pad_token_id or 0
     ids = torch.tensor([prompt_ids(tokenizer, case.seqlen)] * 2)
     mask = torch.ones_like(ids)

@@ -6,6 +6,7 @@ the seeds' CSV columns and gates against every matching baseline (harness/perf/g
 
 import pytest
 
+from harness.devices import QUANTIZED
 from harness.perf.case import max_batch_case, perf_case
 
 pytestmark = pytest.mark.perf
@@ -15,8 +16,9 @@ def test_perf(case, runner_pool, llmgate, record):
     settings = llmgate.perf
     runner = runner_pool.ported(case, compile=settings.compile, device_logits=True)
     reference = None
-    if settings.reference and case.hardware == "cpu":
-        reference = runner_pool.reference(case.model, case.dtype)
+    if settings.reference and case.hardware == "cpu":  # int8 cases: against transformers fp32
+        reference = runner_pool.reference(case.model, "fp32" if case.dtype in QUANTIZED
+                                          else case.dtype)
     result, metrics = perf_case(case, runner, runner_pool.tokenizer(case.model),
                                 runner_pool.backend(case), settings, reference)
     record(result, compile=settings.compile, **metrics)
@@ -24,6 +26,8 @@ def test_perf(case, runner_pool, llmgate, record):
 
 
 def test_max_batch(case, runner_pool, llmgate, record):
+    if llmgate.tp > 1:
+        pytest.skip("the max-batch search runs one process (--tp 1)")
     backend = runner_pool.backend(case)
     result, metrics = max_batch_case(case, llmgate.checkpoint(case.model), backend, llmgate.perf)
     record(result, **metrics)

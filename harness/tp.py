@@ -1,0 +1,170 @@
+"""Tensor-parallel runs: `pytest ... --tp N` starts the other N - 1 ranks itself.
+
+The pytest process is rank 0. It spawns ranks 1..N-1 (fresh interpreters), and every rank
+joins one torch.distributed process group (gloo on CPU, nccl on cuda, hccl on npu), loads
+its slice of the model (cut on the fly from a full checkpoint, or read from
+`part_model/{rank}`) and runs the same engine call in lockstep: rank 0 broadcasts each call
+(prefill, decode, ...) and its inputs, every rank computes, rank 0 returns the logits (the LM
+head is replicated, so they are whole). `TensorParallelRunner` is an ordinary runner to the
+suites.
+
+A rank that dies ends the run with an error naming it instead of a hang: rank 0 checks the
+other ranks before every call, and every collective has a timeout.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+TIMEOUT = timedelta(seconds=120)
+
+
+class RankFailed(RuntimeError):
+    """Another rank of a tensor-parallel run died or stopped answering."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load(checkpoint, rank: int, world_size: int, hardware: str, dtype, scheme: str | None,
+          lm_head: bool, compile: bool):
+    """This rank's engine: its part_model directory, or the full checkpoint cut here."""
+    from harness.devices import get_backend
+    from harness.runners import load_ported
+    from models.engine import Engine
+
+    backend = get_backend(hardware)
+    device = backend.torch_device() if hardware == "cpu" else torch.device(hardware, rank)
+    model = load_ported(checkpoint, scheme, dtype, device, lm_head=lm_head, rank=rank,
+                        world_size=world_size)
+    return Engine(model, compile=compile)
+
+
+def _serve(rank: int, world_size: int, port: int, args: dict) -> None:
+    """A rank > 0: join the group, load, then run whatever rank 0 broadcasts."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(args.pop("threads"))
+    dist.init_process_group(BACKENDS[args["hardware"]], rank=rank, world_size=world_size,
+                            timeout=TIMEOUT)
+    engine = _load(rank=rank, world_size=world_size, **args)
+    dist.barrier()
+    while True:
+        message = [None]
+        dist.broadcast_object_list(message, src=0)
+        name, call_args = message[0]
+        if name == "stop":
+            break
+        getattr(engine, name)(*call_args)
+    dist.destroy_process_group()
+
+
+class TensorParallelRunner:
+    """A runner whose model is split over `world_size` ranks (this process is rank 0)."""
+
+    def __init__(self, checkpoint, world_size: int, *, hardware: str = "cpu",
+                 dtype: torch.dtype = torch.float32, scheme: str | None = None,
+                 lm_head: bool = False, compile: bool = False, device_logits: bool = False):
+        if dist.is_initialized():
+            raise RankFailed("a tensor-parallel group is already running in this process")
+        self.world_size, self.device_logits, self.dtype = world_size, device_logits, dtype
+        self._threads = torch.get_num_threads()
+        threads = max(1, (os.cpu_count() or 1) // world_size)
+        port = _free_port()
+        args = dict(checkpoint=str(checkpoint), hardware=hardware, dtype=dtype, scheme=scheme,
+                    lm_head=lm_head, compile=compile)
+        context = multiprocessing.get_context("spawn")
+        self.ranks = [context.Process(target=_serve, args=(r, world_size, port,
+                                                           {**args, "threads": threads}),
+                                      daemon=True, name=f"llmgate-tp-rank{r}")
+                      for r in range(1, world_size)]
+        for process in self.ranks:
+            process.start()
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(threads)
+        try:
+            dist.init_process_group(BACKENDS[hardware], rank=0, world_size=world_size,
+                                    timeout=TIMEOUT)
+            self._engine = _load(rank=0, world_size=world_size, **args)
+            dist.barrier()
+        except Exception as e:
+            self.close()
+            raise RankFailed(f"tensor-parallel start failed: {self._dead() or e}") from None
+        self.model = self._engine.model  # rank 0's slice (its config is the whole model's)
+        self.engine = _GroupEngine(self)
+
+    def _dead(self) -> str:
+        dead = [f"rank {r} exited with code {p.exitcode}"
+                for r, p in enumerate(self.ranks, start=1) if p.exitcode is not None]
+        return "; ".join(dead)
+
+    def _call(self, name: str, *args):
+        dead = self._dead()
+        if dead:
+            raise RankFailed(f"tensor-parallel {dead}")
+        try:
+            dist.broadcast_object_list([(name, args)], src=0)
+            result = getattr(self._engine, name)(*args)
+        except RuntimeError as e:  # a collective failed or timed out
+            raise RankFailed(f"tensor-parallel {name} failed: {self._dead() or e}") from None
+        return result
+
+    def _out(self, logits):
+        return logits if self.device_logits else logits.float().cpu()
+
+    def prefill(self, input_ids, attention_mask=None, all_logits=False):
+        return self._out(self._call("prefill", input_ids, attention_mask, all_logits))
+
+    def decode(self, next_ids):
+        return self._out(self._call("decode", next_ids))
+
+    def prefill_shared(self, prefix, suffixes):
+        lengths = torch.tensor([len(s) for s in suffixes])
+        padded = torch.zeros(len(suffixes), int(lengths.max()), dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            padded[row, : len(suffix)] = suffix
+        return self._out(self._call("prefill_shared", prefix, padded, lengths))
+
+    def reset(self):
+        self._call("reset")
+
+    def reserve(self, new_tokens: int):
+        self._call("reserve", new_tokens)
+
+    def release(self):
+        self._call("release")
+
+    def close(self) -> None:
+        """Stop the other ranks and leave the group (safe to call twice)."""
+        if dist.is_initialized():
+            try:
+                if not self._dead():
+                    dist.broadcast_object_list([("stop", ())], src=0)
+            except RuntimeError:
+                pass
+            dist.destroy_process_group()
+        for process in self.ranks:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+        torch.set_num_threads(self._threads)
+
+
+class _GroupEngine:
+    """The Engine calls of a tensor-parallel runner, run by every rank (for `generate`)."""
+
+    def __init__(self, runner: TensorParallelRunner):
+        self._runner = runner
+        self.model = runner.model
+
+    def __getattr__(self, name: str):
+        return lambda *args: self._runner._call(name, *args)

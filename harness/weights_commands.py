@@ -1,0 +1,108 @@
+"""`llmgate weights quant | cut`: the source documents' `handle_weights.py` (quant, cut_float,
+cut_quant) for any registered family.
+
+    llmgate weights quant IN OUT --scheme w8a8        int8 weights + scales, loadable as is
+    llmgate weights cut IN OUT --world-size 2         OUT/part_model/{0,1}/, float or quantized
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.devices import DTYPES
+from models import ported
+from models.checkpoint import CheckpointError, read_json
+from models.loading import load_model
+from models.parallel import SplitError, parallelize_
+from models.quant import SCHEMES, quantize_
+
+
+def add_parser(sub) -> None:
+    weights = sub.add_parser("weights", help="quantize or split a checkpoint (handle_weights)",
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog=__doc__.split("\n\n", 1)[1])
+    actions = weights.add_subparsers(dest="action", required=True)
+    quant = actions.add_parser("quant", help="write an int8 checkpoint (per-channel weights)")
+    quant.add_argument("--scheme", choices=tuple(SCHEMES), required=True,
+                       help="w8a16: int8 weights, 16-bit activations; w8a8: int8 weights and "
+                            "per-token int8 activations")
+    quant.add_argument("--quantize-lm-head", action="store_true",
+                       help="quantize the LM head too (default: every linear layer but it)")
+    cut = actions.add_parser("cut", help="split a float or quantized checkpoint into "
+                                         "OUT/part_model/{rank}/ for tensor parallelism")
+    cut.add_argument("--world-size", type=int, required=True, metavar="N")
+    for parser in (quant, cut):
+        parser.add_argument("input", metavar="IN", type=Path, help="a checkpoint directory")
+        parser.add_argument("output", metavar="OUT", type=Path)
+        parser.add_argument("--force", action="store_true", help="write into a non-empty OUT")
+        parser.add_argument("--dtype", choices=tuple(DTYPES),
+                            help="float dtype of what is written (default: the input's "
+                                 "torch_dtype, else fp32)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        out = _empty_output(args.output, args.force)
+        dtype = DTYPES[args.dtype] if args.dtype else _input_dtype(args.input)
+        if args.action == "quant":
+            return quant(args.input, out, args.scheme, args.quantize_lm_head, dtype)
+        return cut(args.input, out, args.world_size, dtype)
+    except (CheckpointError, SplitError, ValueError) as e:
+        print(f"llmgate weights {args.action}: {e}", file=sys.stderr)
+        return 2
+
+
+def _empty_output(out: Path, force: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ValueError(f"{out}: exists and is not empty; choose another OUT or --force")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _input_dtype(path: Path) -> torch.dtype:
+    config = read_json(Path(path) / "config.json")
+    name = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float32)
+
+
+def _refuse_parts(path: Path) -> None:
+    if (path / "part_model").is_dir() or ported.tensor_parallel_of(
+            read_json(path / "config.json")):
+        raise ValueError(f"{path}: already split for tensor parallelism; give the whole "
+                         "checkpoint")
+
+
+def quant(source: Path, out: Path, scheme: str, lm_head: bool, dtype: torch.dtype) -> int:
+    _refuse_parts(source)
+    if ported.scheme_of(source):
+        raise ValueError(f"{source}: already quantized ({ported.scheme_of(source)})")
+    model = load_model(source)  # quantized from float32, then the rest cast to `dtype`
+    modules = quantize_(model, SCHEMES[scheme], include_lm_head=lm_head)
+    from models.quant import cast_floats_
+
+    cast_floats_(model, dtype)
+    ported.save(model, out, source, quantization={"quant_method": ported.QUANT_METHOD,
+                                                  "scheme": scheme, "modules": modules})
+    print(f"wrote {out}: {scheme}, {len(modules)} layers quantized")
+    return 0
+
+
+def cut(source: Path, out: Path, world_size: int, dtype: torch.dtype) -> int:
+    _refuse_parts(source)
+    if world_size < 1:
+        raise ValueError(f"--world-size {world_size}: expected an integer >= 1")
+    model = load_model(source, dtype=dtype)
+    for rank in range(world_size):
+        part = copy.deepcopy(model)
+        parallelize_(part, rank, world_size)
+        directory = out / "part_model" / str(rank)
+        directory.mkdir(parents=True, exist_ok=True)
+        ported.save(part, directory, source,
+                    tensor_parallel={"rank": rank, "world_size": world_size})
+    print(f"wrote {out}/part_model/{{0..{world_size - 1}}}")
+    return 0
