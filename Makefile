@@ -35,9 +35,11 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/llmgate run
 
-# The suites run in a small form; no perf baseline is gated (tests never assert on timing).
+# The suites run in a small form (32-token prompts, 2 questions per subject, 5 HumanEval
+# problems); no perf baseline is gated (tests never assert on timing).
 test: $(STAMP)
-	$(VENV)/bin/pytest -n 2 --perf-baseline none --repeats 2 --warmup 0
+	$(VENV)/bin/pytest -n 2 --perf-baseline none --repeats 2 --warmup 0 --seqlen 32 \
+	    --questions-per-subject 2 --humaneval-problems 5
 
 bench: $(STAMP)
 	$(PY) benchmarks/engine_decode.py

@@ -128,12 +128,17 @@ def quantize_(model: nn.Module, method: Int8Method, modules: list[str] | None = 
 
 
 def cast_floats_(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Every floating parameter and buffer to `dtype`, except the int8 scales (kept float32:
-    a bf16 scale would move every weight of its row by up to 0.4%)."""
+    """Every floating parameter and buffer to `dtype`, except W8A8's scales, kept float32
+    (they rescale an int32 accumulator; a bf16 scale would move each row by up to 0.4%).
+    W8A16's scales take the activation dtype: the CPU int8 kernel takes them so, and a
+    compiled graph cannot cast them on the way in."""
     for module in model.modules():
+        keep = isinstance(getattr(module, "method", None), Int8DynamicActivation)
         for name, tensor in [*module.named_parameters(recurse=False),
                              *module.named_buffers(recurse=False)]:
-            if tensor is not None and tensor.is_floating_point() and name != "weight_scale":
+            if tensor is None or not tensor.is_floating_point():
+                continue
+            if not (keep and name == "weight_scale"):
                 tensor.data = tensor.data.to(dtype)
     return model
 
