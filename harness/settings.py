@@ -188,9 +188,10 @@ class Settings:
         return self.dtypes_given or ["fp32", "bf16", *QUANTIZED]
 
     def model_dtypes(self, model: str, dtypes: list[str]) -> list[str]:
-        """`dtypes` this model runs: a quantized checkpoint only as its own scheme."""
+        """`dtypes` this model runs: a quantized checkpoint only as its own scheme (whatever
+        the suite's default; a --dtype without it is refused at start-up)."""
         stored = self.weights(model).scheme if model in self.model_paths else None
-        return [d for d in dtypes if d == stored] if stored else dtypes
+        return [stored] if stored else dtypes
 
     @property
     def tags(self) -> tuple[str, ...]:
