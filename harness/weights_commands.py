@@ -16,9 +16,9 @@ import torch
 
 from harness.devices import DTYPES
 from models import ported
-from models.checkpoint import CheckpointError, read_json
-from models.loading import load_model
-from models.parallel import SplitError, parallelize_
+from models.checkpoint import CheckpointError, read_config, read_json
+from models.loading import load_model, model_config
+from models.parallel import SplitError, check_world_size, parallelize_
 from models.quant import SCHEMES, quantize_
 
 
@@ -47,8 +47,13 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        out = _empty_output(args.output, args.force)
         dtype = DTYPES[args.dtype] if args.dtype else _input_dtype(args.input)
+        if args.action == "cut":
+            if args.world_size < 1:
+                raise ValueError(f"--world-size {args.world_size}: expected an integer >= 1")
+            check_world_size(model_config(read_config(args.input), args.input.name),
+                             args.world_size)
+        out = _empty_output(args.output, args.force)  # only once the input is readable
         if args.action == "quant":
             return quant(args.input, out, args.scheme, args.quantize_lm_head, dtype)
         return cut(args.input, out, args.world_size, dtype)
@@ -94,8 +99,6 @@ def quant(source: Path, out: Path, scheme: str, lm_head: bool, dtype: torch.dtyp
 
 def cut(source: Path, out: Path, world_size: int, dtype: torch.dtype) -> int:
     _refuse_parts(source)
-    if world_size < 1:
-        raise ValueError(f"--world-size {world_size}: expected an integer >= 1")
     model = load_model(source, dtype=dtype)
     for rank in range(world_size):
         part = copy.deepcopy(model)

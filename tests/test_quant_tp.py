@@ -126,6 +126,13 @@ def test_an_unknown_scheme_is_refused(quantized, tmp_path):
         load_model(out)
 
 
+def test_an_unreadable_input_leaves_no_output(tmp_path, capsys):
+    code = main(["weights", "quant", str(tmp_path / "missing"), str(tmp_path / "o"),
+                 "--scheme", "w8a16"])
+    assert code == 2 and "missing/config.json: file not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_weight_tools_refuse_a_non_empty_output(quantized, capsys):
     code = main(["weights", "cut", str(tiny_checkpoint("qwen-tiny")), str(quantized),
                  "--world-size", "2"])
@@ -138,6 +145,7 @@ def test_cut_refuses_a_world_size_the_heads_do_not_allow(tmp_path, capsys):
                  "--world-size", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "world size 2 does not divide 9 attention heads" in err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
 @pytest.fixture(scope="module")
