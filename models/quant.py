@@ -4,8 +4,9 @@ Both schemes quantize weights per output channel, symmetrically: scale = max|w_r
 w_int8 = round(w / scale). They differ in the activations:
   - W8A16 (`Int8WeightOnly`): activations stay in the model dtype (the device's half type).
     On the CPU with bf16 activations the matmul is PyTorch's int8 weight-pack kernel
-    (`aten._weight_int8pack_mm`, several times faster than a dense matmul on small batches);
-    elsewhere the weight is dequantized and multiplied.
+    (`aten._weight_int8pack_mm`: a quarter of fp32's weight bytes, and far faster than a bf16
+    dense matmul on this CPU; at batch 1 it is compute-limited, see
+    benchmarks/int8_decode.py); elsewhere the weight is dequantized and multiplied.
   - W8A8 (`Int8DynamicActivation`): activations are quantized per token at run time
     (scale = max|x_row| / 127), multiplied with `torch._int_mm` (int32 accumulation, exact) and
     rescaled by both scales into the model dtype.
