@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from harness.accuracy.datasets import load_mmlu, prepare_mmlu
+from harness.accuracy.datasets import load_mmlu
+from harness.accuracy.mmlu_prepare import prepare_mmlu
 from harness.accuracy.prompts import LETTERS, MMLU
 from harness.accuracy.scoring import score_subject
 from harness.checkpoints import default_cache_dir, embedded_checkpoint

@@ -96,7 +96,7 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from harness.accuracy.datasets import prepare_mmlu
+    from harness.accuracy.mmlu_prepare import prepare_mmlu
     from harness.checkpoints import build_all, default_cache_dir
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()

@@ -1,16 +1,22 @@
 """Shared fixtures for llmgate's own tests."""
 
+import shutil
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch._dynamo  # noqa: F401  (see below)
 
-from harness.checkpoints import embedded_checkpoint
+from harness.checkpoints import default_cache_dir, embedded_checkpoint
 from models.loading import load_model
 
 # torch._dynamo registers operator libraries once per process. pytester drops every module
 # imported during a test when the test ends, so a second import would register them again and
 # fail: importing it above, before any test, keeps it loaded.
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = default_cache_dir()  # read before pytester points HOME at its own directory
 
 
 @cache
@@ -34,3 +40,15 @@ def make_tiny(tmp_path):
         write_tiny_checkpoint(cfg, out, layout)
         return out
     return _make
+
+
+@pytest.fixture
+def suites(pytester, monkeypatch):
+    """A pytester directory with the project's conftest and a copy of suites/ (as
+    `copied_suites`: this session may have imported the real suites already). Modules that
+    use it declare `pytest_plugins = ["pytester"]`."""
+    monkeypatch.setenv("LLMGATE_CACHE", str(CACHE))
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    shutil.copytree(ROOT / "suites", pytester.path / "copied_suites",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester

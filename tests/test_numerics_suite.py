@@ -9,24 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.checkpoints import default_cache_dir
 from harness.prompts import prompt_ids, prompt_string
 from tests.conftest import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = default_cache_dir()  # read before pytester points HOME at its own directory
 
 pytest_plugins = ["pytester"]
-
-
-@pytest.fixture
-def suites(pytester, monkeypatch):
-    monkeypatch.setenv("LLMGATE_CACHE", str(CACHE))
-    pytester.makeconftest((ROOT / "conftest.py").read_text())
-    # Another package name: this session may have imported the real suites already.
-    shutil.copytree(ROOT / "suites", pytester.path / "copied_suites",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return pytester
 
 
 def records(pytester, run_id, suite="numerics"):

@@ -7,24 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoints import default_cache_dir
 from harness.perf.timing import SEED_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = default_cache_dir()  # read before pytester points HOME at its own directory
 SHORT = ("--repeats", "2", "--warmup", "0")
 
 pytest_plugins = ["pytester"]
-
-
-@pytest.fixture
-def suites(pytester, monkeypatch):
-    monkeypatch.setenv("LLMGATE_CACHE", str(CACHE))
-    pytester.makeconftest((ROOT / "conftest.py").read_text())
-    # Another package name: this session may have imported the real suites already.
-    shutil.copytree(ROOT / "suites", pytester.path / "copied_suites",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return pytester
 
 
 def read(pytester, run_id, name):

@@ -224,18 +224,6 @@ def test_a_rank_that_dies_ends_the_run_with_its_name(ids):
 pytest_plugins = ["pytester"]
 
 
-@pytest.fixture
-def suites(pytester, monkeypatch):
-    from harness.checkpoints import default_cache_dir
-    from harness.cli import ROOT
-
-    monkeypatch.setenv("LLMGATE_CACHE", str(default_cache_dir()))
-    pytester.makeconftest((ROOT / "conftest.py").read_text())
-    shutil.copytree(ROOT / "suites", pytester.path / "copied_suites",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return pytester
-
-
 def rows(pytester, run_id):
     import csv
 

