@@ -16,12 +16,11 @@ import argparse
 import json
 
 import torch
-from engine_decode import per_token_ms  # this directory
+from engine_decode import per_token_ms, transformers_ms  # this directory
 
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import get_backend
 from harness.perf.memory import streamed_weight_bytes
-from harness.reference import load_reference
 from harness.runners import ported_runner
 from models.engine import generate
 
@@ -74,11 +73,7 @@ def main() -> None:
             print(profile(runner, ids, mask))
         del runner
 
-    reference = load_reference(path)
-    figures["transformers_fp32_ms"] = per_token_ms(
-        lambda n: reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
-                                     min_new_tokens=n, do_sample=False, pad_token_id=0),
-        args.new, args.repeats)
+    figures["transformers_fp32_ms"] = transformers_ms(path, ids, mask, args.new, args.repeats)
 
     hf = figures["transformers_fp32_ms"]
     print(f"{args.model} cpu bs1 in{args.prompt} out{args.new}, {figures['threads']} threads, "
