@@ -10,8 +10,6 @@ same case skips what is done.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from harness.accuracy.datasets import Problem
+from harness.accuracy.scoring import append_rows, read_answers
 from models.engine import Sampling, generate
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -54,27 +53,6 @@ def program(problem: Problem, completion: str) -> str:
             f"check({problem.entry_point})\n")
 
 
-def read_samples(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            done[row["id"]] = row
-    return done
-
-
-def _append(path: Path, samples: list[Sample]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write("\n")  # a kill mid-line leaves a partial line: never continue it
-        f.write("".join(json.dumps(asdict(s)) + "\n" for s in samples))
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
              sampling: Sampling | None) -> list[tuple[str, str, int]]:
     """(completion, finish reason, non-finite steps) per prompt, one batch."""
@@ -101,7 +79,7 @@ def evaluate(runner, tokenizer, problems: list[Problem], sandbox, results: Path,
              max_new_tokens: int, samples: int, temperature: float, seed: int = 0,
              progress: Callable[[int], None] | None = None) -> list[dict]:
     """Generate and execute every (problem, sample) not in `results` yet; returns them all."""
-    done = read_samples(results)
+    done = read_answers(results)
     todo = [(p, k) for p in problems for k in range(samples)
             if f"{p.task_id}#{k}" not in done]
     for start in range(0, len(todo), batch):
@@ -114,7 +92,7 @@ def evaluate(runner, tokenizer, problems: list[Problem], sandbox, results: Path,
         scored = [Sample(f"{p.task_id}#{k}", p.task_id, k, c, o.status, o.detail, o.isolation,
                          reason, bad, o.status == "passed" and not bad)
                   for (p, k), (c, reason, bad), o in zip(chunk, completions, outcomes)]
-        _append(results, scored)
+        append_rows(results, scored)
         done.update({s.id: asdict(s) for s in scored})
         if progress:
             progress(len(chunk))

@@ -53,7 +53,8 @@ def read_answers(path: Path) -> dict[str, dict]:
     return done
 
 
-def _append(path: Path, answers: list[Answer]) -> None:
+def append_rows(path: Path, rows: list) -> None:
+    """Append dataclass rows as JSON lines, fsynced (answers, HumanEval samples)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         if f.tell():  # a kill mid-line leaves a partial line: start a fresh one
@@ -61,8 +62,8 @@ def _append(path: Path, answers: list[Answer]) -> None:
                 check.seek(-1, os.SEEK_END)
                 if check.read(1) != b"\n":
                     f.write("\n")
-        for answer in answers:
-            f.write(json.dumps(asdict(answer), ensure_ascii=False) + "\n")
+        for row in rows:
+            f.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -102,7 +103,7 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask, title: str,
                 predicted = LETTERS[max(range(4), key=lambda i: logprobs[i])]
                 answers.append(Answer(q.id, q.subject, q.category, q.answer, predicted, logprobs,
                                       predicted == q.answer, shots, truncated, q.question))
-            _append(results, answers)
+            append_rows(results, answers)
             done.update({a.id: asdict(a) for a in answers})
             if progress:
                 progress(len(chunk))
