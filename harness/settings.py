@@ -144,6 +144,7 @@ class Settings:
     tp: int = 1  # tensor-parallel ranks
     quantize_lm_head: bool = False
     _resolved: dict[str, Path] = field(default_factory=dict)
+    _layouts: dict[str, Weights] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -266,8 +267,10 @@ class Settings:
         return model in self.model_paths or model == "smollm2-135m"
 
     def weights(self, model: str) -> Weights:
-        """The model's weights and where its tokenizer and float source are."""
-        return weights_layout(self.checkpoint(model))
+        """The model's weights and where its tokenizer and float source are (read once)."""
+        if model not in self._layouts:
+            self._layouts[model] = weights_layout(self.checkpoint(model))
+        return self._layouts[model]
 
     def checkpoint(self, model: str) -> Path:
         """Weights for a model: --model-path, else the embedded cache; skip with a hint.
