@@ -73,6 +73,19 @@ class HFConfig:
             raise CheckpointError(f"{self.path}: field {key!r} is {value!r}; llmgate supports "
                                   f"{' or '.join(map(repr, allowed))}")
 
+    def heads(self, width_key: str) -> tuple[int, int]:
+        """(num_attention_heads, hidden_size), which must split into heads of the width
+        `width_key` gives (where it does): the engine derives the width from the two, so a
+        wrong head count is named as such, not as a wrong width."""
+        heads, hidden = self.get("num_attention_heads"), self.get("hidden_size")
+        width = self.data.get(width_key)
+        if heads < 1 or hidden % heads or width not in (None, hidden // heads):
+            split = (f"num_attention_heads x {width_key} ({width})" if width is not None
+                     else "a multiple of it")
+            raise CheckpointError(f"{self.path}: field 'num_attention_heads' is {heads}: "
+                                  f"'hidden_size' {hidden} is not {split}")
+        return heads, hidden
+
     def rope_theta(self, *legacy_keys: str) -> float:
         """Base of plain rotary embeddings; scaled variants (linear, NTK, YaRN) are refused."""
         params = self.data.get("rope_parameters") or self.data.get("rope_scaling") or {}

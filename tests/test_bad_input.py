@@ -271,3 +271,21 @@ def test_a_model_path_with_int8_weights_is_a_usage_error(make_tiny):
     with pytest.raises(pytest.UsageError, match=r"--model-path falcon-tiny: .*model\.safetensors"
                                                 r": tensor 'transformer.ln_f.weight' is int8"):
         model_paths([f"falcon-tiny={path}"])
+
+
+@pytest.mark.parametrize("name, heads", [("qwen-tiny", 8), ("alpaca2-tiny", 8),
+                                         ("qwen-tiny", 3), ("alpaca2-tiny", 0)])
+def test_a_wrong_head_count_is_named_as_such(make_tiny, name, heads):
+    from harness.checkpoints import verify_checkpoint
+
+    path = make_tiny(get_config(name), "safetensors-sharded")  # Qwen v1's own layout
+    config = json.loads((path / "config.json").read_text())
+    config["num_attention_heads"] = heads
+    (path / "config.json").write_text(json.dumps(config))
+    width = "kv_channels" if name == "qwen-tiny" else "head_dim"
+    for load in (load_model, lambda p: verify_checkpoint(name, p)):
+        with pytest.raises(CheckpointError, match=rf"config\.json: field 'num_attention_heads' "
+                                                  rf"is {heads}: 'hidden_size' 64 is not "
+                                                  rf"num_attention_heads x {width}") as e:
+            load(path)
+        one_line(e)
