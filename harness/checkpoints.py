@@ -124,9 +124,17 @@ def weights_layout(path: Path) -> Weights:
 
 
 def verify_checkpoint(name: str, path: Path) -> None:
-    """Fail unless the checkpoint at `path` has the structure registered for `name`."""
+    """Fail unless the checkpoint at `path` has the structure registered for `name`, in
+    weights llmgate reads correctly (no quantization it does not implement)."""
     expected = get_config(name)
-    config = read_config(weights_layout(path).files)
+    files = weights_layout(path).files
+    config = read_config(files)
+    if ported.is_ported(config.data):
+        ported.quantization(config.data, config.path)  # its tensors' types are checked on load
+    else:
+        ckpt = Checkpoint(files)
+        ckpt.refuse_quantized()
+        ckpt.close()
     found = model_config(config, name)
     wrong = [f"{f} {getattr(found, f)!r} (expected {getattr(expected, f)!r})"
              for f in STRUCTURE_FIELDS if getattr(found, f) != getattr(expected, f)]

@@ -25,6 +25,7 @@ from harness.verdicts import (
     nonfinite_rows,
     verdict,
 )
+from models.config import TINY_MODELS
 
 QUANTIZED_KEYS = ("top1_agreement", "mean_kl", "max_kl", "min_cosine", "relative_to_fake",
                   "fake_slack")
@@ -98,6 +99,13 @@ def nonfinite_failures(history: list, index: int) -> list[str]:
         + (" (the reference's too)" if reference_too else "")
         for step, logits in enumerate(history)
         for row, count, reference_too in nonfinite_rows(logits[0], logits[index])])
+
+
+def pretrained_limits(model: str) -> bool:
+    """Whether `model` is judged by the pretrained fp32 limits: every model but the tiny ones,
+    which keep theirs wherever their weights come from (a --model-path directory has been
+    verified to have the tiny structure, whose small logits the tiny limits are made for)."""
+    return model not in TINY_MODELS
 
 
 def _abs_limit(thresholds: dict, pretrained: bool) -> float:

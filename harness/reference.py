@@ -44,6 +44,7 @@ def hf_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
 def load_reference(path: str | Path, dtype: torch.dtype = torch.float32):
     """The transformers model for a checkpoint directory, on the CPU, in `dtype`."""
     ckpt = Checkpoint(path)
+    ckpt.refuse_quantized()  # transformers would read it as floats, agreeing with our misreading
     cfg = family_module(ckpt.config).config_from_hf(ckpt.config, Path(path).name)
     if cfg.family == "qwen" and cfg.variant == "v1":
         model = hf_model(cfg, dtype=dtype)

@@ -263,9 +263,6 @@ class Settings:
                     self.model_dtypes(m, self.dtypes_given or ["fp32"]),
                     self.batches_given or [DEFAULT_BATCH])]
 
-    def has_pretrained(self, model: str) -> bool:
-        return model in self.model_paths or model == "smollm2-135m"
-
     def weights(self, model: str) -> Weights:
         """The model's weights and where its tokenizer and float source are (read once)."""
         if model not in self._layouts:

@@ -17,6 +17,15 @@ from torch import Tensor
 
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# Tensors that only quantized checkpoints hold (GPTQ/AWQ, compressed-tensors, Ascend's
+# msModelSlim, bitsandbytes, fp8): their weights beside them are not plain floats.
+QUANT_PARAMETERS = {"qweight", "qzeros", "scales", "zeros", "g_idx", "SCB", "absmax",
+                    "quant_map", "deq_scale", "quant_bias", "weight_scale", "weight_scale_inv",
+                    "weight_offset", "weight_zero_point", "weight_packed", "input_scale",
+                    "input_offset", "input_zero_point"}
+# The integer types of safetensors headers, named as torch names them.
+INTEGER_TYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
+                 "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64"}
 
 
 class CheckpointError(ValueError):
@@ -63,6 +72,19 @@ class HFConfig:
         if value not in allowed:
             raise CheckpointError(f"{self.path}: field {key!r} is {value!r}; llmgate supports "
                                   f"{' or '.join(map(repr, allowed))}")
+
+    def heads(self, width_key: str) -> tuple[int, int]:
+        """(num_attention_heads, hidden_size), which must split into heads of the width
+        `width_key` gives (where it does): the engine derives the width from the two, so a
+        wrong head count is named as such, not as a wrong width."""
+        heads, hidden = self.get("num_attention_heads"), self.get("hidden_size")
+        width = self.data.get(width_key)
+        if heads < 1 or hidden % heads or width not in (None, hidden // heads):
+            split = (f"num_attention_heads x {width_key} ({width})" if width is not None
+                     else "a multiple of it")
+            raise CheckpointError(f"{self.path}: field 'num_attention_heads' is {heads}: "
+                                  f"'hidden_size' {hidden} is not {split}")
+        return heads, hidden
 
     def rope_theta(self, *legacy_keys: str) -> float:
         """Base of plain rotary embeddings; scaled variants (linear, NTK, YaRN) are refused."""
@@ -126,8 +148,35 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
-    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        """The tensor `name`, which must have `shape`."""
+    def refuse_quantized(self) -> None:
+        """Fail on what would load as floats and mean something else: a
+        `quantization_config`, quantization parameters, or integer-typed `.weight` tensors.
+        (llmgate's own int8 layout is checked by `models/ported.py` instead.)"""
+        q = self.config.data.get("quantization_config")
+        if q is not None:
+            method = q.get("quant_method") if isinstance(q, dict) else q
+            raise CheckpointError(f"{self.config.path}: field 'quantization_config.quant_method'"
+                                  f" is {method!r}, which llmgate does not implement (it reads "
+                                  "float checkpoints, and its own int8 layout from llmgate "
+                                  "weights quant)")
+        for name, file in self.files.items():
+            if name.rsplit(".", 1)[-1] in QUANT_PARAMETERS or ".quant_state." in name:
+                raise CheckpointError(f"{file}: tensor {name!r} is a quantization parameter; "
+                                      "llmgate reads float checkpoints only")
+            if name.endswith(".weight"):
+                _check_type(file, name, self._stored_type(name), None)
+
+    def _stored_type(self, name: str) -> str:
+        """The tensor's type as torch names it, read from the header alone where possible."""
+        handle = self._open_file(self.files[name])
+        if hasattr(handle, "get_slice"):
+            stored = handle.get_slice(name).get_dtype()  # "F32", "I8", ...: no data read
+            return INTEGER_TYPES.get(stored, stored.lower())
+        return str(handle[name].dtype).removeprefix("torch.")
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
+        """The tensor `name`, which must have `shape` and be of `dtype`, or by default of any
+        floating-point type: an integer tensor is quantized data, misread as floats."""
         if name not in self.files:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing "
                                   f"(expected shape {tuple(shape)})")
@@ -140,10 +189,21 @@ class Checkpoint:
         if tuple(tensor.shape) != tuple(shape):
             raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                                   f"expected {tuple(shape)}")
+        _check_type(file, name, str(tensor.dtype).removeprefix("torch."),
+                    dtype and str(dtype).removeprefix("torch."))
         return tensor
 
     def close(self) -> None:
         self._open.clear()
+
+
+def _check_type(file: Path, name: str, found: str, expected: str | None) -> None:
+    """`expected` None: any floating-point type (safetensors' F16, BF16, F8_E4M3, ... too)."""
+    if found == expected or (expected is None and found not in INTEGER_TYPES.values()):
+        return
+    why = " (quantized weights are read only in llmgate's own int8 layout)"
+    raise CheckpointError(f"{file}: tensor {name!r} is {found}, expected "
+                          f"{expected or 'floating point' + why}")
 
 
 def _open_safetensors(file: Path):

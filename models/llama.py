@@ -21,9 +21,7 @@ MODEL_TYPES = ("llama",)
 def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
     hf.require("attention_bias", (False,), False)
     hf.require("mlp_bias", (False,), False)
-    heads = hf.get("num_attention_heads")
-    hidden = hf.get("hidden_size")
-    hf.require("head_dim", (hidden // heads, None), None)
+    heads, hidden = hf.heads("head_dim")
     return ModelConfig(
         name, "llama", hf.get("vocab_size"), hidden, hf.get("num_hidden_layers"), heads,
         hf.get("num_key_value_heads", default=heads), hf.get("intermediate_size"),

@@ -43,6 +43,7 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
         model = ported.load(ckpt, family, dtype, device)
         ckpt.close()
         return model.eval()
+    ckpt.refuse_quantized()
     cfg = family.config_from_hf(ckpt.config, name or Path(path).name)
     with torch.device("meta"):
         model = family.build(cfg).to(dtype)

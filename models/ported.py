@@ -61,7 +61,8 @@ def save(model, out: Path, source: Path, quantization: dict | None = None,
             shutil.copy(Path(source) / name, out / name)
 
 
-def _quantization(config: dict, path: Path):
+def quantization(config: dict, path: Path):
+    """(method, quantized layers) of a ported checkpoint's `quantization_config`, if any."""
     q = config.get("quantization_config")
     if q is None:
         return None, []
@@ -131,7 +132,7 @@ def load(ckpt: Checkpoint, family, dtype: torch.dtype, device, expected_rank=Non
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: field 'llmgate.model_config' is not a model "
                               f"configuration ({e})") from None
-    method, modules = _quantization(config, path)
+    method, modules = quantization(config, path)
     tp = tensor_parallel_of(config)
     if tp is not None:
         rank, world_size = tp
@@ -156,7 +157,9 @@ def load(ckpt: Checkpoint, family, dtype: torch.dtype, device, expected_rank=Non
                                                       if b is not None}}
     with torch.no_grad():
         for name, target in tensors.items():
-            target.copy_(ckpt.get(name, tuple(target.shape)))
+            # int8 where ours holds int8 (weight_int8), floating point everywhere else
+            stored = None if target.is_floating_point() else target.dtype
+            target.copy_(ckpt.get(name, tuple(target.shape), stored))
     extra = sorted(set(ckpt.names()) - set(tensors))
     if extra:
         raise CheckpointError(f"{ckpt.path}: tensors this model does not have: "

@@ -30,8 +30,7 @@ def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
                               "variant": "qwen2"})
     hf.require("rotary_pct", (1.0, 1), 1.0)
     hf.require("no_bias", (True,), True)
-    heads, hidden = hf.get("num_attention_heads"), hf.get("hidden_size")
-    hf.require("kv_channels", (hidden // heads,), hidden // heads)
+    heads, hidden = hf.heads("kv_channels")
     return ModelConfig(
         name, "qwen", hf.get("vocab_size"), hidden, hf.get("num_hidden_layers"), heads, heads,
         hf.get("intermediate_size") // 2, hf.get("seq_length", "max_position_embeddings"),

@@ -179,3 +179,113 @@ def test_checkpoint_of_another_model_is_refused(make_tiny):
                                               r"'falcon' \(expected 'qwen'\), vocab_size 49152"):
         verify_checkpoint("qwen-7b", path)
     verify_checkpoint("falcon-tiny", path)  # the right name passes
+
+
+# Weights llmgate would misread as floats are refused, with the file and the tensor (or the
+# method): the port and the transformers reference would agree on the misread numbers.
+
+def _edit(path, file, edit):
+    state = load_file(path / file) if file.endswith(".safetensors") else torch.load(path / file)
+    edit(state)
+    if file.endswith(".safetensors"):
+        save_file(state, path / file)
+    else:
+        torch.save(state, path / file)
+
+
+def _refused_everywhere(name, path, match):
+    from harness.checkpoints import verify_checkpoint
+    from harness.reference import load_reference
+
+    for load in (load_model, load_reference, lambda p: verify_checkpoint(name, p)):
+        with pytest.raises(CheckpointError, match=match) as e:
+            load(path)
+        one_line(e)
+
+
+def _int8_valued(state, name):
+    state[name] = state[name].mul(127 / state[name].abs().max()).round().to(torch.int8)
+
+
+def test_int8_weights_in_a_float_checkpoint_are_refused(make_tiny):
+    path = make_tiny(get_config("falcon-tiny"))
+    name = "transformer.h.0.self_attention.query_key_value.weight"
+    _edit(path, "model.safetensors", lambda s: _int8_valued(s, name))
+    _refused_everywhere("falcon-tiny", path,
+                        rf"model\.safetensors: tensor '{name}' is int8, expected floating "
+                        r"point \(quantized weights are read only in llmgate's own int8 "
+                        r"layout\)")
+
+
+def test_int32_weights_in_a_bin_shard_are_refused(make_tiny):
+    path = make_tiny(get_config("alpaca2-tiny"), "bin-sharded")
+    shard = "pytorch_model-00001-of-00002.bin"
+    name = sorted(n for n in torch.load(path / shard) if n.endswith("proj.weight"))[0]
+    _edit(path, shard, lambda s: s.update({name: s[name].mul(1000).round().to(torch.int32)}))
+    _refused_everywhere("alpaca2-tiny", path, rf"{shard}: tensor '{name}' is int32, expected "
+                                              "floating point")
+
+
+@pytest.mark.parametrize("suffix", ["weight_scale", "weight_offset", "scales", "qzeros"])
+def test_quantization_parameters_are_refused(make_tiny, suffix):
+    path = make_tiny(get_config("falcon-tiny"))
+    name = f"transformer.h.0.mlp.dense_4h_to_h.{suffix}"
+    _edit(path, "model.safetensors", lambda s: s.update({name: torch.ones(64)}))
+    _refused_everywhere("falcon-tiny", path, rf"model\.safetensors: tensor '{name}' is a "
+                                             "quantization parameter")
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq", "bitsandbytes"])
+def test_a_quantization_config_llmgate_does_not_implement_is_refused(make_tiny, method):
+    path = make_tiny(get_config("falcon-tiny"))
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": method, "bits": 4}
+    (path / "config.json").write_text(json.dumps(config))
+    _refused_everywhere("falcon-tiny", path, rf"config\.json: field "
+                                             rf"'quantization_config.quant_method' is "
+                                             rf"'{method}', which llmgate does not implement")
+
+
+def test_llmgates_own_int8_checkpoint_still_loads_and_verifies(tmp_path):
+    from harness.checkpoints import verify_checkpoint
+    from harness.weights_commands import quant
+    from tests.conftest import tiny_checkpoint
+
+    out = tmp_path / "w8a16"
+    out.mkdir()
+    quant(tiny_checkpoint("falcon-tiny"), out, "w8a16", False, torch.float32)
+    verify_checkpoint("falcon-tiny", out)
+    assert load_model(out).blocks[0].attn.qkv.weight_int8.dtype == torch.int8
+    # and its stored types are checked too: an int8 tensor where a float one belongs
+    _edit(out, "model.safetensors", lambda s: _int8_valued(s, "final_norm.weight"))
+    with pytest.raises(CheckpointError, match=r"tensor 'final_norm.weight' is int8, expected "
+                                              "floating point"):
+        load_model(out)
+
+
+def test_a_model_path_with_int8_weights_is_a_usage_error(make_tiny):
+    from harness.settings import model_paths
+
+    path = make_tiny(get_config("falcon-tiny"))
+    _edit(path, "model.safetensors", lambda s: _int8_valued(s, "transformer.ln_f.weight"))
+    with pytest.raises(pytest.UsageError, match=r"--model-path falcon-tiny: .*model\.safetensors"
+                                                r": tensor 'transformer.ln_f.weight' is int8"):
+        model_paths([f"falcon-tiny={path}"])
+
+
+@pytest.mark.parametrize("name, heads", [("qwen-tiny", 8), ("alpaca2-tiny", 8),
+                                         ("qwen-tiny", 3), ("alpaca2-tiny", 0)])
+def test_a_wrong_head_count_is_named_as_such(make_tiny, name, heads):
+    from harness.checkpoints import verify_checkpoint
+
+    path = make_tiny(get_config(name), "safetensors-sharded")  # Qwen v1's own layout
+    config = json.loads((path / "config.json").read_text())
+    config["num_attention_heads"] = heads
+    (path / "config.json").write_text(json.dumps(config))
+    width = "kv_channels" if name == "qwen-tiny" else "head_dim"
+    for load in (load_model, lambda p: verify_checkpoint(name, p)):
+        with pytest.raises(CheckpointError, match=rf"config\.json: field 'num_attention_heads' "
+                                                  rf"is {heads}: 'hidden_size' 64 is not "
+                                                  rf"num_attention_heads x {width}") as e:
+            load(path)
+        one_line(e)

