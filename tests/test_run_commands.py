@@ -12,8 +12,14 @@ from harness.report.render import context, render
 from harness.results import latest_rows, load_records, merge
 from harness.run_commands import VOLATILE, compare_runs
 from tests.example_run import PERF_CASES, write_run
-from tests.report_cases import (FAILING_CASE, FAILURES, add_comparisons, add_load, edit_records,
-                                fail_perf_case)
+from tests.report_cases import (
+    FAILING_CASE,
+    FAILURES,
+    add_comparisons,
+    add_load,
+    edit_records,
+    fail_perf_case,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

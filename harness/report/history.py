@@ -12,6 +12,7 @@ max |dlogit| doubled).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from harness.report import charts
@@ -63,7 +64,7 @@ def series(root: Path, cases: set[str] | None = None,
             for name, (suite, test, field, _, _) in METRICS.items():
                 value = row.get(field)
                 if row["suite"] == suite and (test is None or row["test"] == test) and \
-                        isinstance(value, (int, float)) and not isinstance(value, bool):
+                        isinstance(value, (int, float)) and math.isfinite(value):
                     out.setdefault((row["case"], name), []).append(
                         (run_id, value, row["outcome"]))
     return out

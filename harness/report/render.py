@@ -88,7 +88,7 @@ def side_by_side(part: list[dict]) -> dict | None:
     if not rows:
         return None
     order = sorted(columns, key=columns.get)
-    return {"columns": [{"label": columns[k], "device": k[1]} for k in order],
+    return {"columns": [{"label": columns[k]} for k in order],
             "rows": [{**row, "cells": [row["cells"].get(k) for k in order]}
                      for _, row in sorted(rows.items())]}
 
