@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     history.add_argument("--case", metavar="ID", help="one case id (default: all)")
     history.add_argument("--results-dir", default=str(ROOT / "reports"),
                          help="default: the project's reports/")
-    history.add_argument("--last", type=int, default=8, help="values shown per metric")
+    history.add_argument("--last", type=_at_least_one, default=8, metavar="N",
+                         help="values shown per metric (default: 8)")
     prepare = sub.add_parser("prepare", help="build or verify the embedded checkpoints and the "
                                              "MMLU test set")
     prepare.add_argument("--cache-dir", help="default: $LLMGATE_CACHE or ~/.cache/llmgate")

@@ -196,7 +196,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"no stored values{' for ' + args.case if args.case else ''} in {root}")
         return 0
     print(tabulate([(h["case"], h["metric"], h["runs"],
-                     " -> ".join(f"{v:.4g}" for _, v in h["values"]), h["regressed_at"])
+                     " -> ".join(f"{v:.4g}" + (" (failed)" if outcome == "failed" else "")
+                                 for _, v, outcome in h["values"]), h["regressed_at"])
                     for h in table],
                    headers=("case", "metric", "runs", f"last {args.last} values",
                             "regressed at")))

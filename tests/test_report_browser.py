@@ -7,6 +7,7 @@ import pytest
 from harness.report.render import render
 from harness.results import latest_rows, load_records
 from tests.example_run import PERF_CASES, write_run
+from tests.report_cases import FAILING_CASE, FAILURES, add_comparisons, add_load, fail_perf_case
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -21,10 +22,13 @@ def page(tmp_path_factory):
                     "installs it where it runs as root)")
     run = write_run(tmp_path_factory.mktemp("reports") / "example",
                     models=("qwen-tiny", "falcon-tiny"))
+    fail_perf_case(run)
+    add_comparisons(run)
+    add_load(run)
     html = render(run)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(html.as_uri())
         page.screenshot(path=str(run / "screenshot.png"), full_page=True)
         yield page, run
@@ -39,8 +43,8 @@ def test_the_summary_counts_every_outcome(page):
         assert page.locator(f"#count-{outcome}").inner_text() == str(expected)
     assert page.locator("#verdict").inner_text() == "GATES FAILED"
     failures = page.locator("#failures tr")
-    assert failures.count() == 1 + 2  # header + one bf16 failure per model
-    assert "non-finite logits" in failures.nth(1).inner_text()
+    assert failures.count() == 1 + 3  # header + one bf16 failure per model + the perf case
+    assert "non-finite logits" in failures.nth(2).inner_text()
     page.locator("#skips summary").click()
     assert "no weights" in page.locator("#skips").inner_text()
     assert "0123456789abcdef" in page.locator("#metadata").inner_text()
@@ -75,3 +79,49 @@ def test_the_report_loads_nothing_from_the_network(page):
     html = (run / "index.html").read_text()
     assert "http://" not in html.replace("http://www.w3.org", "")
     assert "https://" not in html and "<link" not in html
+
+
+def test_the_page_does_not_overflow_sideways_and_wide_tables_scroll_in_their_box(page):
+    page, _ = page
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    boxes = page.locator("div.scroll")
+    wide = 0
+    for i in range(boxes.count()):
+        box = boxes.nth(i)
+        fits = box.evaluate("b => b.getBoundingClientRect().right <= window.innerWidth")
+        assert fits and box.evaluate("b => getComputedStyle(b).overflowX") == "auto"
+        wide += box.evaluate("b => b.scrollWidth > b.clientWidth")
+    assert wide >= 1  # the example's side-by-side and perf tables are wider than the page
+
+
+def test_case_ids_stay_on_one_line(page):
+    page, _ = page
+    cells = page.locator("table.perf-table td.case")
+    assert cells.count() >= 2 * len(PERF_CASES)
+    for i in range(cells.count()):
+        lines = cells.nth(i).evaluate(
+            "td => { const r = document.createRange(); r.selectNodeContents(td); "
+            "return new Set([...r.getClientRects()].map(c => Math.round(c.top))).size; }")
+        assert lines == 1, cells.nth(i).inner_text()
+
+
+def test_a_failing_perf_case_is_shown_marked_with_its_whole_reason(page):
+    page, _ = page
+    failure = page.locator("#failures tr", has_text=FAILING_CASE)
+    text = failure.inner_text()
+    assert all(f in text for f in FAILURES)  # no reason cut, the third metric too
+    row = page.locator("table.perf-table tr", has_text=FAILING_CASE)
+    assert row.get_attribute("class") == "failed"
+    assert "machine load 6.52 (1-minute average) on 2 CPUs" in page.locator("#load").inner_text()
+
+
+def test_the_side_by_side_table_puts_each_stored_device_beside_ours(page):
+    page, _ = page
+    table = page.locator("#side-by-side-qwen-tiny")
+    header = table.locator("tr").first.inner_text()
+    assert "A100" in header and "910B3" in header and "dev-cpu" in header
+    assert table.locator("tr").count() == 1 + 3 * len(PERF_CASES)
+    first = table.locator("tr").nth(1).locator("td")
+    assert first.count() == 7 + 2 * 3  # the case, ours, then theirs and the ratio per device
+    assert first.nth(8).inner_text().endswith("x")
+    assert page.locator("#slowdowns tr").count() == 1 + 5

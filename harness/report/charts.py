@@ -28,36 +28,43 @@ def svg(fig) -> str:
 
 
 def lines(title: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[float, float]]],
-          points: dict[str, list[tuple[float, float]]] | None = None, logx: bool = False) -> str:
-    """One line per series (x sorted); `points` (e.g. baselines) drawn as markers alongside."""
+          points: dict[str, list[tuple[float, float]]] | None = None, logx: bool = False,
+          xticks: list[str] | None = None) -> str | None:
+    """One line per series (x sorted); `points` (baselines, failed cases) drawn as markers
+    alongside; `xticks` labels the integer positions 0, 1, ... None when no series has two x
+    values: a line chart of single points would only be a column of dots."""
+    if not any(len({x for x, _ in xy}) > 1 for xy in series.values()):
+        return None
     fig, ax = plt.subplots(figsize=(5.6, 3.2))
     for label, xy in sorted(series.items()):
         xy = sorted(xy)
         ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=label)
     for label, xy in sorted((points or {}).items()):
-        ax.scatter([x for x, _ in xy], [y for _, y in xy], marker="x", s=40,
-                   label=f"{label} (baseline)")
+        ax.scatter([x for x, _ in xy], [y for _, y in xy], marker="x", s=40, label=label)
     if logx:
         ax.set_xscale("log", base=2)
+    if xticks is not None:
+        ax.set_xticks(range(len(xticks)), xticks, rotation=30, ha="right", fontsize=7)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if series or points:
-        ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="best")
     return svg(fig)
 
 
-def bars(title: str, ylabel: str, values: dict[str, float],
-         reference: dict[str, float] | None = None) -> str:
-    """Bars per label, with an optional reference value per label drawn beside them."""
+def bars(title: str, ylabel: str, series: dict[str, dict[str, float]],
+         line_at: float | None = None) -> str:
+    """Grouped bars: per label (the first series' keys) one bar of each series; `line_at`
+    draws a horizontal reference line (e.g. a ratio of 1)."""
     fig, ax = plt.subplots(figsize=(5.6, 3.2))
-    labels = list(values)
-    xs = range(len(labels))
-    width = 0.4 if reference else 0.8
-    ax.bar([x - (width / 2 if reference else 0) for x in xs], [values[k] for k in labels],
-           width, label="this run")
-    if reference:
-        ax.bar([x + width / 2 for x in xs], [reference.get(k, 0) for k in labels], width,
-               label="baseline")
+    labels = list(next(iter(series.values())))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar([x + offset for x in range(len(labels))], [values.get(k, 0) for k in labels],
+               width, label=name)
+    if line_at is not None:
+        ax.axhline(line_at, color="#555", linewidth=0.8)
+    if len(series) > 1:
         ax.legend(fontsize=7)
-    ax.set_xticks(list(xs), labels, rotation=20, ha="right")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set(title=title, ylabel=ylabel)
     return svg(fig)

@@ -1,14 +1,18 @@
 """The trend of key metrics over the stored runs of a results root (the asv idea): when did a
 regression enter?
 
-Each run directory under the root with a `run.json` counts, in order of its start time. A
-metric is flagged at the first run where it got worse than in the run before by more than its
-threshold (latency +10%, throughput -10%, accuracy -1 point, max |dlogit| doubled).
+Each run directory under the root with a `run.json` counts once, in order of its start time:
+a run merged from shards (`merged_from`) stands for them, dated by its last shard, and the
+shards it names are not counted again. A failed case keeps its values, marked: the regressed
+case is the one to see. A metric is flagged at the first run where it got worse than in the
+run before by more than its threshold (latency +10%, throughput -10%, accuracy -1 point,
+max |dlogit| doubled).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from harness.report import charts
@@ -23,33 +27,46 @@ METRICS = {
 }
 
 
+def _started(run: dict) -> float:
+    shards = run.get("merged_from") or [run]
+    return max(s.get("started", 0) for s in shards)
+
+
 def runs(root: Path) -> list[tuple[str, dict, list[dict]]]:
-    """(run id, run.json, latest rows) of every run under `root`, oldest first."""
-    found = []
+    """(run id, run.json, latest rows) of every distinct run under `root`, oldest first."""
+    found = {}
     for run_dir in Path(root).iterdir() if Path(root).is_dir() else []:
         meta = run_dir / "run.json"
         if run_dir.is_symlink() or not meta.exists():
             continue
         try:
-            run = json.loads(meta.read_text())
+            found[run_dir] = json.loads(meta.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        found.append((run_dir.name, run, latest_rows(load_records(run_dir))))
-    return sorted(found, key=lambda r: (r[1].get("started", 0), r[0]))
+    shards = {(s.get("run_id"), s.get("started")) for run in found.values()
+              for s in run.get("merged_from", [])}
+    distinct = [(run_dir.name, run, latest_rows(load_records(run_dir)))
+                for run_dir, run in found.items()
+                if (run.get("run_id", run_dir.name), run.get("started")) not in shards]
+    return sorted(distinct, key=lambda r: (_started(r[1]), r[0]))
 
 
-def series(root: Path, cases: set[str] | None = None) -> dict[tuple[str, str], list]:
-    """(case, metric) -> [(run id, value)] over the runs, oldest first (only `cases`)."""
+def series(root: Path, cases: set[str] | None = None,
+           found: list | None = None) -> dict[tuple[str, str], list]:
+    """(case, metric) -> [(run id, value, outcome)] over the runs (`found`, default: those
+    under `root`), oldest first, of passed and failed cases (only `cases`)."""
     out: dict[tuple[str, str], list] = {}
-    for run_id, _, rows in runs(root):
+    for run_id, _, rows in runs(root) if found is None else found:
         for row in rows:
-            if row.get("outcome") != "passed" or (cases is not None and row["case"] not in cases):
+            if row.get("outcome") not in ("passed", "failed") or (
+                    cases is not None and row["case"] not in cases):
                 continue
             for name, (suite, test, field, _, _) in METRICS.items():
                 value = row.get(field)
                 if row["suite"] == suite and (test is None or row["test"] == test) and \
-                        isinstance(value, (int, float)):
-                    out.setdefault((row["case"], name), []).append((run_id, value))
+                        isinstance(value, (int, float)) and math.isfinite(value):
+                    out.setdefault((row["case"], name), []).append(
+                        (run_id, value, row["outcome"]))
     return out
 
 
@@ -75,15 +92,21 @@ def history_table(root: Path, cases: set[str] | None = None, last: int = 8) -> l
 
 def history_charts(root: Path, cases: set[str] | None = None,
                    per_metric: int = 6) -> list[str]:
-    """A trend chart per metric for the cases seen in the most runs (when there are >= 2)."""
-    data = series(root, cases)
+    """A trend chart per metric for the cases seen in the most runs (when there are >= 2); x
+    is the run, labelled by its id; failed values are marked."""
+    found = runs(root)
+    data = series(root, cases, found)
     out = []
     for name in METRICS:
-        cases = sorted(((len(v), c) for (c, m), v in data.items() if m == name and len(v) > 1),
+        shown = sorted(((len(v), c) for (c, m), v in data.items() if m == name and len(v) > 1),
                        reverse=True)[:per_metric]
-        if not cases:
+        if not shown:
             continue
-        order = {run_id: i for i, (run_id, _, _) in enumerate(runs(root))}
-        lines = {c: [(order[r], v) for r, v in data[(c, name)]] for _, c in cases}
-        out.append(charts.lines(f"{name} over runs", "run (oldest first)", name, lines))
+        used = {r for _, c in shown for r, _, _ in data[(c, name)]}
+        order = [run_id for run_id, _, _ in found if run_id in used]
+        lines = {c: [(order.index(r), v) for r, v, _ in data[(c, name)]] for _, c in shown}
+        failed = [(order.index(r), v) for _, c in shown for r, v, outcome in data[(c, name)]
+                  if outcome == "failed"]
+        out.append(charts.lines(f"{name} over runs", "run (oldest first)", name, lines,
+                                {"failed": failed} if failed else None, xticks=order))
     return out

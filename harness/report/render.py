@@ -7,7 +7,9 @@ answer files they point to: the tables and the charts share one source of truth.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,15 +17,25 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.baselines import read_answers_file
+from harness.perf.gate import METRICS
 from harness.report import charts
 from harness.report.history import history_charts, history_table
 from harness.results import latest_rows, load_records
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
+UNKNOWN = "unknown"  # a record whose outcome is none of OUTCOMES: shown, counted, never a pass
+SLOWDOWNS_LISTED = 5
+COLUMN = {"first_token": "forward_first_token_time(ms)",
+          "next_token": "forward_next_token_time(ms)",
+          "e2e_throughput": "e2e_throughput_tokens_per_s"}
 
 
-def _counts(rows: list[dict]) -> dict[str, int]:
-    return {o: sum(r.get("outcome") == o for r in rows) for o in OUTCOMES}
+def _outcome(row: dict) -> str:
+    return row.get("outcome") if row.get("outcome") in OUTCOMES else UNKNOWN
+
+
+def _counts(rows: list[dict], outcomes: tuple[str, ...]) -> dict[str, int]:
+    return {o: sum(_outcome(r) == o for r in rows) for o in outcomes}
 
 
 def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
@@ -33,40 +45,126 @@ def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     return dict(sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])))
 
 
+def reasons(row: dict) -> list[str]:
+    """Every failure of a record, whole: the verdict's `failures` keeps what the one-line
+    `reason` (pytest's message, cut) may have lost."""
+    text = row.get("failures") or row.get("reason") or ""
+    if not text and _outcome(row) == UNKNOWN:
+        text = f"outcome {row.get('outcome')!r} is none of {', '.join(OUTCOMES)}"
+    return [part for part in str(text).split("; ") if part]
+
+
+def _number(row: dict, field: str) -> float | None:
+    value = row.get(field)
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def is_ours(comparison: dict) -> bool:
+    """A comparison with a saved run of ours (names are letters, digits, '.', '_', '-'), not
+    with a source table's row (named `file:line`)."""
+    return ":" not in comparison["baseline"]
+
+
+def _stored(comparison: dict) -> tuple[str, str]:
+    """(baseline, device): a source table by its file, whatever its row."""
+    return comparison["baseline"].split(":")[0], comparison["device"]
+
+
+def side_by_side(part: list[dict]) -> dict | None:
+    """Per (hardware, dtype, batch, in, out, metric): our figure beside each stored device's,
+    with the ratio (> 1: we are slower), a column per stored baseline and device."""
+    columns, rows = {}, {}
+    for r in part:
+        for c in r.get("comparisons", []):
+            columns.setdefault(_stored(c), f"{_stored(c)[0]} ({c['device']})")
+            key = (r["hardware"], r["dtype"], r["batch"], r["seqlen"], r["out"],
+                   list(METRICS).index(c["metric"]))
+            row = rows.setdefault(key, {
+                "case": r["case"], "outcome": _outcome(r), "on": r.get("device") or r["hardware"],
+                "dtype": r["dtype"], "batch": r["batch"], "seqlen": r["seqlen"], "out": r["out"],
+                "metric": c["metric"], "label": METRICS[c["metric"]][0], "unit": c["unit"],
+                "ours": _number(r, COLUMN[c["metric"]]), "cells": {}})
+            row["cells"].setdefault(_stored(c), c)
+    if not rows:
+        return None
+    order = sorted(columns, key=columns.get)
+    return {"columns": [{"label": columns[k]} for k in order],
+            "rows": [{**row, "cells": [row["cells"].get(k) for k in order]}
+                     for _, row in sorted(rows.items())]}
+
+
+def ratio_charts(model: str, part: list[dict]) -> list[str]:
+    """Per stored device of another kind: each case's ratio for each metric, against 1."""
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
+    for r in part:
+        for c in r.get("comparisons", []):
+            if not c["same_device"] and math.isfinite(c["slowdown"]):
+                ratios.setdefault(c["device"], {}).setdefault(METRICS[c["metric"]][0], {})[
+                    f"bs{r['batch']} in{r['seqlen']}/out{r['out']}"] = c["slowdown"]
+    return [charts.bars(f"{model}: ratio against {device} (> 1: we are slower)", "ratio",
+                        dict(sorted(by_metric.items())), line_at=1.0)
+            for device, by_metric in sorted(ratios.items())]
+
+
 def perf_section(rows: list[dict]) -> dict:
-    measured = [r for r in rows if r.get("test") == "test_perf" and r.get("outcome") == "passed"]
+    # A failed case stays, marked: the regressed case is the one a release manager needs.
+    measured = [r for r in rows if r.get("test") == "test_perf" and _outcome(r) != "skipped"]
     models = []
     for (model,), part in _by(measured, "model").items():
-        next_vs_batch, first_vs_in, tput_vs_batch = {}, {}, {}
-        baseline_next, baseline_first, baseline_tput = {}, {}, {}
+        series = {name: {} for name in ("next", "first", "tput")}
+        points = {name: {} for name in series}
         for r in part:
             hw = f"{r['hardware']} {r['dtype']}"
-            next_vs_batch.setdefault(f"{hw} in{r['seqlen']}/out{r['out']}", []).append(
-                (r["batch"], r["forward_next_token_time(ms)"]))
-            tput_vs_batch.setdefault(f"{hw} in{r['seqlen']}/out{r['out']}", []).append(
-                (r["batch"], r["e2e_throughput_tokens_per_s"]))
-            first_vs_in.setdefault(f"{hw} bs{r['batch']}", []).append(
-                (r["seqlen"], r["forward_first_token_time(ms)"]))
-            for c in r.get("comparisons", []):
-                target = {"next_token": (baseline_next, r["batch"]),
-                          "e2e_throughput": (baseline_tput, r["batch"]),
-                          "first_token": (baseline_first, r["seqlen"])}[c["metric"]]
-                target[0].setdefault(f"{c['baseline']} {c['device']}", []).append(
-                    (target[1], c["theirs"]))
+            values = {"next": (f"{hw} in{r['seqlen']}/out{r['out']}", r["batch"], "next_token"),
+                      "tput": (f"{hw} in{r['seqlen']}/out{r['out']}", r["batch"],
+                               "e2e_throughput"),
+                      # one line per output length: first-token latency vs input length
+                      "first": (f"{hw} bs{r['batch']} out{r['out']}", r["seqlen"],
+                                "first_token")}
+            for name, (label, x, metric) in values.items():
+                y = _number(r, COLUMN[metric])
+                if y is not None:
+                    series[name].setdefault(label, []).append((x, y))
+                    if _outcome(r) != "passed":
+                        points[name].setdefault(f"{_outcome(r)} case", []).append((x, y))
+                for c in r.get("comparisons", []):
+                    if c["metric"] == metric:
+                        points[name].setdefault(" ".join(_stored(c)) + " (baseline)",
+                                                []).append((x, c["theirs"]))
+        drawn = [
+            charts.lines(f"{model}: next-token latency vs batch", "batch", "ms",
+                         series["next"], points["next"], logx=True),
+            charts.lines(f"{model}: first-token latency vs input length", "input tokens",
+                         "ms", series["first"], points["first"], logx=True),
+            charts.lines(f"{model}: E2E throughput vs batch", "batch", "tokens/s",
+                         series["tput"], points["tput"], logx=True)]
         models.append({
             "model": model, "rows": sorted(part, key=lambda r: (r["hardware"], r["dtype"],
                                                                 r["batch"], r["seqlen"],
                                                                 r["out"])),
-            "charts": [
-                charts.lines(f"{model}: next-token latency vs batch", "batch", "ms",
-                             next_vs_batch, baseline_next, logx=True),
-                charts.lines(f"{model}: first-token latency vs input length", "input tokens",
-                             "ms", first_vs_in, baseline_first, logx=True),
-                charts.lines(f"{model}: E2E throughput vs batch", "batch", "tokens/s",
-                             tput_vs_batch, baseline_tput, logx=True)]})
+            "load": any("load_1m" in r for r in part),
+            "side_by_side": side_by_side(part),
+            "charts": [c for c in drawn if c] + ratio_charts(model, part)})
     max_batch = [r for r in rows if r.get("test") == "test_max_batch"]
     grid_means = [r for r in rows if r.get("test") == "test_grid_mean"]
     return {"models": models, "max_batch": max_batch, "grid_means": grid_means}
+
+
+def slowdowns(rows: list[dict], top: int = SLOWDOWNS_LISTED) -> list[dict]:
+    """The largest ratios against saved runs of ours, gated or not: a run far slower than
+    our last one says so even when no gate applies."""
+    found = [{**c, "case": r["case"], "label": METRICS[c["metric"]][0]}
+             for r in rows if r.get("suite") == "perf" for c in r.get("comparisons", [])
+             if is_ours(c) and math.isfinite(c["slowdown"]) and c["slowdown"] > 1]
+    return sorted(found, key=lambda c: -c["slowdown"])[:top]
+
+
+def machine_load(run: dict) -> str:
+    """The machine's load when the run started (absent on older runs: empty)."""
+    if not isinstance(run.get("load_1m"), (int, float)):
+        return ""
+    cpus = f" on {run['cpu_count']} CPUs" if run.get("cpu_count") else ""
+    return f"machine load {_num(run['load_1m'], 3)} (1-minute average){cpus}"
 
 
 def _answers(run_dir: Path, row: dict) -> list[dict]:
@@ -87,11 +185,11 @@ def accuracy_section(run_dir: Path, rows: list[dict]) -> dict:
             case["problems"] = _answers(run_dir, r)
         elif case["categories"]:
             reference = {c["category"]: c["reference"] for c in comparisons}
+            accuracy = {"this run": {k: v["accuracy"] for k, v in case["categories"].items()}}
+            baseline = {k: reference[k] for k in case["categories"] if k in reference}
             case["chart"] = charts.bars(f"{r['case']}: accuracy per category", "accuracy",
-                                        {k: v["accuracy"] for k, v in
-                                         case["categories"].items()},
-                                        {k: reference[k] for k in case["categories"]
-                                         if k in reference} or None)
+                                        {**accuracy, **({"baseline": baseline} if baseline
+                                                        else {})})
         cases.append(case)
     return {"cases": cases}
 
@@ -102,16 +200,19 @@ def context(run_dir: Path) -> dict:
     run_file = run_dir / "run.json"
     run = json.loads(run_file.read_text()) if run_file.exists() else {}
     suites = {suite: part for (suite,), part in _by(rows, "suite").items()}
-    problems = [r for r in rows if r.get("outcome") in ("failed", "error")]
+    problems = [r for r in rows if _outcome(r) in ("failed", "error", UNKNOWN)]
     cases = {r["case"] for r in rows}
     skips = [r for r in rows if r.get("outcome") == "skipped"]
+    outcomes = OUTCOMES + ((UNKNOWN,) if any(_outcome(r) == UNKNOWN for r in rows) else ())
+    totals = _counts(rows, outcomes)
     return {
         "run": run, "run_id": run.get("run_id", run_dir.name),
-        "rendered": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "totals": _counts(rows), "passed": not problems and bool(rows),
-        "suites": {s: _counts(part) for s, part in suites.items()},
-        "models": {m: _counts(part) for (m,), part in _by(rows, "model").items() if m},
-        "problems": problems, "skips": skips,
+        "rendered": time.strftime("%Y-%m-%d %H:%M:%S"), "load": machine_load(run),
+        "totals": totals, "passed": not problems and totals["passed"] > 0,
+        "suites": {s: _counts(part, outcomes) for s, part in suites.items()},
+        "models": {m: _counts(part, outcomes) for (m,), part in _by(rows, "model").items()
+                   if m},
+        "problems": problems, "skips": skips, "slowdowns": slowdowns(rows),
         "numerics": suites.get("numerics", []),
         "perf": perf_section(suites.get("perf", [])),
         "accuracy": accuracy_section(run_dir, suites.get("accuracy", [])),
@@ -121,11 +222,19 @@ def context(run_dir: Path) -> dict:
 
 
 def _environment() -> Environment:
+    # HTML is escaped; summary.md is Markdown, escaped as Markdown by the `md` filter.
     env = Environment(loader=PackageLoader("harness.report", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
-                      lstrip_blocks=True)
-    env.filters["num"] = _num
+                      autoescape=select_autoescape(["html.j2"], default=False),
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(num=_num, md=_md, reasons=reasons)
     return env
+
+
+def _md(value) -> str:
+    """Text as literal Markdown: the characters that would start markup are escaped (an
+    underscore only at a word's edge, where it would start emphasis)."""
+    text = re.sub(r"([\\`*\[\]<|#])", r"\\\1", str(value))
+    return re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)
 
 
 def _num(value, digits: int = 4) -> str:
