@@ -3,6 +3,7 @@
 import csv
 import json
 import random
+import shutil
 from functools import cache
 
 import pytest
@@ -16,6 +17,8 @@ from harness.accuracy.scoring import read_answers, score_subject, summarize, wri
 from harness.baselines import AccuracyRow
 from harness.runners import PortedRunner
 from tests.conftest import tiny_checkpoint
+
+pytest_plugins = ["pytester"]
 
 
 @cache
@@ -238,3 +241,28 @@ def test_humaneval_records_each_problem_and_resumes(tmp_path, monkeypatch):
     program = humaneval.program(problems[0], "    return True\n")
     assert program.startswith(problems[0].prompt) and program.endswith(
         f"check({problems[0].entry_point})\n")
+
+
+def usage_error(result, message):
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_a_bad_dataset_is_a_usage_error_before_any_model_loads(suites, tmp_path):
+    collect = ("--collect-only", "copied_suites/accuracy")
+    root = tmp_path / "data"
+    shutil.copytree(SMOKE_ROOT, root)
+    csv_file = root / "ceval-exam" / "val" / "computer_network_val.csv"
+    csv_file.write_text(csv_file.read_text().replace(",B\n", ",E\n", 1))
+    usage_error(suites.runpytest(*collect, "--ceval-path", str(root)),
+                f"{csv_file}: row *, column answer: 'E'; expected one of A, B, C, D")
+    shutil.rmtree(root / "data" / "test")
+    usage_error(suites.runpytest(*collect, "--task", "mmlu", "--mmlu-path", str(root)),
+                f"{root / 'data' / 'test'}: no such directory; expected MMLU's test split")
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text('{"task_id": "HumanEval/0"}\n')
+    usage_error(suites.runpytest(*collect, "--task", "humaneval", "--humaneval-path",
+                                 str(problems)), f"{problems}: line 1: no field 'prompt'")
+    # a task left out is not read: the broken C-Eval copy does not stop a HumanEval-only run
+    assert suites.runpytest(*collect, "--task", "humaneval", "--ceval-path",
+                            str(root)).ret == pytest.ExitCode.OK

@@ -25,26 +25,16 @@ from harness.cases import Case
 from harness.verdicts import Verdict
 
 
-@cache
+@cache  # preparing MMLU verifies its files' digests: once per process
 def multiple_choice_data(task: str, root: Path | None, cache_dir: Path) -> dict:
     """Questions per subject, dev examples, subject titles and a description of the source."""
-    if task == "ceval":
-        root = root or datasets.SMOKE_ROOT
-        load = datasets.load_ceval
-        split = "val"
-        titles = {s: names[1] for s, names in datasets.load_subject_mapping(root).items()}
-    else:
-        root = root or prepare_mmlu(cache_dir).root
-        load = datasets.load_mmlu
-        split = "test"
-        titles = None
-    questions = load(root, split)
-    dev = load(root, "dev") if datasets.has_split(root, task, "dev") else {}
-    titles = titles or {s: s.replace("_", " ") for s in questions}
+    if root is None:
+        root = datasets.SMOKE_ROOT if task == "ceval" else prepare_mmlu(cache_dir).root
+    data = datasets.load_task(task, Path(root))
     smoke = Path(root).resolve().is_relative_to(datasets.SMOKE_ROOT.resolve())
-    source = f"{task} {split} from {root}" + (" (smoke set, not the benchmark)" if smoke else "")
-    return {"root": root, "questions": questions, "dev": dev, "titles": titles,
-            "split": split, "source": source}
+    source = (f"{task} {data['split']} from {root}"
+              + (" (smoke set, not the benchmark)" if smoke else ""))
+    return {**data, "root": root, "source": source, "smoke": smoke}
 
 
 def shots_for(task: str, settings: AccuracySettings) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.accuracy import datasets
 from harness.values import check_names, positive_int, split_values
 
 TASK_NAMES = ("ceval", "mmlu", "humaneval")
@@ -111,7 +112,7 @@ class AccuracySettings:
             if dataset and task in tasks and not explicit and not (dataset / marker).is_dir():
                 raise pytest.UsageError(f"--dataset-path {dataset}: no {marker}/ for {task}; "
                                         f"give --{task}-path, or leave {task} out of --task")
-        return cls(
+        settings = cls(
             tasks=list(dict.fromkeys(tasks)),
             dataset_path=dataset,
             ceval_path=_path("--ceval-path", opt("--ceval-path")),
@@ -127,6 +128,20 @@ class AccuracySettings:
             timeout=opt("--execution-timeout"), allow_unsandboxed=opt("--allow-unsandboxed"),
             runner=opt("--accuracy-runner"), tolerance=tolerance,
             baselines=None if not names else [] if names == ["none"] else names)
+        settings.check_datasets()
+        return settings
+
+    def check_datasets(self) -> None:
+        """Read the datasets the user gave now, before any model loads (the cases reuse the
+        reading); the shipped smoke set and the prepared MMLU are not read at start-up."""
+        try:
+            for task in ("ceval", "mmlu"):
+                if task in self.tasks and self.root(task) is not None:
+                    datasets.load_task(task, self.root(task))
+            if "humaneval" in self.tasks and self.humaneval_path is not None:
+                datasets.load_humaneval(self.humaneval_path)
+        except datasets.DatasetError as e:
+            raise pytest.UsageError(str(e)) from None
 
     def root(self, task: str) -> Path | None:
         """The user's dataset root for a multiple-choice task, if any."""
