@@ -33,6 +33,9 @@ from harness.accuracy.mmlu_subjects import MMLU_CATEGORIES, MMLU_TEST_COUNTS
 
 ANSWERS = ("A", "B", "C", "D")
 CEVAL_CATEGORIES = ("STEM", "Social Science", "Humanities", "Other")
+# The val split's questions per category, 1,346 in 52 subjects: every category score of the
+# source tables is a whole number of these.
+CEVAL_VAL_COUNTS = {"STEM": 430, "Social Science": 275, "Humanities": 257, "Other": 384}
 CEVAL_COLUMNS = ("id", "question", "A", "B", "C", "D")  # and "answer", except in test
 CEVAL_LAYOUT = "a header row id,question,A,B,C,D,answer[,explanation] then one row per question"
 MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.accuracy import datasets
+from harness.baselines import BASELINES_DIR
 from harness.values import check_names, positive_int, split_values
 
 TASK_NAMES = ("ceval", "mmlu", "humaneval")
@@ -53,8 +54,19 @@ def add_options(group) -> None:
         help="accuracy: the candidate must reach this fraction of the baseline's score "
              "(default: 0.99, the MLPerf rule)")
     add("--accuracy-baseline", action="append", metavar="NAME",
-        help="accuracy: stored baselines to compare with, repeatable, or none (default: every "
+        help="accuracy: stored baselines to compare with, repeatable: a seed table's file "
+             "stem, a name saved by `llmgate baseline save`, or none (default: every "
              "comparable one)")
+
+
+def _check_baselines(names: list[str], root: Path) -> None:
+    """Every named baseline is stored: a misspelt name would otherwise gate nothing."""
+    folder = root / "accuracy"
+    known = {p.stem for p in folder.glob("*.csv")} | {p.stem for p in folder.glob("ours/*.json")}
+    for name in names:
+        if name not in known:
+            raise pytest.UsageError(f"--accuracy-baseline {name!r} is unknown; stored in "
+                                    f"{folder}: {', '.join(sorted(known)) or 'nothing'}")
 
 
 def _path(option: str, value: str | None, kind: str = "dir") -> Path | None:
@@ -106,6 +118,9 @@ class AccuracySettings:
                                     "expected seconds > 0")
         shots = opt("--shots")
         names = split_values(opt("--accuracy-baseline"))
+        if names != ["none"]:
+            root = opt("--baselines-dir")  # checked, like every stored file, by Settings
+            _check_baselines(names, Path(root).expanduser() if root else BASELINES_DIR)
         dataset = _path("--dataset-path", opt("dataset_path"))
         for task, marker in (("ceval", "ceval-exam"), ("mmlu", "data")):
             explicit = opt(f"--{task}-path")
