@@ -42,7 +42,8 @@ def environment() -> dict:
     info = {"commit": commit, "host": platform.node(), "machine": platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
+            "cpu_count": os.cpu_count(), "load_1m": os.getloadavg()[0],
+            "command": " ".join(sys.argv)}
     if "torch_npu" in sys.modules:
         info["torch_npu"] = getattr(sys.modules["torch_npu"], "__version__", "")
         info["cann"] = os.environ.get("ASCEND_TOOLKIT_HOME", "")
