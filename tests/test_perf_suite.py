@@ -73,6 +73,10 @@ def test_max_batch_under_a_memory_limit(suites):
                               "--seqlen-out-pair", "4", "--max-batch-cap", "2048", *SHORT,
                               "--run-id", "mb")
     result.assert_outcomes(passed=1)
+    # each probe is shown as it ends: batch, outcome, memory
+    result.stdout.fnmatch_lines(["qwen-tiny-cpu-fp32-*-in32-out4 max-batch probe batch *: fits, "
+                                 "next token * ms, peak memory * MiB",
+                                 "*max-batch probe batch *: does not fit (*"])
     [row] = read(suites, "mb", "max_batch_cpu_qwen-tiny_fp32.csv")
     found, predicted = int(row["max_batch"]), int(row["predicted_batch"])
     assert 0 < found < 2048 and predicted > 0 and row["bound_by"] == "memory"
