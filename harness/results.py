@@ -120,9 +120,10 @@ SUMMARY_COLUMNS = {
                                                                            "{:.6f}"),
                  "top1_agreement": ("top1", "{:.4f}"), "max_kl": ("max_kl", "{:.3g}"),
                  "rule": ("rule", "{}")},
-    "perf": {"forward_first_token_time(ms)": ("first ms", "{:.3f}"),
-             "forward_next_token_time(ms)": ("next ms", "{:.3f}"),
-             "e2e_throughput_tokens_per_s": ("E2E tok/s", "{:.1f}"),
+    # the gate's figures, in the gate's, compare's and history's format (4 significant digits)
+    "perf": {"forward_first_token_time(ms)": ("first ms", "{:.4g}"),
+             "forward_next_token_time(ms)": ("next ms", "{:.4g}"),
+             "e2e_throughput_tokens_per_s": ("E2E tok/s", "{:.4g}"),
              "pct_of_floor": ("% floor", "{:.0f}"), "ratio_next_token": ("next vs HF", "{:.2f}"),
              "baselines_compared": ("baselines", "{}"), "max_batch": ("max batch", "{}")},
     "accuracy": {"accuracy": ("accuracy", "{:.4f}"), "stderr": ("stderr", "{:.4f}"),
