@@ -1,8 +1,22 @@
+"""harness.compare's logit metrics; `llmgate compare` and the perf figures every command
+prints."""
+
+import argparse
+import csv
+import json
 import math
+import re
 
 import torch
 
+from harness import baseline_commands
+from harness.baselines import OursBaseline, save_ours
+from harness.cases import Case
 from harness.compare import position_metrics, summarize
+from harness.perf.gate import gate
+from harness.perf.timing import Samples, summary
+from harness.results import ResultsStore, merge, summary_table
+from harness.run_commands import cmd_compare, cmd_history, compare_runs
 
 
 def test_identical_logits_are_perfect():
@@ -35,19 +49,6 @@ def test_kl_share_counts_positions_over_threshold():
 
 
 # --- `llmgate compare` and the perf figures every command shows
-
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-
-from harness import baseline_commands  # noqa: E402
-from harness.baselines import OursBaseline, save_ours  # noqa: E402
-from harness.cases import Case  # noqa: E402
-from harness.perf.gate import gate  # noqa: E402
-from harness.perf.timing import Samples, summary  # noqa: E402
-from harness.results import ResultsStore, merge, summary_table  # noqa: E402
-from harness.run_commands import cmd_compare, cmd_history, compare_runs  # noqa: E402
 
 CASE = Case("qwen-tiny", "cpu", "fp32", 1, 8, 31)
 
