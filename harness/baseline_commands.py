@@ -103,12 +103,14 @@ def show(args) -> int:
                                 "score")))
         print(f"\nsource: {accuracy[0].source} ({accuracy[0].table})")
     elif ours is not None:
+        # perf: the gate's figures (the record's columns), as every command prints them
         print(tabulate([(c["case"], c.get("forward_first_token_time(ms)", ""),
-                         c.get("forward_next_token_time(ms)", ""), c.get("accuracy", ""),
+                         c.get("forward_next_token_time(ms)", ""),
+                         c.get("e2e_throughput_tokens_per_s", ""), c.get("accuracy", ""),
                          len(c.get("answers", [])) or len(c.get("samples", {}).get(
                              "response_s", []))) for c in ours.cases.values()],
-                       headers=("case", "first ms", "next ms", "accuracy", "answers/repeats"),
-                       floatfmt=".4f"))
+                       headers=("case", "first ms", "next ms", "E2E tok/s", "accuracy",
+                                "answers/repeats"), floatfmt=".4g"))
         print(f"\nrun {ours.run.get('run_id')} on {ours.run.get('host')}, commit "
               f"{ours.run.get('commit')}, torch {ours.run.get('torch')}, saved {ours.saved}")
     else:

@@ -271,6 +271,12 @@ class LlmgatePlugin:
             self.results().record({**row, "session": self.session, "worker": self.worker})
             if not row["passed"]:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        rows = latest_rows(load_records(self.run_dir))
+        unmatched = self._unmatched_baselines(rows)
+        for row in self._baseline_records(rows, unmatched):
+            self.results().record({**row, "session": self.session, "worker": self.worker})
+            if not row["passed"]:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if rows and all(r.get("outcome") == "skipped" for r in rows):
             # A gate that measured nothing must not pass.
             self.results().record({
@@ -291,18 +297,60 @@ class LlmgatePlugin:
             {"format": RECORD_FORMAT, "run_id": self.run_id, "started": started,
              "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
              "duration_s": time.time() - started, "devices": devices,
-             "unmatched_baselines": self._unmatched_baselines(rows), **environment()},
+             "unmatched_baselines": [name for _, _, name in unmatched], **environment()},
             indent=2))
         merge(self.run_dir)
         from harness.report.render import render
 
         self.report = render(self.run_dir)
 
-    def _unmatched_baselines(self, rows: list[dict]) -> list[str]:
-        """Baselines named with --perf-baseline / --accuracy-baseline that no case met."""
-        named = (self.settings.perf.baselines or []) + (self.settings.accuracy.baselines or [])
-        used = {c["baseline"].split(":")[0] for r in rows for c in r.get("comparisons", [])}
-        return [name for name in named if name not in used]
+    def _unmatched_baselines(self, rows: list[dict]) -> list[tuple[str, str, str]]:
+        """(option, suite, name) of the baselines named with --perf-baseline /
+        --accuracy-baseline that no case of their suite met, for the suites this run has
+        records of (`llmgate run` runs the perf suite in a session of its own)."""
+        named = ([("--perf-baseline", "perf", n) for n in self.settings.perf.baselines or []]
+                 + [("--accuracy-baseline", "accuracy", n)
+                    for n in self.settings.accuracy.baselines or []])
+        ran = {r["suite"] for r in rows}
+        used = {(r["suite"], c["baseline"].split(":")[0]) for r in rows
+                for c in r.get("comparisons", []) if isinstance(c, dict) and "baseline" in c}
+        return [(option, suite, name) for option, suite, name in named
+                if suite in ran and (suite, name) not in used]
+
+    def _baseline_records(self, rows: list[dict], unmatched: list[tuple[str, str, str]]):
+        """A failing run record per unmatched named baseline (a gate that compared nothing
+        must not pass); a passing one where a resumed run has since matched it."""
+        failing = {(o, s, n): f"{o} {n} matched no case; it has {self._holdings(s, n)}"
+                   for o, s, n in unmatched}
+        earlier = {r["case"] for r in rows if r["suite"] == "run" and not r.get("passed")}
+        for name in (self.settings.perf.baselines or []) + (self.settings.accuracy.baselines
+                                                             or []):
+            reason = next((text for (_, _, n), text in failing.items() if n == name), "")
+            if reason or f"baseline {name}" in earlier:
+                yield {"suite": "run", "case": f"baseline {name}", "test": "-",
+                       "outcome": "failed" if reason else "passed", "passed": not reason,
+                       "reason": reason}
+
+    def _holdings(self, suite: str, name: str, shown: int = 4) -> str:
+        """What a stored baseline could have matched, in a few words."""
+        from harness.baselines import accuracy_tables, ours_baselines, perf_tables
+
+        root = self.settings.perf.baselines_dir
+        if suite == "perf":
+            cells = [f"{r.model} {r.hardware} {r.dtype} bs{r.batch} "
+                     + (f"grid in2^{r.grid[0][0]}..2^{r.grid[0][-1]}" if r.grid else
+                        f"in{r.input_len or '*'} out{r.output_len or '*'}")
+                     for r in perf_tables(root) if r.name == name]
+        else:
+            cells = [f"{r.model} {r.task} {r.hardware} {r.dtype}"
+                     for r in accuracy_tables(root) if r.name == name]
+        kind = "rows for"
+        if not cells:
+            baseline = ours_baselines(root, suite).get(name)
+            cells, kind = (list(baseline.cases) if baseline else []), "cases"
+        cells = list(dict.fromkeys(cells))
+        more = f" (+{len(cells) - shown} more)" if len(cells) > shown else ""
+        return f"{kind} {', '.join(cells[:shown])}{more}"
 
     def _grid_means(self, rows: list[dict]) -> list[dict]:
         """The perf tables' grid means this run covered (computed once all cases are in)."""

@@ -42,7 +42,8 @@ def environment() -> dict:
     info = {"commit": commit, "host": platform.node(), "machine": platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
+            "cpu_count": os.cpu_count(), "load_1m": os.getloadavg()[0],
+            "command": " ".join(sys.argv)}
     if "torch_npu" in sys.modules:
         info["torch_npu"] = getattr(sys.modules["torch_npu"], "__version__", "")
         info["cann"] = os.environ.get("ASCEND_TOOLKIT_HOME", "")
@@ -119,9 +120,10 @@ SUMMARY_COLUMNS = {
                                                                            "{:.6f}"),
                  "top1_agreement": ("top1", "{:.4f}"), "max_kl": ("max_kl", "{:.3g}"),
                  "rule": ("rule", "{}")},
-    "perf": {"forward_first_token_time(ms)": ("first ms", "{:.3f}"),
-             "forward_next_token_time(ms)": ("next ms", "{:.3f}"),
-             "e2e_throughput_tokens_per_s": ("E2E tok/s", "{:.1f}"),
+    # the gate's figures, in the gate's, compare's and history's format (4 significant digits)
+    "perf": {"forward_first_token_time(ms)": ("first ms", "{:.4g}"),
+             "forward_next_token_time(ms)": ("next ms", "{:.4g}"),
+             "e2e_throughput_tokens_per_s": ("E2E tok/s", "{:.4g}"),
              "pct_of_floor": ("% floor", "{:.0f}"), "ratio_next_token": ("next vs HF", "{:.2f}"),
              "baselines_compared": ("baselines", "{}"), "max_batch": ("max batch", "{}")},
     "accuracy": {"accuracy": ("accuracy", "{:.4f}"), "stderr": ("stderr", "{:.4f}"),

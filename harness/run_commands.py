@@ -115,10 +115,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def compare_runs(a: Path, b: Path, tolerance: float = 0.10) -> dict[str, list[dict]]:
     """Differences of run A against run B (B as the baseline), per suite."""
     from harness.accuracy.gate import paired_gate
-    from harness.baselines import OursBaseline
-    from harness.cases import Case
-    from harness.perf.gate import gate
-    from harness.perf.timing import Samples
 
     rows_a = {(r["case"], r["test"]): r for r in latest_rows(load_records(a))}
     rows_b = {(r["case"], r["test"]): r for r in latest_rows(load_records(b))}
@@ -128,26 +124,14 @@ def compare_runs(a: Path, b: Path, tolerance: float = 0.10) -> dict[str, list[di
         if ra.get("outcome") != rb.get("outcome"):
             out["outcome"].append({"case": key[0], "test": key[1], "a": ra.get("outcome"),
                                    "b": rb.get("outcome"), "reason": ra.get("reason", "")})
+        if ra["suite"] == "perf" and "samples" in ra and "samples" in rb:
+            out["perf"] += _compare_perf(ra, rb, b, tolerance)  # a failed case most of all
         if ra.get("outcome") != "passed" or rb.get("outcome") != "passed":
             continue
         if ra["suite"] == "numerics" and "max_abs_diff" in ra and "max_abs_diff" in rb:
             da, db = ra["max_abs_diff"], rb["max_abs_diff"]
             if max(da, db) > 1e-6 and not (0.5 <= (da + 1e-12) / (db + 1e-12) <= 2):
                 out["numerics"].append({"case": key[0], "test": key[1], "a": da, "b": db})
-        elif ra["suite"] == "perf" and "samples" in ra and "samples" in rb:
-            case = Case(ra["model"], ra["hardware"], ra["dtype"], ra["batch"], ra["seqlen"],
-                        ra["out"])
-            theirs = OursBaseline(str(b), b, "", {}, {case.id: {**rb, "case": case.id}})
-            _, comparisons = gate(case, Samples(**ra["samples"]), ra.get("device", ""), [],
-                                  {b.name: theirs}, tolerance, None, None)
-            for c in comparisons:
-                slower = c["slowdown"] > 1 + tolerance and c["p_value"] < 0.05
-                faster = c["slowdown"] < 1 / (1 + tolerance)
-                if slower or faster:
-                    out["perf"].append({"case": key[0], "metric": c["metric"], "a": c["ours"],
-                                        "b": c["theirs"], "ratio": c["slowdown"],
-                                        "p_value": c["p_value"],
-                                        "change": "slower" if slower else "faster"})
         elif ra["suite"] == "accuracy" and ra.get("answers_file") and rb.get("answers_file"):
             answers_a = read_answers_file(a / ra["answers_file"])
             answers_b = read_answers_file(b / rb["answers_file"])
@@ -164,6 +148,33 @@ def compare_runs(a: Path, b: Path, tolerance: float = 0.10) -> dict[str, list[di
                     "right_to_wrong": overall["lost"], "wrong_to_right": overall["gained"],
                     "p_value": overall["p_value"]})
     return out
+
+
+def _compare_perf(ra: dict, rb: dict, b: Path, tolerance: float) -> list[dict]:
+    """Run A's perf case against run B's through the perf gate (the same figures and noise
+    test): every metric beyond the tolerance, and every metric of a case that did not pass
+    in either run, marked with its outcome."""
+    from harness.baselines import OursBaseline
+    from harness.cases import Case
+    from harness.perf.gate import gate
+    from harness.perf.timing import Samples
+
+    case = Case(ra["model"], ra["hardware"], ra["dtype"], ra["batch"], ra["seqlen"], ra["out"])
+    theirs = OursBaseline(str(b), b, "", {}, {case.id: {**rb, "case": case.id}})
+    _, comparisons = gate(case, Samples(**ra["samples"]), ra.get("device", ""), [],
+                          {b.name: theirs}, tolerance, None, None)
+    outcome = ra.get("outcome") if ra.get("outcome") == rb.get("outcome") else \
+        f"{ra.get('outcome')} (B {rb.get('outcome')})"
+    rows = []
+    for c in comparisons:
+        slower = c["slowdown"] > 1 + tolerance and not c["passed"]
+        faster = c["slowdown"] < 1 / (1 + tolerance)
+        if slower or faster or outcome != "passed":
+            rows.append({"case": case.id, "metric": c["metric"], "a": c["ours"],
+                         "b": c["theirs"], "ratio": c["slowdown"], "p_value": c["p_value"],
+                         "change": "slower" if slower else "faster" if faster else "unchanged",
+                         "outcome": outcome, "note": c["note"]})
+    return rows
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

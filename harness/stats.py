@@ -27,6 +27,15 @@ def slower_p_value(candidate, baseline, higher_is_better: bool = False) -> float
     return float(stats.mannwhitneyu(candidate, baseline, alternative=alternative).pvalue)
 
 
+def smallest_slower_p_value(candidates: int, baselines: int) -> float:
+    """The smallest p-value `slower_p_value` can give for samples of these sizes (every
+    candidate worse than every baseline sample): at or above alpha, the test cannot tell a
+    slowdown from noise whatever was measured (2 vs 2: 1/6)."""
+    if not candidates or not baselines:
+        return float("nan")
+    return slower_p_value(range(baselines, baselines + candidates), range(baselines))
+
+
 def mcnemar_worse_p_value(lost: int, gained: int) -> float:
     """Exact one-sided McNemar test on the discordant pairs: p-value for "the candidate is
     worse", where `lost` questions went right -> wrong and `gained` wrong -> right."""

@@ -73,6 +73,10 @@ def test_max_batch_under_a_memory_limit(suites):
                               "--seqlen-out-pair", "4", "--max-batch-cap", "2048", *SHORT,
                               "--run-id", "mb")
     result.assert_outcomes(passed=1)
+    # each probe is shown as it ends: batch, outcome, memory
+    result.stdout.fnmatch_lines(["qwen-tiny-cpu-fp32-*-in32-out4 max-batch probe batch *: fits, "
+                                 "next token * ms, peak memory * MiB",
+                                 "*max-batch probe batch *: does not fit (*"])
     [row] = read(suites, "mb", "max_batch_cpu_qwen-tiny_fp32.csv")
     found, predicted = int(row["max_batch"]), int(row["predicted_batch"])
     assert 0 < found < 2048 and predicted > 0 and row["bound_by"] == "memory"
@@ -118,11 +122,57 @@ def test_a_damaged_baseline_file_is_a_usage_error(suites, damage, message):
     result.stderr.fnmatch_lines([f"*000_falcon-7b.csv: {message}*"])
 
 
-def test_a_baseline_that_matches_no_case_is_reported_not_an_error(suites):
+def test_another_devices_rows_are_gated_and_a_named_baseline_that_matches_nothing_fails(
+        suites):
+    tables = suites.path / "tables" / "perf"
+    tables.mkdir(parents=True)
+    header = ("source,table,model,hardware,device,dtype,batch,input_len,output_len,grid,metric,"
+              "value,unit,note")
+    (tables / "xdev.csv").write_text("\n".join([
+        header, "s.txt,T,falcon-tiny,cuda,A100,fp32,1,16,4,,next_token,0.001,ms,",
+        "s.txt,T,falcon-tiny,npu,910B3,fp32,1,16,4,,next_token,1000,ms,"]) + "\n")
+    (tables / "other.csv").write_text(
+        header + "\ns.txt,T,qwen-7b,npu,910B3,fp16,8,256,256,,next_token,15.5,ms,\n")
     result = suites.runpytest("copied_suites/perf", "--model", "falcon-tiny", "--batch", "1",
                               "--seqlen-in-pair", "16", "--seqlen-out-pair", "4",
-                              "--perf-baseline", "dev-cpu", *SHORT, "--run-id", "nomatch")
-    result.assert_outcomes(passed=1)
-    run = suites.path / "reports" / "nomatch"
-    assert json.loads((run / "run.json").read_text())["unmatched_baselines"] == ["dev-cpu"]
-    assert "matched no case: dev-cpu" in (run / "summary.md").read_text()
+                              "--baselines-dir", str(tables.parent), "--perf-baseline", "xdev",
+                              "--perf-baseline", "other", "--perf-min-ratio", "0.5", *SHORT,
+                              "--run-id", "xdev")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    rows = {r["case"]: r for r in read(suites, "xdev", "perf.csv")}
+    [case] = rows.values()
+    assert case["outcome"] == "failed" and "(A100):" in case["reason"] and \
+        "< minimum 0.5" in case["reason"] and "(910B3)" not in case["reason"]
+    [unmatched] = read(suites, "xdev", "run.csv")
+    assert unmatched["case"] == "baseline other" and unmatched["outcome"] == "failed"
+    assert unmatched["reason"].startswith("--perf-baseline other matched no case; it has rows "
+                                          "for qwen-7b npu fp16 bs8 in256 out256")
+    run = suites.path / "reports" / "xdev"
+    assert json.loads((run / "run.json").read_text())["unmatched_baselines"] == ["other"]
+
+
+def test_a_named_accuracy_baseline_that_matches_nothing_fails_the_run_that_ran_accuracy():
+    from types import SimpleNamespace
+
+    from harness.baselines import BASELINES_DIR
+    from harness.plugin import LlmgatePlugin
+
+    plugin = SimpleNamespace(settings=SimpleNamespace(
+        perf=SimpleNamespace(baselines=["dev-cpu"], baselines_dir=BASELINES_DIR),
+        accuracy=SimpleNamespace(baselines=["transformers-smollm2-fp32"])))
+    for name in ("_unmatched_baselines", "_baseline_records", "_holdings"):
+        setattr(plugin, name, getattr(LlmgatePlugin, name).__get__(plugin))
+    accuracy = {"suite": "accuracy", "case": "qwen-tiny-cpu-fp32-mmlu", "outcome": "passed",
+                "comparisons": []}
+    unmatched = plugin._unmatched_baselines([accuracy])  # no perf records: perf not judged
+    assert unmatched == [("--accuracy-baseline", "accuracy", "transformers-smollm2-fp32")]
+    [record] = plugin._baseline_records([accuracy], unmatched)
+    assert record["outcome"] == "failed" and record["case"] == \
+        "baseline transformers-smollm2-fp32"
+    assert record["reason"].startswith("--accuracy-baseline transformers-smollm2-fp32 matched "
+                                       "no case; it has cases ceval-smollm2-135m")
+    matched = {**accuracy, "comparisons": [{"baseline": "transformers-smollm2-fp32"}]}
+    assert plugin._unmatched_baselines([matched]) == []
+    # a resumed run that matches it now supersedes its earlier failure
+    [record] = plugin._baseline_records([matched, {**record, "suite": "run"}], [])
+    assert record["outcome"] == "passed"

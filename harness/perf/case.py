@@ -7,6 +7,7 @@ here is testable with dummy runners.
 from __future__ import annotations
 
 import gc
+import os
 from functools import cache
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def perf_case(case: Case, runner, tokenizer, backend: Backend, settings: PerfSet
     metrics["peak_memory_bytes"] = backend.peak_memory_bytes()
     metrics.update(byte_counts(runner, case, metrics["forward_next_token_time(ms)"],
                                bandwidth(backend)))
-    metrics["device"] = backend.device_name()
+    metrics.update(device=backend.device_name(), **machine_load())
     if reference is not None:
         theirs = summary(measure(reference, tokenizer, backend, case.batch, case.seqlen, case.out,
                                  settings.repeats, settings.warmup),
@@ -114,13 +115,34 @@ def perf_case(case: Case, runner, tokenizer, backend: Backend, settings: PerfSet
     return result, metrics
 
 
-def max_batch_case(case: Case, checkpoint, backend: Backend, settings: PerfSettings) -> tuple[
-        Verdict, dict]:
-    """The largest batch for (in, out) under the memory limit (and latency bound)."""
+def machine_load() -> dict:
+    """The machine's load when a case was measured: timings on a busy machine read slower."""
+    return {"load_1m": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+
+
+def terminal_lines(config):
+    """write(line): a line on the terminal now, past pytest's output capture (a max-batch
+    search probes for minutes)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+
+    def write(line: str) -> None:
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(line)
+    return write
+
+
+def max_batch_case(case: Case, checkpoint, backend: Backend, settings: PerfSettings,
+                   write=None) -> tuple[Verdict, dict]:
+    """The largest batch for (in, out) under the memory limit (and latency bound); each
+    probe is reported through `write(line)` as it ends."""
     args = dict(dtype=case.dtype, in_len=case.seqlen, out_len=case.out,
                 memory=settings.memory_limit, cap=settings.max_batch_cap,
                 max_next_ms=settings.max_next_token_ms, repeats=settings.repeats,
-                warmup=settings.warmup)
+                warmup=settings.warmup,
+                progress=None if write is None else
+                lambda probe: write(f"{case.id} max-batch probe {probe.line()}"))
     if backend.name == "cpu":
         result = cpu_search_in_child(checkpoint, **args)
     else:
@@ -132,7 +154,7 @@ def max_batch_case(case: Case, checkpoint, backend: Backend, settings: PerfSetti
     metrics = {"max_batch": found["found"], "predicted_batch": found["predicted"],
                "bound_by": found["bound_by"], "memory_limit_bytes": result["memory_bytes"],
                "weight_bytes": result["weight_bytes"], "probes": found["probes"],
-               **result["summary"]}
+               **machine_load(), **result["summary"]}
     failures = [] if found["found"] else [f"no batch fits: {found['probes'][-1]['error']}"]
     return verdict(failures, float(found["found"]), f"largest batch that fits ({found['bound_by']})"
                    ), metrics

@@ -19,6 +19,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -29,6 +30,7 @@ from models.config import ModelConfig
 
 # Interpreter, allocator and library state that the model does not account for.
 FIXED_OVERHEAD_BYTES = 64 * 2**20
+PROBE_LINE = "probe "  # the search child's progress lines on its stdout
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -89,6 +91,16 @@ class Probe:
     fits: bool
     next_token_ms: float | None
     error: str = ""
+    peak_memory_bytes: int | None = None  # the backend's peak during the probe
+
+    def line(self) -> str:
+        """One line of progress: the batch, its outcome and the memory it took."""
+        outcome = (f"fits, next token {self.next_token_ms:.3g} ms" if self.fits and
+                   self.next_token_ms is not None else "fits" if self.fits
+                   else f"does not fit ({self.error})")
+        memory = (f", peak memory {self.peak_memory_bytes / 2**20:.0f} MiB"
+                  if self.peak_memory_bytes else "")
+        return f"batch {self.batch}: {outcome}{memory}"
 
 
 @dataclass
@@ -105,15 +117,18 @@ def probe(runner, tokenizer, backend, texts: list[str], batch: int, in_len: int,
     from harness.perf.timing import Samples, run_request
 
     samples = Samples()
+    backend.reset_peak_memory()
     try:
         rows = [texts[row % len(texts)] for row in range(batch)]
         run_request(runner, tokenizer, backend, rows, in_len, out_len, samples)
         steps = samples.decode_ms[0]
-        return Probe(batch, True, sum(steps) / len(steps) if steps else None)
+        return Probe(batch, True, sum(steps) / len(steps) if steps else None,
+                     peak_memory_bytes=backend.peak_memory_bytes())
     except Exception as e:  # noqa: BLE001 - only out-of-memory is an answer; the rest re-raise
         if not is_out_of_memory(e):
             raise
-        return Probe(batch, False, None, str(e).splitlines()[0][:200])
+        return Probe(batch, False, None, str(e).splitlines()[0][:200],
+                     backend.peak_memory_bytes())
     finally:
         runner.release()
         gc.collect()  # a failed request's traceback holds activations in a reference cycle
@@ -121,9 +136,11 @@ def probe(runner, tokenizer, backend, texts: list[str], batch: int, in_len: int,
             backend.module().empty_cache()
 
 
-def search(check, predicted: int, cap: int, max_next_ms: float | None) -> Search:
+def search(check, predicted: int, cap: int, max_next_ms: float | None,
+           progress=None) -> Search:
     """Largest batch in 1..cap for which check(batch) -> Probe fits (and is fast enough),
-    starting at the prediction, doubling or halving to bracket it, then bisecting."""
+    starting at the prediction, doubling or halving to bracket it, then bisecting.
+    `progress(probe)` is called after each probe (each can take minutes)."""
     result = Search(predicted, 0, "nothing fits")
     seen: dict[int, Probe] = {}
 
@@ -131,6 +148,8 @@ def search(check, predicted: int, cap: int, max_next_ms: float | None) -> Search
         if batch not in seen:
             seen[batch] = check(batch)
             result.probes.append(seen[batch])
+            if progress is not None:
+                progress(seen[batch])
         p = seen[batch]
         return p.fits and (max_next_ms is None or (p.next_token_ms or 0) <= max_next_ms)
 
@@ -161,9 +180,10 @@ def search(check, predicted: int, cap: int, max_next_ms: float | None) -> Search
 
 def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memory: int | None,
                cap: int, max_next_ms: float | None, repeats: int, warmup: int,
-               enforce=None) -> dict:
+               enforce=None, progress=None) -> dict:
     """Search, then measure the found batch, in this process. `enforce(memory, weights)` is
-    called once everything but the probes is loaded and warm, to make the limit real."""
+    called once everything but the probes is loaded and warm, to make the limit real;
+    `progress(probe)` after each probe."""
     from transformers import AutoTokenizer
 
     from harness.perf.timing import measure, prompts, summary
@@ -182,7 +202,7 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
     if enforce is not None:
         enforce(available, weights)
     found = search(lambda b: probe(runner, tokenizer, backend, texts, b, in_len, out_len),
-                   predicted, cap, max_next_ms)
+                   predicted, cap, max_next_ms, progress)
     measured = {}
     while found.found and not measured:
         try:
@@ -195,26 +215,39 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
             runner.release()
             gc.collect()
             found.probes.append(Probe(found.found, False, None, "repeat: out of memory"))
+            if progress is not None:
+                progress(found.probes[-1])
             found.found, found.bound_by = found.found - 1, "memory"
     return {"search": asdict(found), "summary": measured, "weight_bytes": weights,
             "memory_bytes": available}
 
 
 def cpu_search_in_child(checkpoint, dtype: str, in_len: int, out_len: int, memory: int | None,
-                        cap: int, max_next_ms: float | None, repeats: int, warmup: int) -> dict:
-    """`run_search` on the CPU in a child process whose address space is capped."""
+                        cap: int, max_next_ms: float | None, repeats: int, warmup: int,
+                        progress=None) -> dict:
+    """`run_search` on the CPU in a child process whose address space is capped; the child
+    reports each probe on a `probe` line as it goes, then the result on the last line."""
     args = dict(checkpoint=str(checkpoint), dtype=dtype, in_len=in_len, out_len=out_len,
                 memory=memory, cap=cap, max_next_ms=max_next_ms, repeats=repeats, warmup=warmup)
     # Fewer malloc arenas reserve less address space unused; a fixed mmap threshold returns
     # every large block to the system when freed, so probes do not fragment the capped space.
     env = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "harness.perf.memory", json.dumps(args)],
-                          capture_output=True, text=True, env={**_environ(), **env})
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"max-batch search process exited with {done.returncode}: {tail}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = []
+    with tempfile.TemporaryFile("w+") as errors:  # a file: a full stderr pipe would block
+        with subprocess.Popen([sys.executable, "-m", "harness.perf.memory", json.dumps(args)],
+                              stdout=subprocess.PIPE, stderr=errors, text=True,
+                              env={**_environ(), **env}) as child:
+            for line in child.stdout:
+                if line.startswith(PROBE_LINE) and progress is not None:
+                    progress(Probe(**json.loads(line.removeprefix(PROBE_LINE))))
+                lines.append(line)
+        if child.returncode != 0:
+            errors.seek(0)
+            tail = (errors.read().strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"max-batch search process exited with {child.returncode}: "
+                               f"{tail}")
+    result = json.loads(lines[-1])
     result["search_s"] = time.perf_counter() - started
     return result
 
@@ -236,8 +269,11 @@ def _cap_address_space(memory: int, weights: int) -> None:
 def _child(args: dict) -> None:
     from harness.devices import get_backend
 
+    def progress(probe: Probe) -> None:
+        print(PROBE_LINE + json.dumps(asdict(probe)), flush=True)
+
     result = run_search(args.pop("checkpoint"), get_backend("cpu"), enforce=_cap_address_space,
-                        **args)
+                        progress=progress, **args)
     print(json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isnan(v)
                      else str(v)))
 

@@ -7,7 +7,7 @@ the seeds' CSV columns and gates against every matching baseline (harness/perf/g
 import pytest
 
 from harness.devices import QUANTIZED
-from harness.perf.case import max_batch_case, perf_case
+from harness.perf.case import max_batch_case, perf_case, terminal_lines
 
 pytestmark = pytest.mark.perf
 
@@ -25,10 +25,11 @@ def test_perf(case, runner_pool, llmgate, record):
     assert result.passed, f"{case}: {result.message()}"
 
 
-def test_max_batch(case, runner_pool, llmgate, record):
+def test_max_batch(case, runner_pool, llmgate, record, pytestconfig):
     if llmgate.tp > 1:
         pytest.skip("the max-batch search runs one process (--tp 1)")
     backend = runner_pool.backend(case)
-    result, metrics = max_batch_case(case, llmgate.checkpoint(case.model), backend, llmgate.perf)
+    result, metrics = max_batch_case(case, llmgate.checkpoint(case.model), backend, llmgate.perf,
+                                     terminal_lines(pytestconfig))
     record(result, **metrics)
     assert result.passed, f"{case}: {result.message()}"
