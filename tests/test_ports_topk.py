@@ -153,3 +153,17 @@ def test_token_mismatch_names_the_first_difference():
     assert token_mismatch(["The", " capital", "!"], ["The", " capital"]) == (
         "tokenizer mismatch at prompt token 2: the server echoed '!' more (the server echoed "
         "3 tokens, the reference has 2)")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_prompts_too_short_for_shift_detection_are_still_compared(n):
+    reference = prompt_distributions(n=n)
+    port = truncate(reference, 3)
+    assert best_offsets(reference, port).numel() == 0 and shift_failure(reference, port) is None
+    assert topk_verdict(reference, port, **{**LIMITS, "tail_slack": 0.0}).passed
+
+
+def test_nothing_to_compare_fails():
+    empty = TopK(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3, dtype=torch.float64))
+    result = topk_verdict(torch.zeros(0, 10, dtype=torch.float64), empty, **LIMITS)
+    assert not result.passed and result.metrics["positions"] == 0

@@ -134,7 +134,7 @@ def best_offsets(reference: Tensor, port: TopK) -> Tensor:
     is nearest (max |d logprob| over the listed tokens) to the port's at i; 0 wins ties.
     Only positions with both neighbours (1..N-2) are compared."""
     n = len(reference)
-    inner = torch.arange(1, n - 1)
+    inner = torch.arange(1, max(n - 1, 1))
     distances = torch.stack([
         max_abs_diff(reference[inner + o], TopK(port.ids[inner], port.logprobs[inner]))
         for o in OFFSETS]).nan_to_num(nan=math.inf)  # (3, N-2)
