@@ -1,0 +1,119 @@
+"""The `hf` port: any HuggingFace causal-LM directory, remote code included, on a torch device.
+
+It is fed exactly as the reference is (`ReferenceRunner`: left padding, positions from the
+mask, a growing 2D mask, the model's own `past_key_values`), so the only differences are the
+model code, the device and the dtype. A directory whose config.json has `auto_map` runs code
+shipped with it (the source documents' `modeling_qwen_ascend.QWenLMHeadModel`): that needs
+`trust_remote_code`, refused with a one-line error before anything is loaded.
+
+Tensor parallel: under `--tp N` each rank loads its own `part_model/{rank}` directory with the
+environment torchrun would give it, so a seed-style modeling file that calls
+`torch.distributed.init_process_group()` itself works unchanged (`enter_rank`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import torch
+import transformers
+from torch import Tensor
+
+from harness.devices import Backend, get_backend
+from harness.runners import ReferenceRunner
+from models.checkpoint import CheckpointError, read_config
+
+
+def remote_code_class(path: str | Path) -> str | None:
+    """The class config.json's `auto_map` loads for a causal LM ("module.Class"), or None."""
+    config = read_config(path)
+    auto_map = config.data.get("auto_map")
+    if not auto_map:
+        return None
+    if not isinstance(auto_map, dict):
+        raise CheckpointError(f"{config.path}: auto_map must be an object, found "
+                              f"{type(auto_map).__name__}")
+    found = auto_map.get("AutoModelForCausalLM")
+    if found is None:
+        raise CheckpointError(f"{config.path}: auto_map has no AutoModelForCausalLM entry "
+                              f"(found: {', '.join(auto_map) or 'none'})")
+    return found
+
+
+def check_remote_code(path: str | Path, trust_remote_code: bool) -> None:
+    """Refuse a remote-code directory unless its code is trusted (before loading anything)."""
+    found = remote_code_class(path)
+    if found is not None and not trust_remote_code:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: auto_map loads remote code "
+                              f"{found}; pass --trust-remote-code to run it")
+
+
+class HFRunner(ReferenceRunner):
+    """A HuggingFace directory on any backend and dtype; float32 CPU logits out.
+
+    prefill/decode/prefill_shared are the reference's own feeding; only the model, the device
+    and how a forward is called differ.
+    """
+
+    def __init__(self, path: str | Path, *, hardware: str | Backend = "cpu",
+                 dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                 device_index: int = 0):
+        """device_index: which cuda/npu device (a rank's LOCAL_RANK); unused on the CPU."""
+        check_remote_code(path, trust_remote_code)
+        self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
+        self.device = (self.backend.torch_device() if self.backend.name == "cpu"
+                       else torch.device(self.backend.name, device_index))
+        self.dtype = dtype
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
+        config = self.model.config
+        self.vocab_size = config.vocab_size
+        # Older remote code (GPT-2 style names) calls it n_positions or seq_length.
+        self.max_positions = next((getattr(config, name) for name in
+                                   ("max_position_embeddings", "n_positions", "seq_length")
+                                   if getattr(config, name, None)), None)
+        parameters = inspect.signature(self.model.forward).parameters
+        self._takes_positions = "position_ids" in parameters
+        # Remote code written for older transformers may not take logits_to_keep.
+        self._takes_keep = "logits_to_keep" in parameters
+        self.reset()
+
+    def _forward(self, ids: Tensor, positions: Tensor, keep: int) -> Tensor:
+        extra = {"position_ids": positions.to(self.device)} if self._takes_positions else {}
+        if self._takes_keep:
+            extra["logits_to_keep"] = keep
+        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask.to(self.device),
+                         past_key_values=self.past, use_cache=True, **extra)
+        self.past = out.past_key_values
+        logits = out.logits if keep == 0 else out.logits[:, -keep:]
+        return logits.float().cpu()
+
+    def release(self) -> None:
+        """Drop the cache (transformers' dynamic cache is allocated per prefill anyway)."""
+        self.reset()
+
+
+def enter_rank(path: str | Path, rank: int, world_size: int, master_port: int, *,
+               master_addr: str = "127.0.0.1",
+               environ: MutableMapping[str, str] = os.environ) -> Path:
+    """Set the environment torchrun gives rank `rank` of a one-host run and return the
+    directory it loads, `path/part_model/{rank}`; one-line errors for a layout that does not
+    hold exactly ranks 0..world_size-1."""
+    root = Path(path) / "part_model"
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not found; an hf port at --tp {world_size} needs one "
+                              f"directory per rank, part_model/0..{world_size - 1}")
+    found = sorted((p.name for p in root.iterdir() if p.is_dir()), key=lambda n: (len(n), n))
+    expected = [str(r) for r in range(world_size)]
+    if set(found) != set(expected):
+        raise CheckpointError(f"{root}: holds rank directories {', '.join(found) or 'none'}, "
+                              f"expected {', '.join(expected)} for --tp {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr,
+                   MASTER_PORT=str(master_port))
+    return root / str(rank)

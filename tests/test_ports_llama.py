@@ -1,0 +1,80 @@
+"""The real port: llama.cpp (llama-cpp-python's server) serving the shipped SmolLM2-135M Q4_1
+GGUF, checked with the openai client and the top-K comparison. Skipped, with the reason,
+where llama-cpp-python[server] is not built (see harness/ports/llama_server.py)."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from harness.ports.llama_server import LlamaServer, availability, shipped_gguf
+from harness.ports.openai import EndpointError, OpenAIClient
+from harness.ports.topk import align, piece_ids, token_mismatch, topk_from_entries, topk_verdict
+from harness.runners import ReferenceRunner
+from tests.conftest import tiny_checkpoint
+
+PROMPT = "The capital of France is"
+K = 5
+
+
+def start_server(tmp_path_factory, name):
+    usable, why = availability()
+    if not usable:
+        pytest.skip(why)
+    log = tmp_path_factory.mktemp("llama") / f"{name}.log"
+    server = LlamaServer(shipped_gguf(), log)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start_server(tmp_path_factory, "llama-server")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    path = tiny_checkpoint("smollm2-135m")
+    return ReferenceRunner(path), AutoTokenizer.from_pretrained(path)
+
+
+def test_echo_is_tokenized_as_the_reference_does(server, reference):
+    _, tokenizer = reference
+    positions = OpenAIClient(server.url).prompt_logprobs(PROMPT, K)
+    expected = [tokenizer.decode([i]) for i in tokenizer(PROMPT)["input_ids"]]
+    assert token_mismatch([p.token for p in positions], expected) is None
+
+
+def test_the_shifted_prompt_logprobs_fail_by_name(server, reference):
+    """llama.cpp's server pairs prompt token i with the distribution computed at token i
+    (the one predicting i + 1): the comparison must say so, not pass and not misalign."""
+    runner, tokenizer = reference
+    positions = OpenAIClient(server.url).prompt_logprobs(PROMPT, K)
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    logits = runner.prefill(ids, all_logits=True)[0]
+    port = topk_from_entries([p.top for p in positions], piece_ids(tokenizer))
+    result = topk_verdict(*align(logits, port), max_abs_diff_limit=1.0, top1_limit=0.0,
+                          kl_limit=10.0, tail_slack=1.0)
+    assert not result.passed
+    assert result.failures[0].startswith("the port's prompt log-probabilities match the "
+                                         "reference's one position later (offset +1)")
+
+
+def test_greedy_and_stream_agree(server):
+    client = OpenAIClient(server.url)
+    greedy = client.greedy(PROMPT, 8)
+    streamed = "".join(text for _, text in client.stream(PROMPT, 8))
+    assert greedy.text and greedy.text == streamed
+
+
+def test_a_killed_server_fails_the_request_then_fails_fast(tmp_path_factory):
+    server = start_server(tmp_path_factory, "killed")
+    client = OpenAIClient(server.url)
+    client.health()
+    server.kill()
+    with pytest.raises(EndpointError, match=rf"server not listening at {server.url} \(POST "
+                       r"/v1/completions \(prompt 'The capital of France is', echo True"):
+        client.prompt_logprobs(PROMPT, K)
+    with pytest.raises(EndpointError, match="not tried .* the endpoint failed earlier"):
+        client.greedy(PROMPT, 1)
