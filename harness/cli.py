@@ -75,7 +75,11 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
     """Workers for a selection: one per model, at most one per core; a single process when
     that is one (starting xdist workers costs more than it saves on a few cases).
 
-    Collects in this process first (quietly); a usage error ends the run there."""
+    Collects in this process first, its output discarded (not with `-p no:terminal`: the
+    terminal plugin owns -v, -q, -r and --tb, which must pass through); a usage error, which
+    pytest prints on stderr, ends the run there."""
+    import contextlib
+    import io
     import os
 
     import pytest
@@ -86,7 +90,8 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
         def pytest_collection_finish(self, session):
             Collector.items = list(session.items)
 
-    code = pytest.main(["--collect-only", "-p", "no:terminal", *argv], plugins=[Collector()])
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = pytest.main(["--collect-only", *argv], plugins=[Collector()])
     if code == pytest.ExitCode.USAGE_ERROR:
         return 1, int(code)
     models = {getattr(item, "callspec", None) and item.callspec.params.get("case")

@@ -62,3 +62,11 @@ def test_prepare_says_what_it_did_per_entry(capsys, tmp_path):
     assert main(["prepare", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"smollm2-135m +verified", out) and re.search(r"falcon-tiny +built", out)
+
+
+def test_run_passes_every_pytest_argument_through_its_pre_collection():
+    from harness.cli import ROOT, _workers_for
+
+    numerics = str(ROOT / "suites" / "numerics")
+    for extra in (["-v"], ["-q"], ["--tb=short"], ["-rA"], ["-v", "-rA", "--tb=short"]):
+        assert _workers_for([numerics, "-k", "qwen-tiny and bs1-", *extra]) == (1, None), extra
