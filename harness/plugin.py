@@ -32,6 +32,7 @@ from harness.results import (
 )
 from harness.runners import ReferenceRunner, ported_runner
 from harness.settings import Settings
+from harness.values import checked_run_id
 from harness.verdicts import Verdict
 
 OUTCOME = pytest.StashKey[dict]()
@@ -155,7 +156,8 @@ class LlmgatePlugin:
             self.run_id, self.session = workerinput["llmgate_run"]
             self.worker = workerinput["workerid"]
         else:
-            self.run_id = config.getoption("--run-id") or new_run_id()
+            given = config.getoption("--run-id")
+            self.run_id = new_run_id() if given is None else checked_run_id(given)
             self.session, self.worker = time.time_ns(), "main"
         self.run_dir = self.settings.results_root / self.run_id
         self.started = time.time()

@@ -28,3 +28,15 @@ def positive_int(option: str, item: str, minimum: int = 1) -> int:
 def int_list(option: str, values: list[str] | None, default: list[int]) -> list[int]:
     parsed = [positive_int(option, item) for item in split_values(values)]
     return list(dict.fromkeys(parsed)) or default
+
+
+def checked_run_id(value: str) -> str:
+    """A run's directory name: one path component under the results root, never `latest`
+    (the link to the newest run) and never a separator, `..` or a hidden name."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise pytest.UsageError(f"--run-id {value!r}: expected a name of letters, digits, '.', "
+                                "'_' and '-', not starting with '.'")
+    if value == "latest":
+        raise pytest.UsageError("--run-id 'latest': reserved for the link to the newest run; "
+                                "choose another --run-id")
+    return value

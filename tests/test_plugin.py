@@ -78,6 +78,12 @@ def rows(pytester, run_id):
     (["--batch", "²"], "--batch '²': expected an integer >= 1"),
     (["--seqlen", "32,x"], "--seqlen 'x': expected an integer >= 1"),
     (["--decode-steps", "-3"], "--decode-steps '-3': expected an integer >= 1"),
+    (["--run-id", "../../escape"], "--run-id '../../escape': expected a name of letters, "
+                                   "digits, '.', '_' and '-', not starting with '.'"),
+    (["--run-id", "a b/\u00fc"], "--run-id 'a b/\u00fc': expected a name of letters*"),
+    (["--run-id=.."], "--run-id '..': expected a name of letters*"),
+    (["--run-id", ""], "--run-id '': expected a name of letters*"),
+    (["--run-id", "latest"], "--run-id 'latest': reserved for the link to the newest run*"),
     (["--model", "falcon-tiny", "--seqlen", "508"],
      "falcon-tiny has 512 positions; --seqlen 508 + --decode-steps 8 = 516 tokens do not fit"),
     (["--model", "starcoder-tiny", "--seqlen", "32,600", "--dtype", "bf16"],
