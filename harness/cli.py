@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     process, because workers running beside it would be timed with it."""
     import pytest
 
-    from harness.results import load_records, new_run_id
+    from harness.results import new_run_id
 
     suites = SUITES if not args.suite or "all" in args.suite else args.suite
     known, _ = _RUN_OPTIONS.parse_known_args(pytest_args)
@@ -54,7 +54,8 @@ def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
             return codes[-1]
     if "perf" in suites:
         results = Path(known.results_dir or ROOT / "reports") / run_id
-        resume = ["--resume"] if load_records(results) and not known.resume else []
+        started = results.is_dir() and any(results.iterdir())  # by the suites before it
+        resume = ["--resume"] if started and not known.resume else []
         codes.append(int(pytest.main(["-q", str(ROOT / "suites" / "perf"), *pytest_args, *extra,
                                       *resume])))
     measured = [c for c in codes if c != pytest.ExitCode.NO_TESTS_COLLECTED]

@@ -172,8 +172,9 @@ class LlmgatePlugin:
             if resume and not (recorded or started):
                 raise pytest.UsageError(f"--resume: run {self.run_id!r} has no records in "
                                         f"{self.run_dir}")
-            if recorded and not resume and not config.getoption("--collect-only"):
-                raise pytest.UsageError(f"--run-id {self.run_id!r} already has records in "
+            if started and not resume and not config.getoption("--collect-only"):
+                what = "records" if recorded else "files"  # killed before its first record
+                raise pytest.UsageError(f"--run-id {self.run_id!r} already has {what} in "
                                         f"{self.run_dir}; pass --resume to continue it, or "
                                         "choose another --run-id")
         self.recorded = ({(r["case"], r["test"]): r for r in latest_rows(recorded)}

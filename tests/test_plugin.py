@@ -226,3 +226,15 @@ def test_results_default_to_reports_under_the_rootdir(suite, monkeypatch):
     result = suite.runpytest(str(suite.path / "demo"), "-k", "records and bs1", "--run-id", "here")
     result.assert_outcomes(passed=1)
     assert (suite.path / "reports" / "here" / "demo.csv").exists()
+
+
+def test_a_run_id_killed_before_its_first_record_is_not_reused_without_resume(suite):
+    killed = suite.path / "reports" / "killed"
+    (killed / "accuracy").mkdir(parents=True)  # answers written before any record
+    (killed / "accuracy" / "answers.jsonl").write_text('{"id": 1}\n')
+    result = suite.runpytest("-k", "records and bs1", "--run-id", "killed")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--run-id 'killed' already has files in *killed; pass "
+                                 "--resume to continue it, or choose another --run-id*"])
+    suite.runpytest("-k", "records and bs1", "--run-id", "killed", "--resume").assert_outcomes(
+        passed=1)
