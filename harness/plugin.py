@@ -160,6 +160,8 @@ class LlmgatePlugin:
             self.run_id = new_run_id() if given is None else checked_run_id(given)
             self.session, self.worker = time.time_ns(), "main"
         self.run_dir = self.settings.results_root / self.run_id
+        self.collect_only = config.getoption("--collect-only")
+        self.executed = 0  # tests this session ran (xdist: reported by the workers)
         self.started = time.time()
         self.store: ResultsStore | None = None
         resume = config.getoption("--resume")
@@ -172,7 +174,7 @@ class LlmgatePlugin:
             if resume and not (recorded or started):
                 raise pytest.UsageError(f"--resume: run {self.run_id!r} has no records in "
                                         f"{self.run_dir}")
-            if started and not resume and not config.getoption("--collect-only"):
+            if started and not resume and not self.collect_only:
                 what = "records" if recorded else "files"  # killed before its first record
                 raise pytest.UsageError(f"--run-id {self.run_id!r} already has {what} in "
                                         f"{self.run_dir}; pass --resume to continue it, or "
@@ -264,10 +266,15 @@ class LlmgatePlugin:
         measured = {**fields, **state.get("metrics", {})}
         self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
 
+    def pytest_runtest_logreport(self, report):
+        if report.when == "setup":
+            self.executed += 1
+
     # --- end of session: merge, provenance, table
 
     def pytest_sessionfinish(self, session):
-        if self.is_worker or not self.run_dir.exists():
+        # --collect-only writes nothing, not even to an existing run of that --run-id
+        if self.is_worker or self.collect_only or not self.run_dir.exists():
             return
         rows = latest_rows(load_records(self.run_dir))
         for row in self._grid_means(rows):
@@ -299,7 +306,7 @@ class LlmgatePlugin:
         merge(self.run_dir)
         from harness.report.render import render
 
-        self.report = render(self.run_dir)
+        self.report = render(self.run_dir, move_latest=self.executed > 0)
 
     def _unmatched_baselines(self, rows: list[dict]) -> list[str]:
         """Baselines named with --perf-baseline / --accuracy-baseline that no case met."""
@@ -317,7 +324,7 @@ class LlmgatePlugin:
         return aggregate_rows(rows, tables, perf.tolerance, perf.min_ratio, perf.assume_unit)
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.is_worker or not self.run_dir.exists():
+        if self.is_worker or self.collect_only or not self.run_dir.exists():
             return
         table = summary_table(self.run_dir)
         if table:
