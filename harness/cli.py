@@ -154,6 +154,16 @@ def _at_least_one(value: str) -> int:
     return int(value)
 
 
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0 <= fraction < 10:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a fraction >= 0, e.g. 0.10, not {value!r}")
+    return fraction
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: llmgate compare reports/today reports/last-release")
     compare.add_argument("run_a", metavar="RUN_A", type=Path)
     compare.add_argument("run_b", metavar="RUN_B", type=Path, help="the baseline")
-    compare.add_argument("--tolerance", type=float, default=0.10,
+    compare.add_argument("--tolerance", type=_fraction, default=0.10,
                          help="perf: smaller changes are not reported (default: 0.10)")
     history = sub.add_parser("history", help="key metrics over the stored runs, and the run "
                                              "where each regressed",

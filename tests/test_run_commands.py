@@ -167,3 +167,11 @@ def test_only_a_run_that_executed_cases_writes_its_run_or_moves_latest(pytester,
     assert not (reports / "never").exists()
     assert main(["report", str(reports / "old")]) == 0
     assert (reports / "latest").resolve() == (reports / "new").resolve()
+
+
+@pytest.mark.parametrize("tolerance", ["-1", "nan", "x"])
+def test_compare_refuses_a_negative_tolerance(tmp_path, capsys, tolerance):
+    run = write_run(tmp_path / "run")
+    with pytest.raises(SystemExit):
+        main(["compare", str(run), str(run), "--tolerance", tolerance])
+    assert "--tolerance: expected a fraction >= 0" in capsys.readouterr().err
