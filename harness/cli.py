@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -106,6 +107,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from harness.checkpoints import build_all, default_cache_dir
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise run_commands.RunError(f"--cache-dir {cache}: exists and is not a directory")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise run_commands.RunError(f"--cache-dir {cache}: cannot create it "
+                                    f"({e.strerror})") from None
     entries = build_all(cache)
     rows = [(name, status, path) for name, (path, status) in entries.items()]
     mmlu = prepare_mmlu(cache)
@@ -237,10 +245,17 @@ def main(argv: list[str] | None = None) -> int:
                 "merge": run_commands.cmd_merge, "compare": run_commands.cmd_compare,
                 "history": run_commands.cmd_history}
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # a reader gone early (`| head`) shows here if the output was short
+        return code
     except run_commands.RunError as e:
         print(f"llmgate {args.command}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader has what it wanted: no traceback, and none either when Python flushes
+        # stdout again at exit (the documented way: stdout to /dev/null).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

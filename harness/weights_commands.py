@@ -47,6 +47,8 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        if args.input.exists() and not args.input.is_dir():
+            raise ValueError(f"{args.input}: not a checkpoint directory")
         dtype = DTYPES[args.dtype] if args.dtype else _input_dtype(args.input)
         if args.action == "cut":
             if args.world_size < 1:
@@ -65,7 +67,10 @@ def main(args: argparse.Namespace) -> int:
 def _empty_output(out: Path, force: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ValueError(f"{out}: exists and is not empty; choose another OUT or --force")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot create it ({e.strerror})") from None
     return out
 
 

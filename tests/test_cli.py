@@ -70,3 +70,47 @@ def test_run_passes_every_pytest_argument_through_its_pre_collection():
     numerics = str(ROOT / "suites" / "numerics")
     for extra in (["-v"], ["-q"], ["--tb=short"], ["-rA"], ["-v", "-rA", "--tb=short"]):
         assert _workers_for([numerics, "-k", "qwen-tiny and bs1-", *extra]) == (1, None), extra
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"llmgate {command}") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_weights_quant_of_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code = main(["weights", "quant", str(tmp_path / "afile"), str(tmp_path / "o"),
+                 "--scheme", "w8a8"])
+    assert code == 2 and "afile: not a checkpoint directory" in _one_line_error(capsys,
+                                                                                "weights")
+
+
+def test_weights_quant_into_an_impossible_output_is_a_one_line_error(capsys):
+    from tests.conftest import tiny_checkpoint
+
+    code = main(["weights", "quant", str(tiny_checkpoint("falcon-tiny")), "/proc/nope",
+                 "--scheme", "w8a8"])
+    assert code == 2 and "/proc/nope: cannot create it" in _one_line_error(capsys, "weights")
+
+
+def test_prepare_into_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["prepare", "--cache-dir", str(tmp_path / "afile")]) == 2
+    assert "afile: exists and is not a directory" in _one_line_error(capsys, "prepare")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    from harness.cli import ROOT
+
+    child = subprocess.Popen([sys.executable, "-m", "harness.cli", "baseline", "show",
+                              "003_qwen-7b_910b3"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={"PYTHONPATH": str(ROOT),
+                                                          "PATH": "/usr/bin:/bin"})
+    child.stdout.close()  # as `| head` does once it has its lines
+    err = child.stderr.read().decode()
+    assert child.wait() != 0 or err == ""
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
