@@ -242,7 +242,13 @@ class LlmgatePlugin:
         if report.when == "setup" and not report.passed:
             state.update(outcome="skipped" if report.skipped else "error", reason=_reason(report))
         elif report.when == "call":
-            state.update(outcome=report.outcome, reason="" if report.passed else _reason(report))
+            # A check that failed is `failed`; any other exception (a corrupt checkpoint or
+            # dataset, a crash) is `error`, as the README's Results define them. pytest's own
+            # outcome stays failed.
+            crashed = report.failed and call.excinfo is not None and not \
+                call.excinfo.errisinstance((AssertionError, pytest.fail.Exception))
+            state.update(outcome="error" if crashed else report.outcome,
+                         reason="" if report.passed else _reason(report))
         elif report.when == "teardown":
             if report.failed and state.get("outcome") == "passed":
                 state.update(outcome="error", reason=_reason(report))
