@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from harness.checkpoints import follow_umask
 from harness.devices import DTYPES
 from models import ported
 from models.checkpoint import CheckpointError, read_config, read_json
@@ -57,8 +58,11 @@ def main(args: argparse.Namespace) -> int:
                              args.world_size)
         out = _empty_output(args.output, args.force)  # only once the input is readable
         if args.action == "quant":
-            return quant(args.input, out, args.scheme, args.quantize_lm_head, dtype)
-        return cut(args.input, out, args.world_size, dtype)
+            code = quant(args.input, out, args.scheme, args.quantize_lm_head, dtype)
+        else:
+            code = cut(args.input, out, args.world_size, dtype)
+        follow_umask(out)
+        return code
     except (CheckpointError, SplitError, ValueError) as e:
         print(f"llmgate weights {args.action}: {e}", file=sys.stderr)
         return 2

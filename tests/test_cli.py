@@ -114,3 +114,35 @@ def test_output_into_a_closed_pipe_ends_quietly():
     err = child.stderr.read().decode()
     assert child.wait() != 0 or err == ""
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.fixture
+def umask_022():
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _modes(root):
+    return {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777
+            for p in [root, *root.rglob("*")]}
+
+
+def test_cache_entries_and_weights_output_follow_the_umask(tmp_path, umask_022, capsys):
+    """Teammates share the cache and /data: nothing is created 0700 or 0600."""
+    from harness.checkpoints import ensure_checkpoint
+    from tests.conftest import tiny_checkpoint
+
+    smollm2 = tiny_checkpoint("smollm2-135m")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / smollm2.name).symlink_to(smollm2)
+    entry, status = ensure_checkpoint("falcon-tiny", tmp_path / "cache")
+    assert status == "built"
+    out = tmp_path / "quant"
+    assert main(["weights", "quant", str(entry), str(out), "--scheme", "w8a16"]) == 0
+    for root in (entry, out):
+        modes = _modes(root)
+        assert {m for p, m in modes.items() if (root / p).is_dir()} == {0o755}, modes
+        assert {m for p, m in modes.items() if (root / p).is_file()} == {0o644}, modes
