@@ -103,8 +103,14 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from transformers.utils.logging import disable_progress_bar
+
     from harness.accuracy.mmlu_prepare import prepare_mmlu
     from harness.checkpoints import build_all, default_cache_dir
+
+    # The table below says what happened to each entry; transformers' bars (a dozen per
+    # checkpoint written or converted) would bury it.
+    disable_progress_bar()
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     if cache.exists() and not cache.is_dir():

@@ -60,8 +60,10 @@ def test_prepare_says_what_it_did_per_entry(capsys, tmp_path):
     smollm2 = tiny_checkpoint("smollm2-135m")
     (tmp_path / smollm2.name).symlink_to(smollm2)
     assert main(["prepare", "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert re.search(r"smollm2-135m +verified", out) and re.search(r"falcon-tiny +built", out)
+    assert "it/s" not in captured.err and "%|" not in captured.err  # no progress bars
 
 
 def test_run_passes_every_pytest_argument_through_its_pre_collection():
