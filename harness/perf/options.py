@@ -154,6 +154,7 @@ class PerfSettings:
                     raise pytest.UsageError(f"--perf-baseline {name!r} is unknown; stored in "
                                             f"{baselines_dir}: {', '.join(sorted(known))}")
         memory = opt("--memory-limit")
+        memory_limit = parse_size("--memory-limit", memory) if memory else None
         next_ms = opt("--max-next-token-ms")
         for option, value in (("--memory-limit", memory), ("--max-next-token-ms", next_ms)):
             if value is not None and not opt("--max-batch"):
@@ -169,7 +170,7 @@ class PerfSettings:
             min_ratio=min_ratio, baselines=None if not names else
             [] if names == ["none"] else names, assume_unit=opt("--assume-unit"),
             max_batch=opt("--max-batch"),
-            memory_limit=parse_size("--memory-limit", memory) if memory else None,
+            memory_limit=memory_limit,
             max_next_token_ms=next_ms,
             max_batch_cap=positive_int("--max-batch-cap", str(opt("--max-batch-cap")),
                                        maximum=MAX_BATCH),
