@@ -175,4 +175,3 @@ def test_merge_writes_the_same_csvs(tmp_path):
     run = write_run(tmp_path / "run")
     written = merge(run)
     assert set(written) == {"numerics", "perf", "accuracy"}
-
