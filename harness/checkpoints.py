@@ -182,10 +182,21 @@ def _locked(lock_path: Path) -> Iterator[None]:
         yield
 
 
+def follow_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes the umask allows: mkdtemp creates 0700
+    and safetensors writes 0600, which hides a shared cache or /data from teammates."""
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _build_atomically(path: Path, build) -> None:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         build(tmp)
+        follow_umask(tmp)
         files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
                  for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))

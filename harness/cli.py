@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     process, because workers running beside it would be timed with it."""
     import pytest
 
-    from harness.results import load_records, new_run_id
+    from harness.results import new_run_id
 
     suites = SUITES if not args.suite or "all" in args.suite else args.suite
     known, _ = _RUN_OPTIONS.parse_known_args(pytest_args)
@@ -54,7 +55,8 @@ def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
             return codes[-1]
     if "perf" in suites:
         results = Path(known.results_dir or ROOT / "reports") / run_id
-        resume = ["--resume"] if load_records(results) and not known.resume else []
+        started = results.is_dir() and any(results.iterdir())  # by the suites before it
+        resume = ["--resume"] if started and not known.resume else []
         codes.append(int(pytest.main(["-q", str(ROOT / "suites" / "perf"), *pytest_args, *extra,
                                       *resume])))
     measured = [c for c in codes if c != pytest.ExitCode.NO_TESTS_COLLECTED]
@@ -75,7 +77,11 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
     """Workers for a selection: one per model, at most one per core; a single process when
     that is one (starting xdist workers costs more than it saves on a few cases).
 
-    Collects in this process first (quietly); a usage error ends the run there."""
+    Collects in this process first, its output discarded (not with `-p no:terminal`: the
+    terminal plugin owns -v, -q, -r and --tb, which must pass through); a usage error, which
+    pytest prints on stderr, ends the run there."""
+    import contextlib
+    import io
     import os
 
     import pytest
@@ -86,7 +92,8 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
         def pytest_collection_finish(self, session):
             Collector.items = list(session.items)
 
-    code = pytest.main(["--collect-only", "-p", "no:terminal", *argv], plugins=[Collector()])
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = pytest.main(["--collect-only", *argv], plugins=[Collector()])
     if code == pytest.ExitCode.USAGE_ERROR:
         return 1, int(code)
     models = {getattr(item, "callspec", None) and item.callspec.params.get("case")
@@ -96,10 +103,23 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from transformers.utils.logging import disable_progress_bar
+
     from harness.accuracy.mmlu_prepare import prepare_mmlu
     from harness.checkpoints import build_all, default_cache_dir
 
+    # The table below says what happened to each entry; transformers' bars (a dozen per
+    # checkpoint written or converted) would bury it.
+    disable_progress_bar()
+
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise run_commands.RunError(f"--cache-dir {cache}: exists and is not a directory")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise run_commands.RunError(f"--cache-dir {cache}: cannot create it "
+                                    f"({e.strerror})") from None
     entries = build_all(cache)
     rows = [(name, status, path) for name, (path, status) in entries.items()]
     mmlu = prepare_mmlu(cache)
@@ -148,6 +168,16 @@ def _at_least_one(value: str) -> int:
     return int(value)
 
 
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0 <= fraction < 10:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a fraction >= 0, e.g. 0.10, not {value!r}")
+    return fraction
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: llmgate compare reports/today reports/last-release")
     compare.add_argument("run_a", metavar="RUN_A", type=Path)
     compare.add_argument("run_b", metavar="RUN_B", type=Path, help="the baseline")
-    compare.add_argument("--tolerance", type=float, default=0.10,
+    compare.add_argument("--tolerance", type=_fraction, default=0.10,
                          help="perf: smaller changes are not reported (default: 0.10)")
     history = sub.add_parser("history", help="key metrics over the stored runs, and the run "
                                              "where each regressed",
@@ -222,10 +252,17 @@ def main(argv: list[str] | None = None) -> int:
                 "merge": run_commands.cmd_merge, "compare": run_commands.cmd_compare,
                 "history": run_commands.cmd_history}
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # a reader gone early (`| head`) shows here if the output was short
+        return code
     except run_commands.RunError as e:
         print(f"llmgate {args.command}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader has what it wanted: no traceback, and none either when Python flushes
+        # stdout again at exit (the documented way: stdout to /dev/null).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from harness.results import (
 )
 from harness.runners import ReferenceRunner, ported_runner
 from harness.settings import Settings
+from harness.values import checked_run_id
 from harness.verdicts import Verdict
 
 OUTCOME = pytest.StashKey[dict]()
@@ -155,9 +156,12 @@ class LlmgatePlugin:
             self.run_id, self.session = workerinput["llmgate_run"]
             self.worker = workerinput["workerid"]
         else:
-            self.run_id = config.getoption("--run-id") or new_run_id()
+            given = config.getoption("--run-id")
+            self.run_id = new_run_id() if given is None else checked_run_id(given)
             self.session, self.worker = time.time_ns(), "main"
         self.run_dir = self.settings.results_root / self.run_id
+        self.collect_only = config.getoption("--collect-only")
+        self.executed = 0  # tests this session ran (xdist: reported by the workers)
         self.started = time.time()
         self.store: ResultsStore | None = None
         resume = config.getoption("--resume")
@@ -170,8 +174,9 @@ class LlmgatePlugin:
             if resume and not (recorded or started):
                 raise pytest.UsageError(f"--resume: run {self.run_id!r} has no records in "
                                         f"{self.run_dir}")
-            if recorded and not resume and not config.getoption("--collect-only"):
-                raise pytest.UsageError(f"--run-id {self.run_id!r} already has records in "
+            if started and not resume and not self.collect_only:
+                what = "records" if recorded else "files"  # killed before its first record
+                raise pytest.UsageError(f"--run-id {self.run_id!r} already has {what} in "
                                         f"{self.run_dir}; pass --resume to continue it, or "
                                         "choose another --run-id")
         self.recorded = ({(r["case"], r["test"]): r for r in latest_rows(recorded)}
@@ -237,7 +242,13 @@ class LlmgatePlugin:
         if report.when == "setup" and not report.passed:
             state.update(outcome="skipped" if report.skipped else "error", reason=_reason(report))
         elif report.when == "call":
-            state.update(outcome=report.outcome, reason="" if report.passed else _reason(report))
+            # A check that failed is `failed`; any other exception (a corrupt checkpoint or
+            # dataset, a crash) is `error`, as the README's Results define them. pytest's own
+            # outcome stays failed.
+            crashed = report.failed and call.excinfo is not None and not \
+                call.excinfo.errisinstance((AssertionError, pytest.fail.Exception))
+            state.update(outcome="error" if crashed else report.outcome,
+                         reason="" if report.passed else _reason(report))
         elif report.when == "teardown":
             if report.failed and state.get("outcome") == "passed":
                 state.update(outcome="error", reason=_reason(report))
@@ -261,10 +272,15 @@ class LlmgatePlugin:
         measured = {**fields, **state.get("metrics", {})}
         self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
 
+    def pytest_runtest_logreport(self, report):
+        if report.when == "setup":
+            self.executed += 1
+
     # --- end of session: merge, provenance, table
 
     def pytest_sessionfinish(self, session):
-        if self.is_worker or not self.run_dir.exists():
+        # --collect-only writes nothing, not even to an existing run of that --run-id
+        if self.is_worker or self.collect_only or not self.run_dir.exists():
             return
         rows = latest_rows(load_records(self.run_dir))
         for row in self._grid_means(rows):
@@ -302,7 +318,7 @@ class LlmgatePlugin:
         merge(self.run_dir)
         from harness.report.render import render
 
-        self.report = render(self.run_dir)
+        self.report = render(self.run_dir, move_latest=self.executed > 0)
 
     def _unmatched_baselines(self, rows: list[dict]) -> list[tuple[str, str, str]]:
         """(option, suite, name) of the baselines named with --perf-baseline /
@@ -362,7 +378,7 @@ class LlmgatePlugin:
         return aggregate_rows(rows, tables, perf.tolerance, perf.min_ratio, perf.assume_unit)
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.is_worker or not self.run_dir.exists():
+        if self.is_worker or self.collect_only or not self.run_dir.exists():
             return
         table = summary_table(self.run_dir)
         if table:

@@ -32,12 +32,13 @@ from harness.checkpoints import (
 )
 from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
 from harness.perf.options import PerfSettings
-from harness.values import check_names, int_list, positive_int, split_values
-from models.checkpoint import CheckpointError
+from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
+from models.checkpoint import CheckpointError, read_json
 from models.config import EMBEDDED_MODELS, REGISTRY, get_config
 from models.parallel import SplitError, check_world_size
-from models.ported import check_parts
+from models.ported import check_parts, part_dirs, tensor_parallel_of
 
+DEFAULT_SEQLENS = [32, 128]
 # New tokens of the numerics suite's greedy-generation test (fp32 only).
 GREEDY_NEW_TOKENS = 32
 
@@ -66,12 +67,24 @@ def model_paths(items: list[str] | None) -> dict[str, Path]:
         if not directory.is_dir():
             raise pytest.UsageError(f"--model-path {name}={path}: directory not found")
         try:
+            rank_directory(name, path, directory)
             verify_checkpoint(name, directory)
             check_parts(directory, weights_layout(directory).world_size)
         except (CheckpointError, ValueError) as e:
             raise pytest.UsageError(f"--model-path {name}: {e}") from None
         paths[name] = directory
     return paths
+
+
+def rank_directory(name: str, given: str, directory: Path) -> None:
+    """A rank's part of a split checkpoint runs only within its group: refuse it at start-up
+    with the directory to give instead (its config says its rank and world size)."""
+    split = tensor_parallel_of(read_json(directory / "config.json"))
+    if split and part_dirs(directory) is None:
+        rank, world = split
+        raise pytest.UsageError(f"--model-path {name}={given}: rank {rank} of a checkpoint split "
+                                f"for {world} ranks; give the directory that holds part_model/ "
+                                f"({directory.parent.parent}) and --tp {world}")
 
 
 def check_stored_weights(paths: dict[str, Path], dtypes: list[str], tp: int) -> None:
@@ -150,7 +163,7 @@ class Settings:
     def from_config(cls, config: pytest.Config) -> Settings:
         opt = config.getoption
         paths = model_paths(opt("--model-path"))
-        models = split_values(opt("--model"))
+        models = unique(split_values(opt("--model"), "--model"))
         check_names("--model", models, REGISTRY)
         for name in paths:
             if models and name not in models:
@@ -158,27 +171,29 @@ class Settings:
                                         f"select {name}; add --model {name}")
         # --model-path alone selects its models; with neither, the embedded defaults run,
         # and perf also lists the real models (skipped with a hint) next to its seed tables.
-        given = list(dict.fromkeys(models or list(paths)))
-        hardware = split_values(opt("--hardware")) or ["cpu"]
+        given = models or list(paths)
+        hardware = unique(split_values(opt("--hardware"), "--hardware")) or ["cpu"]
         check_names("--hardware", hardware, BACKENDS)
-        dtypes = split_values(opt("--dtype"))
+        dtypes = unique(split_values(opt("--dtype"), "--dtype"))
         check_names("--dtype", dtypes, ALL_DTYPES)
         tp = positive_int("--tp", str(opt("--tp")))
         check_stored_weights(paths, dtypes, tp)
         if tp > 1:
             check_tp(given, tp)
-        batches = int_list("--batch", opt("--batch"), [])
+        batches = int_list("--batch", opt("--batch"), [], maximum=MAX_BATCH)
+        seqlens = int_list("--seqlen", opt("--seqlen"), [])
         cache_dir = Path(opt("--cache-dir") or default_cache_dir()).expanduser()
         results = Path(opt("--results-dir") or config.rootpath / "reports").expanduser()
         settings = cls(
             models=given or list(EMBEDDED_MODELS), perf_models=given or list(REGISTRY),
             model_paths=paths, hardware=hardware, dtypes_given=dtypes, batches_given=batches,
-            seqlens=int_list("--seqlen", opt("--seqlen"), [32, 128]),
+            seqlens=seqlens or DEFAULT_SEQLENS,
             decode_steps=positive_int("--decode-steps", str(opt("--decode-steps"))),
             require_hardware=opt("--require-hardware"),
             cache_dir=writable_dir("--cache-dir", cache_dir),
             results_root=writable_dir("--results-dir", results),
-            perf=PerfSettings.from_config(config, batches, baselines_dir(opt("--baselines-dir"))),
+            perf=PerfSettings.from_config(config, batches, seqlens,
+                                          baselines_dir(opt("--baselines-dir"))),
             accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
             tp=tp, quantize_lm_head=opt("--quantize-lm-head"))
         settings.check_lengths()

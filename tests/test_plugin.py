@@ -78,6 +78,24 @@ def rows(pytester, run_id):
     (["--batch", "²"], "--batch '²': expected an integer >= 1"),
     (["--seqlen", "32,x"], "--seqlen 'x': expected an integer >= 1"),
     (["--decode-steps", "-3"], "--decode-steps '-3': expected an integer >= 1"),
+    (["--batch", ""], "--batch '': an empty value; expected comma-separated values"),
+    (["--batch", "1,,4"], "--batch '1,,4': an empty value; expected comma-separated values"),
+    (["--dtype", ""], "--dtype '': an empty value*"),
+    (["--model", ""], "--model '': an empty value*"),
+    (["--batch", "99999999999999999999"], "--batch '99999999999999999999': expected an integer "
+                                          ">= 1 and <= 65536"),
+    (["--max-batch", "--memory-limit", "400"], "--memory-limit '400': 400 bytes cannot hold a "
+                                               "model; give a unit, e.g. 400MiB"),
+    (["--memory-limit", "1GiB"], "--memory-limit applies to the max-batch search only; add "
+                                 "--max-batch"),
+    (["--max-next-token-ms", "50"], "--max-next-token-ms applies to the max-batch search only; "
+                                    "add --max-batch"),
+    (["--run-id", "../../escape"], "--run-id '../../escape': expected a name of letters, "
+                                   "digits, '.', '_' and '-', not starting with '.'"),
+    (["--run-id", "a b/\u00fc"], "--run-id 'a b/\u00fc': expected a name of letters*"),
+    (["--run-id=.."], "--run-id '..': expected a name of letters*"),
+    (["--run-id", ""], "--run-id '': expected a name of letters*"),
+    (["--run-id", "latest"], "--run-id 'latest': reserved for the link to the newest run*"),
     (["--model", "falcon-tiny", "--seqlen", "508"],
      "falcon-tiny has 512 positions; --seqlen 508 + --decode-steps 8 = 516 tokens do not fit"),
     (["--model", "starcoder-tiny", "--seqlen", "32,600", "--dtype", "bf16"],
@@ -136,7 +154,7 @@ def test_every_outcome_leaves_one_record_that_agrees_with_pytest(suite):
         ("test_records", "qwen-tiny-cpu-fp32-bs3-in8"): "failed",
         ("test_npu", "qwen-tiny-npu-fp32-bs1-in8"): "skipped",
         ("test_missing_weights", "qwen-7b-cpu-fp32-bs1-in8"): "skipped",
-        ("test_raises", "qwen-tiny-cpu-fp32-bs1-in9"): "failed",
+        ("test_raises", "qwen-tiny-cpu-fp32-bs1-in9"): "error",  # an exception, not a check
         ("test_setup_error", "qwen-tiny-cpu-fp32-bs1-in10"): "error",
         ("test_forgets_to_assert", "qwen-tiny-cpu-fp32-bs1-in11"): "failed",
     }
@@ -147,7 +165,7 @@ def test_every_outcome_leaves_one_record_that_agrees_with_pytest(suite):
     assert reason["test_missing_weights"].startswith("qwen-7b: no weights; pass --model-path")
     assert reason["test_forgets_to_assert"] == "too far"
     assert found[("test_records", "qwen-tiny-cpu-fp32-bs3-in8")]["reason"] == "bs3 is too far"
-    result.stdout.fnmatch_lines(["*llmgate results*", "demo: 3 passed, 3 failed, 1 error, "
+    result.stdout.fnmatch_lines(["*llmgate results*", "demo: 3 passed, 2 failed, 2 error, "
                                  "2 skipped", "*bs3-in8*failed*bs3 is too far*"])
 
 
@@ -220,3 +238,61 @@ def test_results_default_to_reports_under_the_rootdir(suite, monkeypatch):
     result = suite.runpytest(str(suite.path / "demo"), "-k", "records and bs1", "--run-id", "here")
     result.assert_outcomes(passed=1)
     assert (suite.path / "reports" / "here" / "demo.csv").exists()
+
+
+def test_a_run_id_killed_before_its_first_record_is_not_reused_without_resume(suite):
+    killed = suite.path / "reports" / "killed"
+    (killed / "accuracy").mkdir(parents=True)  # answers written before any record
+    (killed / "accuracy" / "answers.jsonl").write_text('{"id": 1}\n')
+    result = suite.runpytest("-k", "records and bs1", "--run-id", "killed")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--run-id 'killed' already has files in *killed; pass "
+                                 "--resume to continue it, or choose another --run-id*"])
+    suite.runpytest("-k", "records and bs1", "--run-id", "killed", "--resume").assert_outcomes(
+        passed=1)
+
+
+def test_repeated_values_run_each_case_once(suites):
+    once = suites.runpytest("copied_suites/numerics", "--collect-only", "-q", "--model",
+                            "qwen-tiny", "--dtype", "fp32", "--seqlen", "32", "--batch", "1")
+    twice = suites.runpytest("copied_suites/numerics", "--collect-only", "-q", "--model",
+                             "qwen-tiny,qwen-tiny", "--dtype", "fp32,fp32", "--hardware",
+                             "cpu,cpu", "--seqlen", "32,32", "--batch", "1", "--batch", "1")
+    ids = [line for line in twice.outlines if "::" in line]
+    assert ids and len(ids) == len(set(ids))
+    assert ids == [line for line in once.outlines if "::" in line]
+
+
+def test_the_perf_suite_takes_seqlen_as_its_input_lengths(suites):
+    def ids(*args):
+        result = suites.runpytest("copied_suites/perf", "--collect-only", "-q", "--model",
+                                  "qwen-tiny", "--batch", "1", *args)
+        return sorted(line.split("[")[1].rstrip("]") for line in result.outlines if "::" in line)
+
+    assert ids("--seqlen", "32") == ["qwen-tiny-cpu-fp32-bs1-in32-out32"]
+    assert ids("--seqlen", "16,64") == ["qwen-tiny-cpu-fp32-bs1-in16-out32",
+                                        "qwen-tiny-cpu-fp32-bs1-in64-out32"]
+    # explicit perf pairs win over --seqlen
+    assert ids("--seqlen", "32", "--seqlen-in-pair", "8", "--seqlen-out-pair", "4") == [
+        "qwen-tiny-cpu-fp32-bs1-in8-out4"]
+
+
+def test_a_rank_directory_given_as_model_path_is_a_usage_error(suite, tmp_path):
+    from harness.cli import main
+    from tests.conftest import tiny_checkpoint
+
+    out = tmp_path / "qwen-tp2"
+    assert main(["weights", "cut", str(tiny_checkpoint("qwen-tiny")), str(out),
+                 "--world-size", "2"]) == 0
+    result = suite.runpytest("--model-path", f"qwen-tiny={out}/part_model/0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--model-path qwen-tiny={out}/part_model/0: rank 0 of a "
+                                 "checkpoint split for 2 ranks; give the directory that holds "
+                                 f"part_model/ ({out}) and --tp 2*"])
+
+
+def test_help_lists_each_option_spelling_once(suite):
+    result = suite.runpytest("--help")
+    text = result.stdout.str()
+    assert "--repeats=N, --repeats=N" not in text and "--repeats=N" in text
+    assert "--seqlen-in-pair=N [N ...], --seqlen_in_pair=N [N ...]" in text

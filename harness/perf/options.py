@@ -12,20 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from harness.values import positive_int, split_values
+from harness.values import MAX_BATCH, positive_int, split_values
 
 DEFAULT_BATCHES = [1, 8]
 DEFAULT_PAIRS = [(32, 32), (128, 32)]
+DEFAULT_OUT = 32  # new tokens per --seqlen prompt length, when no perf pairs are given
+MIN_MEMORY = 2**20  # below this --memory-limit is a number missing its unit
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
          "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
 def add_options(group) -> None:
-    def add(name: str, **kwargs):
-        group.addoption(f"--{name}", f"--{name.replace('-', '_')}", **kwargs)
+    def add(name: str, **kwargs):  # the seeds' spelling too, where it differs
+        group.addoption(*dict.fromkeys((f"--{name}", f"--{name.replace('-', '_')}")), **kwargs)
 
     add("seqlen-in-pair", nargs="+", metavar="N",
-        help="perf: prompt lengths, zipped with --seqlen-out-pair (default: 32 128)")
+        help="perf: prompt lengths, zipped with --seqlen-out-pair (default: --seqlen's "
+             "lengths, each with 32 new tokens; without --seqlen, 32 128)")
     add("seqlen-out-pair", nargs="+", metavar="N",
         help="perf: new-token counts, one per --seqlen-in-pair value (default: 32 32)")
     add("seqlen-in-range", nargs=2, metavar=("START", "END"),
@@ -71,11 +74,15 @@ def parse_size(option: str, text: str) -> int:
     if not match or match.group(2).lower() not in UNITS or float(match.group(1)) <= 0:
         raise pytest.UsageError(f"{option} {text!r}: expected a size like 512MiB, 2GB or "
                                 "1073741824")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    if size < MIN_MEMORY:
+        raise pytest.UsageError(f"{option} {text!r}: {size} bytes cannot hold a model; give a "
+                                f"unit, e.g. {match.group(1)}MiB")
+    return size
 
 
 def _lengths(option: str, values: list[str] | None) -> list[int]:
-    return [positive_int(option, v) for v in split_values(values)]
+    return [positive_int(option, v) for v in split_values(values, option)]
 
 
 def _power_range(option: str, values: list[str]) -> list[int]:
@@ -109,7 +116,8 @@ class PerfSettings:
 
     @classmethod
     def from_config(cls, config: pytest.Config, batches: list[int] | None,
-                    baselines_dir: Path) -> PerfSettings:
+                    seqlens: list[int], baselines_dir: Path) -> PerfSettings:
+        """`batches` and `seqlens` as given to --batch and --seqlen (empty: not given)."""
         opt = config.getoption
         in_pair = _lengths("--seqlen-in-pair", opt("--seqlen-in-pair"))
         out_pair = _lengths("--seqlen-out-pair", opt("--seqlen-out-pair"))
@@ -127,14 +135,15 @@ class PerfSettings:
             pairs = [(i, o) for i in _power_range("--seqlen-in-range", in_range)
                      for o in _power_range("--seqlen-out-range", out_range)]
         else:
-            pairs = list(zip(in_pair, out_pair)) or DEFAULT_PAIRS
+            pairs = (list(zip(in_pair, out_pair)) or [(s, DEFAULT_OUT) for s in seqlens]
+                     or DEFAULT_PAIRS)
         tolerance, min_ratio = opt("--perf-tolerance"), opt("--perf-min-ratio")
         if not 0 <= tolerance < 10:
             raise pytest.UsageError(f"--perf-tolerance {tolerance}: expected a fraction >= 0, "
                                     "e.g. 0.10")
         if min_ratio is not None and min_ratio <= 0:
             raise pytest.UsageError(f"--perf-min-ratio {min_ratio}: expected a ratio > 0")
-        names = split_values(opt("--perf-baseline"))
+        names = split_values(opt("--perf-baseline"), "--perf-baseline")
         if names and names != ["none"]:
             from harness.baselines import ours_baselines, perf_tables
 
@@ -145,7 +154,12 @@ class PerfSettings:
                     raise pytest.UsageError(f"--perf-baseline {name!r} is unknown; stored in "
                                             f"{baselines_dir}: {', '.join(sorted(known))}")
         memory = opt("--memory-limit")
+        memory_limit = parse_size("--memory-limit", memory) if memory else None
         next_ms = opt("--max-next-token-ms")
+        for option, value in (("--memory-limit", memory), ("--max-next-token-ms", next_ms)):
+            if value is not None and not opt("--max-batch"):
+                raise pytest.UsageError(f"{option} applies to the max-batch search only; add "
+                                        "--max-batch")
         if next_ms is not None and next_ms <= 0:
             raise pytest.UsageError(f"--max-next-token-ms {next_ms}: expected a time > 0")
         return cls(
@@ -156,9 +170,10 @@ class PerfSettings:
             min_ratio=min_ratio, baselines=None if not names else
             [] if names == ["none"] else names, assume_unit=opt("--assume-unit"),
             max_batch=opt("--max-batch"),
-            memory_limit=parse_size("--memory-limit", memory) if memory else None,
+            memory_limit=memory_limit,
             max_next_token_ms=next_ms,
-            max_batch_cap=positive_int("--max-batch-cap", str(opt("--max-batch-cap"))),
+            max_batch_cap=positive_int("--max-batch-cap", str(opt("--max-batch-cap")),
+                                       maximum=MAX_BATCH),
             baselines_dir=baselines_dir)
 
     def length_requests(self) -> list[tuple[int, str]]:

@@ -247,8 +247,9 @@ def _num(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def render(run_dir: Path) -> Path:
-    """Write `index.html` and `summary.md` into the run directory; point `latest` at it."""
+def render(run_dir: Path, move_latest: bool = False) -> Path:
+    """Write `index.html` and `summary.md` into the run directory; with `move_latest` (a run
+    that executed cases, not a re-render of an old one) point `latest` at it."""
     run_dir = Path(run_dir)
     ctx = context(run_dir)
     env = _environment()
@@ -257,7 +258,7 @@ def render(run_dir: Path) -> Path:
     (run_dir / "summary.md").write_text(env.get_template("summary.md.j2").render(**ctx),
                                         encoding="utf-8")
     latest = run_dir.parent / "latest"
-    if latest.is_symlink() or not latest.exists():
+    if move_latest and (latest.is_symlink() or not latest.exists()):
         tmp = run_dir.parent / f".latest-{os.getpid()}"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(run_dir.name)
