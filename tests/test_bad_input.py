@@ -248,7 +248,7 @@ def test_a_quantization_config_llmgate_does_not_implement_is_refused(make_tiny, 
 
 def test_llmgates_own_int8_checkpoint_still_loads_and_verifies(tmp_path):
     from harness.checkpoints import verify_checkpoint
-    from harness.weights_commands import quant
+    from harness.cli.weights import quant
     from tests.conftest import tiny_checkpoint
 
     out = tmp_path / "w8a16"

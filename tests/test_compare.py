@@ -1,4 +1,4 @@
-"""harness.compare's logit metrics; `llmgate compare` and the perf figures every command
+"""harness.numerics.logits' logit metrics; `llmgate compare` and the perf figures every command
 prints."""
 
 import argparse
@@ -9,14 +9,14 @@ import re
 
 import torch
 
-from harness import baseline_commands
 from harness.baselines import OursBaseline, save_ours
 from harness.cases import Case
-from harness.compare import position_metrics, summarize
+from harness.cli import baseline as baseline_commands
+from harness.cli.runs import cmd_compare, cmd_history, compare_runs
+from harness.numerics.logits import position_metrics, summarize
 from harness.perf.gate import gate
 from harness.perf.timing import Samples, summary
 from harness.results import ResultsStore, merge, summary_table
-from harness.run_commands import cmd_compare, cmd_history, compare_runs
 
 
 def test_identical_logits_are_perfect():
@@ -105,7 +105,9 @@ def table_row(text: str, first: str) -> dict[str, str]:
 
 
 def agree(printed: str, value: float) -> bool:
-    return math.isclose(float(printed), value, rel_tol=1e-3, abs_tol=1e-3)
+    """`printed` (history marks a failed case's value "(failed)") equals `value` as shown."""
+    number = float(str(printed).removesuffix(" (failed)"))
+    return math.isclose(number, value, rel_tol=1e-3, abs_tol=1e-3)
 
 
 def test_every_command_shows_the_same_figure_for_the_same_case(tmp_path, capsys):

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.cases import Case
-from harness.compare import LogitStats, summarize
-from harness.numerics import (
+from harness.numerics.logits import LogitStats, summarize
+from harness.numerics.teacher_forced import (
     fp32_verdict,
     load_thresholds,
     make_prompt,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from harness.numerics import teacher_forced
+from harness.numerics.teacher_forced import teacher_forced
 from harness.ports.hf import HFRunner, check_remote_code, enter_rank
 from harness.runners import ReferenceRunner
 from harness.verdicts import nan_max

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.cli.runs import VOLATILE, compare_runs
 from harness.report.history import history_charts, history_table, runs
 from harness.report.render import context, render
 from harness.results import latest_rows, load_records, merge
-from harness.run_commands import VOLATILE, compare_runs
 from tests.example_run import PERF_CASES, write_run
 from tests.report_cases import (
     FAILING_CASE,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.numerics import load_thresholds
+from harness.numerics.teacher_forced import load_thresholds
 from harness.plugin import parametrize_cases
 from harness.settings import GREEDY_NEW_TOKENS
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.devices import QUANTIZED
-from harness.numerics import (
+from harness.numerics.teacher_forced import (
     fp32_verdict,
     make_prompt,
     nonfinite_failures,

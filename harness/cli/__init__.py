@@ -21,10 +21,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness import baseline_commands, run_commands, weights_commands
+from harness.cli import baseline as baseline_commands
+from harness.cli import runs as run_commands
+from harness.cli import weights as weights_commands
 from models.config import EMBEDDED_MODELS, REGISTRY
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("numerics", "accuracy", "perf")
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from harness.cases import Case
-from harness.compare import LogitStats, summarize
 from harness.devices import QUANTIZED
+from harness.numerics.logits import LogitStats, summarize
 from harness.runners import Runner
 from harness.verdicts import (
     Verdict,
@@ -29,7 +29,7 @@ from models.config import TINY_MODELS
 
 QUANTIZED_KEYS = ("top1_agreement", "mean_kl", "max_kl", "min_cosine", "relative_to_fake",
                   "fake_slack")
-THRESHOLDS_FILE = Path(__file__).resolve().parent.parent / "suites" / "numerics" / "thresholds.toml"
+THRESHOLDS_FILE = Path(__file__).resolve().parent / "thresholds.toml"
 
 
 def load_thresholds(path: Path = THRESHOLDS_FILE) -> dict:
