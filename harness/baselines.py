@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import jsonl
+
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
 PERF_COLUMNS = ("source", "table", "model", "hardware", "device", "dtype", "batch", "input_len",
                 "output_len", "grid", "metric", "value", "unit", "note")
@@ -203,13 +205,7 @@ ANSWER_FIELDS = ("id", "subject", "category", "expected", "predicted", "correct"
 
 def read_answers_file(path: Path) -> list[dict]:
     """The answers (or samples) of a run's answer file, the last one per id."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return list({r["id"]: r for r in rows}.values())
+    return list({r["id"]: r for r in jsonl.read(path)}.values())
 
 
 def perf_tables(root: Path = BASELINES_DIR) -> list[PerfRow]:

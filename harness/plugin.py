@@ -1,10 +1,13 @@
 """The pytest plugin behind the suites: settings, runner pool, hardware gating, results.
 
-Options are declared in the root `conftest.py` and checked at start-up (`harness.settings`).
-Every suite test that runs a `Case` leaves exactly one record, written from pytest's report
-hook so that no suite can forget it: passed, failed, error (with its one-line reason) or
-skipped (with the reason), plus whatever metrics the test passed to `record(...)`. The
-records, the merged CSVs and the console table therefore always agree with pytest's exit
+Options are declared in the root `conftest.py` and checked at start-up (`harness.settings`);
+the suites' conftest files read the plugin from `config.stash[LLMGATE]` and expand their grids
+(`harness.{numerics,perf,accuracy}.grid`). Every suite test that runs a `Case` leaves exactly
+one record, written from pytest's report hook so that no suite can forget it: passed, failed,
+error (with its one-line reason) or skipped (with the reason), plus whatever metrics the test
+passed to `record(...)`. At the end of the session the run's rows are read once, each suite's
+session end adds what only the whole run shows (`SESSION_ENDS`), and the same rows go to the
+CSVs, the report and the console table, which therefore always agree with pytest's exit
 status.
 """
 
@@ -18,15 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from harness import named_baselines
+from harness.accuracy import session as accuracy_session
 from harness.cases import Case
 from harness.devices import DTYPE_NAMES, QUANTIZED, activation_dtype, get_backend, scheme
+from harness.perf import session as perf_session
 from harness.results import (
     RECORD_FORMAT,
     ResultsStore,
     environment,
     latest_rows,
     load_records,
-    merge,
     new_run_id,
     summary_table,
 )
@@ -36,6 +41,8 @@ from harness.values import checked_run_id
 from harness.verdicts import Verdict
 
 OUTCOME = pytest.StashKey[dict]()
+# Each suite's session end: (the run's latest rows, settings) -> records of the whole run.
+SESSION_ENDS = (perf_session.finish, accuracy_session.finish)
 
 
 class RunnerPool:
@@ -164,6 +171,7 @@ class LlmgatePlugin:
         self.executed = 0  # tests this session ran (xdist: reported by the workers)
         self.started = time.time()
         self.store: ResultsStore | None = None
+        self.rows: list[dict] | None = None  # the run's latest rows, once the session ended
         resume = config.getoption("--resume")
         recorded = load_records(self.run_dir)
         if not self.is_worker:
@@ -283,23 +291,23 @@ class LlmgatePlugin:
         if self.is_worker or self.collect_only or not self.run_dir.exists():
             return
         rows = latest_rows(load_records(self.run_dir))
-        for row in self._grid_means(rows):
-            self.results().record({**row, "session": self.session, "worker": self.worker})
-            if not row["passed"]:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        rows = latest_rows(load_records(self.run_dir))
-        unmatched = self._unmatched_baselines(rows)
-        for row in self._baseline_records(rows, unmatched):
-            self.results().record({**row, "session": self.session, "worker": self.worker})
-            if not row["passed"]:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        extra = [row for finish in SESSION_ENDS for row in finish(rows, self.settings)]
         if rows and all(r.get("outcome") == "skipped" for r in rows):
             # A gate that measured nothing must not pass.
-            self.results().record({
-                "suite": "run", "case": "selection", "test": "-", "outcome": "failed",
-                "passed": False, "session": self.session, "worker": self.worker,
-                "reason": f"no case was measured: all {len(rows)} selected were skipped"})
+            extra.append({"suite": "run", "case": "selection", "test": "-", "outcome": "failed",
+                          "passed": False, "reason": f"no case was measured: all {len(rows)} "
+                                                     "selected were skipped"})
+        recorded = [self.results().record({**row, "session": self.session,
+                                           "worker": self.worker}) for row in extra]
+        if not all(row["passed"] for row in recorded):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self._write_run_json(named_baselines.failed_names(recorded))
+        from harness.report.render import publish
+
+        self.rows = latest_rows(rows + recorded)
+        self.report = publish(self.run_dir, self.rows, move_latest=self.executed > 0)
+
+    def _write_run_json(self, unmatched_baselines: list[str]) -> None:
         devices = {}
         for hardware in self.settings.hardware:
             backend = get_backend(hardware)
@@ -313,79 +321,17 @@ class LlmgatePlugin:
             {"format": RECORD_FORMAT, "run_id": self.run_id, "started": started,
              "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
              "duration_s": time.time() - started, "devices": devices,
-             "unmatched_baselines": [name for _, _, name in unmatched], **environment()},
+             "unmatched_baselines": unmatched_baselines, **environment()},
             indent=2))
-        merge(self.run_dir)
-        from harness.report.render import render
-
-        self.report = render(self.run_dir, move_latest=self.executed > 0)
-
-    def _unmatched_baselines(self, rows: list[dict]) -> list[tuple[str, str, str]]:
-        """(option, suite, name) of the baselines named with --perf-baseline /
-        --accuracy-baseline that no case of their suite met, for the suites this run has
-        records of (`llmgate run` runs the perf suite in a session of its own)."""
-        named = ([("--perf-baseline", "perf", n) for n in self.settings.perf.baselines or []]
-                 + [("--accuracy-baseline", "accuracy", n)
-                    for n in self.settings.accuracy.baselines or []])
-        ran = {r["suite"] for r in rows}
-        used = {(r["suite"], c["baseline"].split(":")[0]) for r in rows
-                for c in r.get("comparisons", []) if isinstance(c, dict) and "baseline" in c}
-        return [(option, suite, name) for option, suite, name in named
-                if suite in ran and (suite, name) not in used]
-
-    def _baseline_records(self, rows: list[dict], unmatched: list[tuple[str, str, str]]):
-        """A failing run record per unmatched named baseline (a gate that compared nothing
-        must not pass); a passing one where a resumed run has since matched it."""
-        failing = {(o, s, n): f"{o} {n} matched no case; it has {self._holdings(s, n)}"
-                   for o, s, n in unmatched}
-        earlier = {r["case"] for r in rows if r["suite"] == "run" and not r.get("passed")}
-        for name in (self.settings.perf.baselines or []) + (self.settings.accuracy.baselines
-                                                             or []):
-            reason = next((text for (_, _, n), text in failing.items() if n == name), "")
-            if reason or f"baseline {name}" in earlier:
-                yield {"suite": "run", "case": f"baseline {name}", "test": "-",
-                       "outcome": "failed" if reason else "passed", "passed": not reason,
-                       "reason": reason}
-
-    def _holdings(self, suite: str, name: str, shown: int = 4) -> str:
-        """What a stored baseline could have matched, in a few words."""
-        from harness.baselines import accuracy_tables, ours_baselines, perf_tables
-
-        root = self.settings.perf.baselines_dir
-        if suite == "perf":
-            cells = [f"{r.model} {r.hardware} {r.dtype} bs{r.batch} "
-                     + (f"grid in2^{r.grid[0][0]}..2^{r.grid[0][-1]}" if r.grid else
-                        f"in{r.input_len or '*'} out{r.output_len or '*'}")
-                     for r in perf_tables(root) if r.name == name]
-        else:
-            cells = [f"{r.model} {r.task} {r.hardware} {r.dtype}"
-                     for r in accuracy_tables(root) if r.name == name]
-        kind = "rows for"
-        if not cells:
-            baseline = ours_baselines(root, suite).get(name)
-            cells, kind = (list(baseline.cases) if baseline else []), "cases"
-        cells = list(dict.fromkeys(cells))
-        more = f" (+{len(cells) - shown} more)" if len(cells) > shown else ""
-        return f"{kind} {', '.join(cells[:shown])}{more}"
-
-    def _grid_means(self, rows: list[dict]) -> list[dict]:
-        """The perf tables' grid means this run covered (computed once all cases are in)."""
-        from harness.perf.case import baselines
-        from harness.perf.gate import aggregate_rows
-
-        perf = self.settings.perf
-        tables, _ = baselines(perf.baselines_dir, perf.baseline_names())
-        return aggregate_rows(rows, tables, perf.tolerance, perf.min_ratio, perf.assume_unit)
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.is_worker or self.collect_only or not self.run_dir.exists():
+        if self.rows is None:  # a worker, --collect-only, or a run that recorded nothing
             return
-        table = summary_table(self.run_dir)
+        table = summary_table(self.run_dir, self.rows)
         if table:
             terminalreporter.write_sep("=", f"llmgate results: {self.run_dir}")
             terminalreporter.write_line(table)
-        if getattr(self, "report", None):
-            terminalreporter.write_line(f"report: {self.report}")
+        terminalreporter.write_line(f"report: {self.report}")
 
 
 def shard_models(models: list[str], shards: int) -> dict[str, int]:
@@ -411,15 +357,18 @@ def _case(item) -> Case | None:
     return case if isinstance(case, Case) else None
 
 
+LLMGATE = pytest.StashKey[LlmgatePlugin]()  # config.stash[LLMGATE]: this session's plugin
+
+
 def pytest_configure(config: pytest.Config) -> None:
     plugin = LlmgatePlugin(config)
-    config._llmgate = plugin
+    config.stash[LLMGATE] = plugin
     config.pluginmanager.register(plugin, "llmgate")
 
 
 @pytest.fixture(scope="session")
 def llmgate(pytestconfig) -> Settings:
-    return pytestconfig._llmgate.settings
+    return pytestconfig.stash[LLMGATE].settings
 
 
 @pytest.fixture(scope="session")
@@ -432,7 +381,7 @@ def runner_pool(llmgate):
 @pytest.fixture(scope="session")
 def run_dir(pytestconfig) -> Path:
     """This run's results directory (reports/<run-id>/), where suites keep their files."""
-    return pytestconfig._llmgate.run_dir
+    return pytestconfig.stash[LLMGATE].run_dir
 
 
 @pytest.fixture

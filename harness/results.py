@@ -2,13 +2,12 @@
 
 Each process (the pytest controller, or each pytest-xdist worker) appends JSON lines to its own
 file under `reports/<run-id>/`, flushing after every record, so an interrupted run keeps all
-that was measured. At the end of the session the controller merges the files into one CSV per
-suite, sorted by case, and prints a short table.
+that was measured. At the end of the session the controller loads the records once, merges
+them into one CSV per suite, sorted by case, and prints a short table.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -19,8 +18,16 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
+from harness import jsonl
+
+RESULTS_DIR = "reports"  # the default results root, under the project's (pytest's) root
 RECORD_GLOB = "records-*.jsonl"
 RECORD_FORMAT = 1  # bump when a record's fields change meaning; newer ones are refused
+
+
+def results_root(given: str | None, root: Path) -> Path:
+    """--results-dir, else reports/ under `root` (pytest's rootdir, the CLI's project)."""
+    return Path(given or Path(root) / RESULTS_DIR).expanduser()
 
 
 def new_run_id() -> str:
@@ -57,32 +64,16 @@ class ResultsStore:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / f"records-{worker}.jsonl"
-        # A run killed mid-write leaves a partial last line: start on a fresh one.
-        if self.path.exists() and self.path.stat().st_size:
-            with open(self.path, "rb+") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
 
     def record(self, row: dict) -> dict:
         row = {**row, "format": RECORD_FORMAT, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        jsonl.append(self.path, [row])
         return row
 
 
 def load_records(run_dir: Path) -> list[dict]:
     """Every record of a run, skipping a line cut short by an interrupted write."""
-    rows = []
-    for file in sorted(Path(run_dir).glob(RECORD_GLOB)):
-        for line in file.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+    return [row for file in sorted(Path(run_dir).glob(RECORD_GLOB)) for row in jsonl.read(file)]
 
 
 def latest_rows(rows: list[dict]) -> list[dict]:
@@ -93,13 +84,11 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
-def merge(run_dir: Path) -> dict[str, Path]:
-    """Write `<suite>.csv` for each suite in the run (scalars only: samples and other lists
-    stay in the JSON-lines records), plus the perf suite's seed-format CSVs; returns the
-    suite files written."""
-    from harness.perf.report import write_seed_csvs
-
-    rows = latest_rows(load_records(run_dir))
+def merge(run_dir: Path, rows: list[dict] | None = None) -> dict[str, Path]:
+    """Write `<suite>.csv` for each suite of the run's latest `rows` (default: read from
+    `run_dir`), scalars only: samples and other lists stay in the JSON-lines records; returns
+    the files written."""
+    rows = latest_rows(load_records(run_dir)) if rows is None else rows
     written = {}
     for suite in sorted({row["suite"] for row in rows}):
         # Only the columns this suite's rows have; a NaN metric reads "nan", a metric the
@@ -110,7 +99,6 @@ def merge(run_dir: Path) -> dict[str, Path]:
         path = Path(run_dir) / f"{suite}.csv"
         part.to_csv(path, index=False)
         written[suite] = path
-    write_seed_csvs(run_dir, rows)
     return written
 
 
@@ -132,9 +120,10 @@ SUMMARY_COLUMNS = {
 }
 
 
-def summary_table(run_dir: Path, max_rows: int = 60) -> str:
-    """One table per suite, failures and errors first, then skips, then passes."""
-    rows = latest_rows(load_records(run_dir))
+def summary_table(run_dir: Path, rows: list[dict] | None = None, max_rows: int = 60) -> str:
+    """One table per suite of the run's latest `rows` (default: read from `run_dir`),
+    failures and errors first, then skips, then passes."""
+    rows = latest_rows(load_records(run_dir)) if rows is None else rows
     order = {"failed": 0, "error": 0, "skipped": 1, "passed": 2}
     sections = []
     for suite in sorted({r["suite"] for r in rows}):

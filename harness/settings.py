@@ -9,12 +9,11 @@ from __future__ import annotations
 import re
 import tempfile
 from dataclasses import dataclass, field
-from itertools import product
 from pathlib import Path
 
 import pytest
 
-from harness.accuracy.options import DEFAULT_BATCH, AccuracySettings
+from harness.accuracy.options import AccuracySettings
 from harness.baselines import (
     BASELINES_DIR,
     BaselineError,
@@ -22,7 +21,6 @@ from harness.baselines import (
     ours_baselines,
     perf_tables,
 )
-from harness.cases import Case
 from harness.checkpoints import (
     Weights,
     default_cache_dir,
@@ -31,7 +29,10 @@ from harness.checkpoints import (
     weights_layout,
 )
 from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
+from harness.numerics import grid as numerics_grid
+from harness.perf import grid as perf_grid
 from harness.perf.options import PerfSettings
+from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
 from models.checkpoint import CheckpointError, read_json
 from models.config import EMBEDDED_MODELS, REGISTRY, get_config
@@ -39,8 +40,6 @@ from models.parallel import SplitError, check_world_size
 from models.ported import check_parts, part_dirs, tensor_parallel_of
 
 DEFAULT_SEQLENS = [32, 128]
-# New tokens of the numerics suite's greedy-generation test (fp32 only).
-GREEDY_NEW_TOKENS = 32
 
 
 def writable_dir(option: str, path: Path) -> Path:
@@ -183,7 +182,7 @@ class Settings:
         batches = int_list("--batch", opt("--batch"), [], maximum=MAX_BATCH)
         seqlens = int_list("--seqlen", opt("--seqlen"), [])
         cache_dir = Path(opt("--cache-dir") or default_cache_dir()).expanduser()
-        results = Path(opt("--results-dir") or config.rootpath / "reports").expanduser()
+        results = results_root(opt("--results-dir"), config.rootpath)
         settings = cls(
             models=given or list(EMBEDDED_MODELS), perf_models=given or list(REGISTRY),
             model_paths=paths, hardware=hardware, dtypes_given=dtypes, batches_given=batches,
@@ -226,57 +225,15 @@ class Settings:
     def batches(self) -> list[int]:
         return self.batches_given or [1, 4]
 
-    def length_requests(self) -> list[tuple[list[str], int, str]]:
-        """(models, tokens, what asks for them): the longest sequence each check will run."""
-        requests = [(self.models, max(self.seqlens) + self.decode_steps,
-                     f"--seqlen {max(self.seqlens)} + --decode-steps {self.decode_steps}")]
-        if "fp32" in self.dtypes:
-            requests.append((self.models, min(self.seqlens) + GREEDY_NEW_TOKENS,
-                             f"--seqlen {min(self.seqlens)} + {GREEDY_NEW_TOKENS} generated "
-                             "tokens (greedy generation)"))
-        requests += [(self.perf_models, tokens, what)
-                     for tokens, what in self.perf.length_requests()]
-        return requests
-
     def check_lengths(self) -> None:
-        for models, tokens, what in self.length_requests():
+        """Every sequence the suites' grids will run fits its model's positions."""
+        for models, tokens, what in (numerics_grid.length_requests(self)
+                                     + perf_grid.length_requests(self)):
             for model in models:
                 limit = get_config(model).max_positions
                 if tokens > limit:
                     raise pytest.UsageError(f"{model} has {limit} positions; {what} = {tokens} "
                                             "tokens do not fit")
-
-    def cases(self, *, dtypes=None, batches=None, seqlens=None, out=None) -> list[Case]:
-        """The numerics grid, model-major so that each model is loaded once per process."""
-        out = self.decode_steps if out is None else out
-        return [Case(m, h, d, b, s, out, tags=self.tags)
-                for m in self.models for h, d, b, s in product(
-                    self.hardware, self.model_dtypes(m, dtypes or self.dtypes),
-                    batches or self.batches, seqlens or self.seqlens)]
-
-    def perf_cases(self) -> list[Case]:
-        """The perf grid: batches x (in, out) pairs, or batch "max" with --max-batch."""
-        batches = ["max"] if self.perf.max_batch else self.perf.batches
-        return [Case(m, h, d, b, i, o, tags=self.tags)
-                for m in self.perf_models for h, d, b, (i, o) in product(
-                    self.hardware, self.model_dtypes(m, self.dtypes_given or ["fp32"]), batches,
-                    self.perf.pairs)]
-
-    def accuracy_cases(self, task: str) -> list[Case]:
-        """A task's cases; the reference runner (transformers) runs on the CPU only."""
-        from harness.accuracy.case import shots_for
-
-        acc = self.accuracy
-        if task not in acc.tasks:
-            return []
-        reference = acc.runner == "reference"
-        tags = ((f"n{acc.samples}",) if task == "humaneval"
-                else (f"{shots_for(task, acc)}shot",)) + (("reference",) if reference else ())
-        return [Case(m, h, d, b, task=task, tags=(*tags, *self.tags))
-                for m in self.models for h, d, b in product(
-                    ["cpu"] if reference else self.hardware,
-                    self.model_dtypes(m, self.dtypes_given or ["fp32"]),
-                    self.batches_given or [DEFAULT_BATCH])]
 
     def weights(self, model: str) -> Weights:
         """The model's weights and where its tokenizer and float source are (read once)."""

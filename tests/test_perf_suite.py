@@ -152,27 +152,23 @@ def test_another_devices_rows_are_gated_and_a_named_baseline_that_matches_nothin
 
 
 def test_a_named_accuracy_baseline_that_matches_nothing_fails_the_run_that_ran_accuracy():
-    from types import SimpleNamespace
-
     from harness.baselines import BASELINES_DIR
-    from harness.plugin import LlmgatePlugin
+    from harness.named_baselines import records, unmatched
 
-    plugin = SimpleNamespace(settings=SimpleNamespace(
-        perf=SimpleNamespace(baselines=["dev-cpu"], baselines_dir=BASELINES_DIR),
-        accuracy=SimpleNamespace(baselines=["transformers-smollm2-fp32"])))
-    for name in ("_unmatched_baselines", "_baseline_records", "_holdings"):
-        setattr(plugin, name, getattr(LlmgatePlugin, name).__get__(plugin))
+    named = [("--perf-baseline", "perf", "dev-cpu"),
+             ("--accuracy-baseline", "accuracy", "transformers-smollm2-fp32")]
     accuracy = {"suite": "accuracy", "case": "qwen-tiny-cpu-fp32-mmlu", "outcome": "passed",
                 "comparisons": []}
-    unmatched = plugin._unmatched_baselines([accuracy])  # no perf records: perf not judged
-    assert unmatched == [("--accuracy-baseline", "accuracy", "transformers-smollm2-fp32")]
-    [record] = plugin._baseline_records([accuracy], unmatched)
+    # no perf records: perf not judged
+    assert unmatched([accuracy], named) == [("--accuracy-baseline", "accuracy",
+                                             "transformers-smollm2-fp32")]
+    [record] = records([accuracy], named, BASELINES_DIR)
     assert record["outcome"] == "failed" and record["case"] == \
         "baseline transformers-smollm2-fp32"
     assert record["reason"].startswith("--accuracy-baseline transformers-smollm2-fp32 matched "
                                        "no case; it has cases ceval-smollm2-135m")
     matched = {**accuracy, "comparisons": [{"baseline": "transformers-smollm2-fp32"}]}
-    assert plugin._unmatched_baselines([matched]) == []
+    assert unmatched([matched], named) == []
     # a resumed run that matches it now supersedes its earlier failure
-    [record] = plugin._baseline_records([matched, {**record, "suite": "run"}], [])
+    [record] = records([matched, {**record, "suite": "run"}], named, BASELINES_DIR)
     assert record["outcome"] == "passed"

@@ -1,5 +1,6 @@
 import json
 
+from harness import jsonl
 from harness.results import ResultsStore, latest_rows, load_records, merge, summary_table
 
 
@@ -32,6 +33,16 @@ def test_an_interrupted_write_loses_only_the_cut_line(tmp_path):
     assert [r["case"] for r in rows] == ["c1", "c2"]
     ResultsStore(tmp_path).record(row("c4"))  # a rerun appends
     assert [r["case"] for r in load_records(tmp_path)] == ["c1", "c2", "c4"]
+
+
+def test_an_append_after_a_cut_line_starts_a_fresh_one(tmp_path):
+    path = tmp_path / "accuracy" / "answers.jsonl"
+    jsonl.append(path, [{"id": "q1", "question": "下列"}])
+    with open(path, "a") as f:
+        f.write('{"id": "q2", "ques')  # killed mid-write
+    jsonl.append(path, [{"id": "q3"}, {"id": "q4"}])
+    assert [r["id"] for r in jsonl.read(path)] == ["q1", "q3", "q4"]
+    assert jsonl.read(path)[0]["question"] == "下列"
 
 
 def test_a_resumed_session_replaces_the_rows_it_reran(tmp_path):

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness import jsonl
 from harness.accuracy.datasets import Problem
-from harness.accuracy.scoring import append_rows, read_answers
+from harness.accuracy.scoring import read_answers
 from models.engine import Sampling, generate
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -93,7 +94,7 @@ def evaluate(runner, tokenizer, problems: list[Problem], sandbox, results: Path,
         scored = [Sample(f"{p.task_id}#{k}", p.task_id, k, c, o.status, o.detail, o.isolation,
                          reason, bad, o.status == "passed" and not bad)
                   for (p, k), (c, reason, bad), o in zip(chunk, completions, outcomes)]
-        append_rows(results, scored)
+        jsonl.append(results, [asdict(s) for s in scored])
         done.update({s.id: asdict(s) for s in scored})
         if progress:
             progress(len(chunk))

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from harness import jsonl
 from harness.accuracy.datasets import Question
 from harness.accuracy.prompts import LETTERS, MultipleChoiceTask
 from harness.stats import standard_error
@@ -41,31 +41,8 @@ class Answer:
 
 
 def read_answers(path: Path) -> dict[str, dict]:
-    """Answers already recorded for a case (a line cut short by a kill is ignored)."""
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[row["id"]] = row
-    return done
-
-
-def append_rows(path: Path, rows: list) -> None:
-    """Append dataclass rows as JSON lines, fsynced (answers, HumanEval samples)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        if f.tell():  # a kill mid-line leaves a partial line: start a fresh one
-            with open(path, "rb") as check:
-                check.seek(-1, os.SEEK_END)
-                if check.read(1) != b"\n":
-                    f.write("\n")
-        for row in rows:
-            f.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Answers (or samples) already recorded for a case, by id (the last one per id)."""
+    return {row["id"]: row for row in jsonl.read(path)} if path.exists() else {}
 
 
 def _fitting_prefix(task: MultipleChoiceTask, tokenizer, title: str, examples: list[Question],
@@ -103,7 +80,7 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask, title: str,
                 predicted = LETTERS[max(range(4), key=lambda i: logprobs[i])]
                 answers.append(Answer(q.id, q.subject, q.category, q.answer, predicted, logprobs,
                                       predicted == q.answer, shots, truncated, q.question))
-            append_rows(results, answers)
+            jsonl.append(results, [asdict(a) for a in answers])
             done.update({a.id: asdict(a) for a in answers})
             if progress:
                 progress(len(chunk))

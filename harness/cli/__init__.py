@@ -24,6 +24,7 @@ from tabulate import tabulate
 from harness.cli import baseline as baseline_commands
 from harness.cli import runs as run_commands
 from harness.cli import weights as weights_commands
+from harness.results import results_root
 from models.config import EMBEDDED_MODELS, REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,13 +57,13 @@ def cmd_run(args: argparse.Namespace, pytest_args: list[str]) -> int:
         if codes[-1] in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED):
             return codes[-1]
     if "perf" in suites:
-        results = Path(known.results_dir or ROOT / "reports") / run_id
+        results = results_root(known.results_dir, ROOT) / run_id
         started = results.is_dir() and any(results.iterdir())  # by the suites before it
         resume = ["--resume"] if started and not known.resume else []
         codes.append(int(pytest.main(["-q", str(ROOT / "suites" / "perf"), *pytest_args, *extra,
                                       *resume])))
     measured = [c for c in codes if c != pytest.ExitCode.NO_TESTS_COLLECTED]
-    report = Path(known.results_dir or ROOT / "reports") / run_id / "index.html"
+    report = results_root(known.results_dir, ROOT) / run_id / "index.html"
     if report.exists():
         print(f"\nllmgate report: {report}")
     return max(measured) if measured else codes[0]
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                              epilog="example: llmgate history --case "
                                     "qwen-tiny-cpu-fp32-bs8-in32-out32")
     history.add_argument("--case", metavar="ID", help="one case id (default: all)")
-    history.add_argument("--results-dir", default=str(ROOT / "reports"),
+    history.add_argument("--results-dir", default=str(results_root(None, ROOT)),
                          help="default: the project's reports/")
     history.add_argument("--last", type=_at_least_one, default=8, metavar="N",
                          help="values shown per metric (default: 8)")

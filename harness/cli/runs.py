@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from harness import jsonl
 from harness.baselines import read_answers_file
-from harness.results import RECORD_FORMAT, RECORD_GLOB, latest_rows, load_records, merge
+from harness.results import RECORD_FORMAT, RECORD_GLOB, latest_rows, load_records
 
 
 class RunError(ValueError):
@@ -25,26 +26,26 @@ class RunError(ValueError):
 VOLATILE = ("session", "worker", "time")  # differ between any two runs of the same thing
 
 
-def run_directory(path: Path) -> Path:
-    """`path` if it holds a run (records or run.json), else a one-line error saying why not."""
+def run_rows(path: Path) -> list[dict]:
+    """The latest rows of the run in `path` (read once), else a one-line error saying why it
+    is not a run llmgate can read."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path}: not a directory")
     if not list(path.glob(RECORD_GLOB)) and not (path / "run.json").exists():
         raise RunError(f"{path}: not a run (no {RECORD_GLOB} and no run.json)")
-    newer = [r for r in load_records(path) if r.get("format", 1) > RECORD_FORMAT]
+    records = load_records(path)
+    newer = [r for r in records if r.get("format", 1) > RECORD_FORMAT]
     if newer:
         raise RunError(f"{path}: records of format {newer[0]['format']} are newer than this "
                        f"llmgate reads ({RECORD_FORMAT}); update llmgate")
-    return path
+    return latest_rows(records)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report.render import render
+    from harness.report.render import publish
 
-    run_dir = run_directory(args.run_dir)
-    merge(run_dir)
-    print(render(run_dir))
+    print(publish(Path(args.run_dir), run_rows(args.run_dir)))
     return 0
 
 
@@ -64,9 +65,10 @@ def _versions(rows: list[dict]) -> dict[tuple[str, str], set]:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Join shard runs into one run, as if it had run on one host."""
-    from harness.report.render import render
+    from harness.report.render import publish
 
-    inputs = [run_directory(p) for p in args.run_dirs]
+    runs = [(Path(p), run_rows(p)) for p in args.run_dirs]
+    inputs = [path for path, _ in runs]
     twice = next((p for i, p in enumerate(inputs) if p.resolve() in
                   [q.resolve() for q in inputs[:i]]), None)
     if twice is not None:
@@ -74,16 +76,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise RunError(f"{out}: exists and is not empty; choose another OUT or --force")
-    runs = {p: latest_rows(load_records(p)) for p in inputs}
     seen: dict[tuple, Path] = {}
-    for path, rows in runs.items():
+    for path, rows in runs:
         for row in rows:
             key = (row["suite"], row["case"], row["test"])
             if key in seen and row["suite"] != "run":
                 raise RunError(f"{row['case']} {row['test']} is in both {seen[key]} and {path}: "
                                "overlapping shards")
             seen[key] = path
-    versions = _versions([r for rows in runs.values() for r in rows])
+    versions = _versions([r for _, rows in runs for r in rows])
     mixed = {k: v for k, v in versions.items() if len(v) > 1}
     if mixed and not args.force:
         (scope, field), values = next(iter(mixed.items()))
@@ -93,9 +94,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shards = []
-    for index, (path, rows) in enumerate(runs.items(), start=1):
-        with open(out / f"records-shard{index}.jsonl", "w") as f:
-            f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
+    for index, (path, rows) in enumerate(runs, start=1):
+        jsonl.append(out / f"records-shard{index}.jsonl", rows)
         if (path / "accuracy").is_dir():
             shutil.copytree(path / "accuracy", out / "accuracy", dirs_exist_ok=True)
         meta = path / "run.json"
@@ -106,9 +106,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
            "run_id": out.name, "merged_from": shards,
            "duration_s": sum(s.get("duration_s", 0) for s in shards)}
     (out / "run.json").write_text(json.dumps(run, indent=2))
-    merge(out)
-    print(f"merged {len(inputs)} runs ({sum(len(r) for r in runs.values())} records) into "
-          f"{out}; report: {render(out)}")
+    report = publish(out, latest_rows([r for _, rows in runs for r in rows]))
+    print(f"merged {len(inputs)} runs ({sum(len(rows) for _, rows in runs)} records) into "
+          f"{out}; report: {report}")
     return 0
 
 
@@ -116,8 +116,8 @@ def compare_runs(a: Path, b: Path, tolerance: float = 0.10) -> dict[str, list[di
     """Differences of run A against run B (B as the baseline), per suite."""
     from harness.accuracy.gate import paired_gate
 
-    rows_a = {(r["case"], r["test"]): r for r in latest_rows(load_records(a))}
-    rows_b = {(r["case"], r["test"]): r for r in latest_rows(load_records(b))}
+    rows_a = {(r["case"], r["test"]): r for r in run_rows(a)}
+    rows_b = {(r["case"], r["test"]): r for r in run_rows(b)}
     out: dict[str, list[dict]] = {"numerics": [], "perf": [], "accuracy": [], "outcome": []}
     for key in sorted(rows_a.keys() & rows_b.keys()):
         ra, rb = rows_a[key], rows_b[key]
@@ -178,7 +178,7 @@ def _compare_perf(ra: dict, rb: dict, b: Path, tolerance: float) -> list[dict]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    a, b = run_directory(args.run_a), run_directory(args.run_b)
+    a, b = Path(args.run_a), Path(args.run_b)
     diff = compare_runs(a, b, args.tolerance)
     if not any(diff.values()):
         print(f"no differences between {a} and {b}")
@@ -200,9 +200,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     root = Path(args.results_dir)
     if not root.is_dir():
         raise RunError(f"{root}: no results directory")
-    if not runs(root):
+    found = runs(root)
+    if not found:
         raise RunError(f"{root}: no runs (no subdirectory with run.json)")
-    table = history_table(root, {args.case} if args.case else None, last=args.last)
+    table = history_table(root, {args.case} if args.case else None, last=args.last, found=found)
     if not table:
         print(f"no stored values{' for ' + args.case if args.case else ''} in {root}")
         return 0

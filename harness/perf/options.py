@@ -175,6 +175,3 @@ class PerfSettings:
             max_batch_cap=positive_int("--max-batch-cap", str(opt("--max-batch-cap")),
                                        maximum=MAX_BATCH),
             baselines_dir=baselines_dir)
-
-    def length_requests(self) -> list[tuple[int, str]]:
-        return [(i + o, f"perf in {i} + out {o}") for i, o in self.pairs]

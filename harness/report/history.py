@@ -79,10 +79,12 @@ def regressed(name: str, before: float, after: float) -> bool:
     return after > before * threshold
 
 
-def history_table(root: Path, cases: set[str] | None = None, last: int = 8) -> list[dict]:
-    """One row per (case, metric): its values in the last runs and where it regressed."""
+def history_table(root: Path, cases: set[str] | None = None, last: int = 8,
+                  found: list | None = None) -> list[dict]:
+    """One row per (case, metric): its values in the last runs (`found`, default: those
+    under `root`) and where it regressed."""
     table = []
-    for (case_id, name), values in sorted(series(root, cases).items()):
+    for (case_id, name), values in sorted(series(root, cases, found).items()):
         entered = next((values[i][0] for i in range(1, len(values))
                         if regressed(name, values[i - 1][1], values[i][1])), "")
         table.append({"case": case_id, "metric": name, "values": values[-last:],
@@ -90,11 +92,12 @@ def history_table(root: Path, cases: set[str] | None = None, last: int = 8) -> l
     return table
 
 
-def history_charts(root: Path, cases: set[str] | None = None,
-                   per_metric: int = 6) -> list[str]:
-    """A trend chart per metric for the cases seen in the most runs (when there are >= 2); x
-    is the run, labelled by its id; failed values are marked."""
-    found = runs(root)
+def history_charts(root: Path, cases: set[str] | None = None, per_metric: int = 6,
+                   found: list | None = None) -> list[str]:
+    """A trend chart per metric for the cases seen in the most runs (`found`, default: those
+    under `root`) when there are >= 2; x is the run, labelled by its id; failed values are
+    marked."""
+    found = runs(root) if found is None else found
     data = series(root, cases, found)
     out = []
     for name in METRICS:

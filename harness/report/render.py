@@ -18,9 +18,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.baselines import read_answers_file
 from harness.perf.gate import METRICS
+from harness.perf.report import write_seed_csvs
 from harness.report import charts
-from harness.report.history import history_charts, history_table
-from harness.results import latest_rows, load_records
+from harness.report.history import history_charts, history_table, runs
+from harness.results import latest_rows, load_records, merge
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
 UNKNOWN = "unknown"  # a record whose outcome is none of OUTCOMES: shown, counted, never a pass
@@ -194,9 +195,12 @@ def accuracy_section(run_dir: Path, rows: list[dict]) -> dict:
     return {"cases": cases}
 
 
-def context(run_dir: Path) -> dict:
+def context(run_dir: Path, rows: list[dict] | None = None) -> dict:
+    """What the templates show of the run's latest `rows` (default: read from `run_dir`) and
+    of the runs beside it (read once)."""
     run_dir = Path(run_dir)
-    rows = latest_rows(load_records(run_dir))
+    rows = latest_rows(load_records(run_dir)) if rows is None else rows
+    found = runs(run_dir.parent)
     run_file = run_dir / "run.json"
     run = json.loads(run_file.read_text()) if run_file.exists() else {}
     suites = {suite: part for (suite,), part in _by(rows, "suite").items()}
@@ -216,8 +220,9 @@ def context(run_dir: Path) -> dict:
         "numerics": suites.get("numerics", []),
         "perf": perf_section(suites.get("perf", [])),
         "accuracy": accuracy_section(run_dir, suites.get("accuracy", [])),
-        "history": [h for h in history_table(run_dir.parent, cases) if h["runs"] > 1],
-        "history_charts": history_charts(run_dir.parent, cases),
+        "history": [h for h in history_table(run_dir.parent, cases, found=found)
+                    if h["runs"] > 1],
+        "history_charts": history_charts(run_dir.parent, cases, found=found),
     }
 
 
@@ -247,11 +252,12 @@ def _num(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def render(run_dir: Path, move_latest: bool = False) -> Path:
-    """Write `index.html` and `summary.md` into the run directory; with `move_latest` (a run
-    that executed cases, not a re-render of an old one) point `latest` at it."""
+def render(run_dir: Path, move_latest: bool = False, rows: list[dict] | None = None) -> Path:
+    """Write `index.html` and `summary.md` of the run's latest `rows` (default: read from
+    `run_dir`) into the run directory; with `move_latest` (a run that executed cases, not a
+    re-render of an old one) point `latest` at it."""
     run_dir = Path(run_dir)
-    ctx = context(run_dir)
+    ctx = context(run_dir, rows)
     env = _environment()
     html = run_dir / "index.html"
     html.write_text(env.get_template("report.html.j2").render(**ctx), encoding="utf-8")
@@ -264,3 +270,11 @@ def render(run_dir: Path, move_latest: bool = False) -> Path:
         tmp.symlink_to(run_dir.name)
         tmp.replace(latest)  # atomic: a reader never sees no `latest`
     return html
+
+
+def publish(run_dir: Path, rows: list[dict], move_latest: bool = False) -> Path:
+    """Every file a run's latest `rows` make: `<suite>.csv`, the perf suite's CSVs in the
+    seeds' format and the report (see `render`); returns the report."""
+    merge(run_dir, rows)
+    write_seed_csvs(run_dir, rows)
+    return render(run_dir, move_latest, rows)

@@ -1,14 +1,15 @@
 """Parametrization of the accuracy suite from the llmgate options."""
 
-from harness.plugin import parametrize_cases
+from harness.accuracy import grid
+from harness.plugin import LLMGATE, parametrize_cases
 
 
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    settings = metafunc.config._llmgate.settings
+    settings = metafunc.config.stash[LLMGATE].settings
     if metafunc.function.__name__ == "test_humaneval":
-        cases = settings.accuracy_cases("humaneval")
+        cases = grid.cases(settings, "humaneval")
     else:
-        cases = settings.accuracy_cases("ceval") + settings.accuracy_cases("mmlu")
+        cases = grid.cases(settings, "ceval") + grid.cases(settings, "mmlu")
     parametrize_cases(metafunc, cases)

@@ -2,9 +2,9 @@
 
 import pytest
 
+from harness.numerics import grid
 from harness.numerics.teacher_forced import load_thresholds
-from harness.plugin import parametrize_cases
-from harness.settings import GREEDY_NEW_TOKENS
+from harness.plugin import LLMGATE, parametrize_cases
 
 # The padding check reruns every row alone (and against the reference in bf16/fp16): a few
 # decode steps show whether padding leaks into later positions.
@@ -14,16 +14,16 @@ PADDING_STEPS = 4
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    settings = metafunc.config._llmgate.settings
+    settings = metafunc.config.stash[LLMGATE].settings
     name = metafunc.function.__name__
     if name == "test_padding_invariance":  # needs a padded batch; runs each row alone too
-        cases = [c for c in settings.cases(out=min(settings.decode_steps, PADDING_STEPS))
+        cases = [c for c in grid.cases(settings, out=min(settings.decode_steps, PADDING_STEPS))
                  if c.batch > 1]
     elif name == "test_greedy_generation":  # exact token equality: fp32 runs only
-        cases = [c for c in settings.cases(batches=[2], seqlens=[min(settings.seqlens)],
-                                           out=GREEDY_NEW_TOKENS) if c.dtype == "fp32"]
+        cases = [c for c in grid.cases(settings, batches=[2], seqlens=[min(settings.seqlens)],
+                                       out=grid.GREEDY_NEW_TOKENS) if c.dtype == "fp32"]
     else:
-        cases = settings.cases()
+        cases = grid.cases(settings)
     parametrize_cases(metafunc, cases)
 
 

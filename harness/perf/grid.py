@@ -1,0 +1,27 @@
+"""The perf suite's case grid, and the longest sequences it will run."""
+
+from __future__ import annotations
+
+from itertools import product
+from typing import TYPE_CHECKING
+
+from harness.cases import Case
+
+if TYPE_CHECKING:
+    from harness.settings import Settings
+
+
+def cases(settings: Settings) -> list[Case]:
+    """The perf grid: batches x (in, out) pairs, or batch "max" with --max-batch."""
+    perf = settings.perf
+    batches = ["max"] if perf.max_batch else perf.batches
+    return [Case(m, h, d, b, i, o, tags=settings.tags)
+            for m in settings.perf_models for h, d, b, (i, o) in product(
+                settings.hardware, settings.model_dtypes(m, settings.dtypes_given or ["fp32"]),
+                batches, perf.pairs)]
+
+
+def length_requests(settings: Settings) -> list[tuple[list[str], int, str]]:
+    """(models, tokens, what asks for them): each (in, out) pair of the grid."""
+    return [(settings.perf_models, i + o, f"perf in {i} + out {o}")
+            for i, o in settings.perf.pairs]
