@@ -1,6 +1,6 @@
 """The pytest plugin behind the suites: settings, runner pool, hardware gating, results.
 
-Options are declared in the root `conftest.py` and checked at start-up (`harness.settings`).
+Options are declared in `harness.options` and checked at start-up (`harness.settings`).
 Every suite test that runs a `Case` leaves exactly one record, written from pytest's report
 hook so that no suite can forget it: passed, failed, error (with its one-line reason) or
 skipped (with the reason), plus whatever metrics the test passed to `record(...)`. The
@@ -414,7 +414,7 @@ def _case(item) -> Case | None:
 def pytest_configure(config: pytest.Config) -> None:
     plugin = LlmgatePlugin(config)
     config._llmgate = plugin
-    config.pluginmanager.register(plugin, "llmgate")
+    config.pluginmanager.register(plugin, "llmgate-session")  # "llmgate" is the entry point
 
 
 @pytest.fixture(scope="session")
