@@ -15,11 +15,13 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from harness import jsonl
 
-BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
+# The `baselines` package: the repository's directory, or its copy in an installed llmgate.
+BASELINES_DIR = Path(str(resources.files("baselines")))
 PERF_COLUMNS = ("source", "table", "model", "hardware", "device", "dtype", "batch", "input_len",
                 "output_len", "grid", "metric", "value", "unit", "note")
 PERF_METRICS = ("first_token", "next_token", "e2e_throughput", "max_batch", "none")

@@ -13,21 +13,17 @@ open, is rebuilt, with a warning that says why.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from harness.cache import ensure_entry, sha256
 from harness.reference import hf_model
 from models import ported
 from models.checkpoint import Checkpoint, CheckpointError, read_config
@@ -74,21 +70,8 @@ def ensure_checkpoint(name: str, cache_dir: Path | None = None) -> tuple[Path, s
                          f"(embedded: {', '.join(EMBEDDED_MODELS)})")
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / f"{name}-v{CACHE_VERSION}"
-    problem = entry_problem(path)
-    if problem is None:
-        return path, "verified"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f".{name}.lock"):
-        problem = entry_problem(path)  # another process may have built it meanwhile
-        if problem is None:
-            return path, "verified"
-        if name != "smollm2-135m":
-            embedded_checkpoint("smollm2-135m", cache_dir)  # the tokenizer's source
-        _build_atomically(path, lambda out: _build(name, out, cache_dir))
-    if problem == "missing":
-        return path, "built"
-    warnings.warn(f"{path}: cache entry rebuilt: {problem}", stacklevel=3)
-    return path, f"rebuilt: {problem}"
+    return path, ensure_entry(path, entry_problem, lambda out: _build(name, out, cache_dir),
+                              "cache entry")
 
 
 STRUCTURE_FIELDS = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
@@ -161,7 +144,7 @@ def entry_problem(path: Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != expected.get("size"):
             return f"{name} has {file.stat().st_size} bytes, expected {expected.get('size')}"
-        if _sha256(file) != expected.get("sha256"):
+        if sha256(file) != expected.get("sha256"):
             return f"{name} does not match its SHA-256 digest"
     try:
         Checkpoint(path).close()  # parses config.json, the index and the weight headers
@@ -170,50 +153,18 @@ def entry_problem(path: Path) -> str | None:
     return None
 
 
-def _sha256(file: Path) -> str:
-    with open(file, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def follow_umask(root: Path) -> None:
-    """Give `root` and everything under it the modes the umask allows: mkdtemp creates 0700
-    and safetensors writes 0600, which hides a shared cache or /data from teammates."""
-    umask = os.umask(0)  # the only way to read it; set back at once
-    os.umask(umask)
-    for path in [root, *root.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _build_atomically(path: Path, build) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        build(tmp)
-        follow_umask(tmp)
-        files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
-                 for f in sorted(tmp.iterdir()) if f.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _build(name: str, out: Path, cache_dir: Path) -> None:
+    """The entry's files, then its manifest (last: an entry without one is incomplete)."""
     if name == "smollm2-135m":
         convert_smollm2(out)
-        return
-    write_tiny_checkpoint(get_config(name), out, TINY_LAYOUTS[name])
-    tokenizer_dir = cache_dir / f"smollm2-135m-v{CACHE_VERSION}"
-    for file in TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / file, out / file)
+    else:
+        write_tiny_checkpoint(get_config(name), out, TINY_LAYOUTS[name])
+        tokenizer_dir = embedded_checkpoint("smollm2-135m", cache_dir)  # the tokenizer's source
+        for file in TOKENIZER_FILES:
+            shutil.copy(tokenizer_dir / file, out / file)
+    files = {f.name: {"size": f.stat().st_size, "sha256": sha256(f)}
+             for f in sorted(out.iterdir()) if f.is_file()}
+    (out / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
 
 
 def convert_smollm2(out: Path) -> None:

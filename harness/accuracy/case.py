@@ -5,8 +5,6 @@ The suite calls `multiple_choice_case` or `humaneval_case` and records what they
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import warnings
 from collections import Counter
@@ -137,10 +135,10 @@ def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
     available = datasets.load_humaneval(acc.humaneval_path)
     problems = available[: acc.problems] if acc.problems else available
     results = run_dir / "accuracy" / case.id / "samples.jsonl"
-    generation = json.dumps([humaneval.VERSION, humaneval.STOP_SEQUENCES, acc.max_new_tokens,
-                             acc.temperature, acc.samples])
-    identity = dict(task="humaneval", model=case.model, task_version=humaneval.VERSION,
-                    prompt_hash=hashlib.sha256(generation.encode()).hexdigest()[:12])
+    task = TASKS["humaneval"]
+    identity = dict(task=task.name, model=case.model, task_version=task.version,
+                    prompt_hash=task.prompt_hash(acc.max_new_tokens, acc.temperature,
+                                                 acc.samples))
     with tqdm(total=len(problems) * acc.samples, desc=case.id, disable=None,
               leave=False) as bar:
         rows = humaneval.evaluate(runner, tokenizer, problems, sandbox, results, case.batch,

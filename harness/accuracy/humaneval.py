@@ -20,11 +20,9 @@ import torch
 
 from harness import jsonl
 from harness.accuracy.datasets import Problem
+from harness.accuracy.prompts import HUMANEVAL
 from harness.accuracy.scoring import read_answers
 from models.engine import Sampling, generate
-
-STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
-VERSION = 2  # bump when the prompts, the stops, the program layout or its scoring change
 
 
 @dataclass
@@ -45,14 +43,14 @@ class Sample:
 
 def truncate(completion: str) -> str:
     """The completion up to the first stop sequence."""
-    cut = min((completion.find(s) for s in STOP_SEQUENCES if s in completion),
+    cut = min((completion.find(s) for s in HUMANEVAL.stop_sequences if s in completion),
               default=len(completion))
     return completion[:cut]
 
 
 def program(problem: Problem, completion: str) -> str:
-    return (f"{problem.prompt}{completion}\n\n{problem.test}\n\n"
-            f"check({problem.entry_point})\n")
+    return HUMANEVAL.program.format(prompt=problem.prompt, completion=completion,
+                                    test=problem.test, entry_point=problem.entry_point)
 
 
 def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
@@ -67,7 +65,7 @@ def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
         ids[row, width - len(tokens):], mask[row, width - len(tokens):] = torch.tensor(tokens), 1
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     result = generate(runner, ids, mask, max_new_tokens, sampling=sampling, stop_tokens=stops,
-                      stop_sequences=STOP_SEQUENCES, detokenize=tokenizer.decode)
+                      stop_sequences=HUMANEVAL.stop_sequences, detokenize=tokenizer.decode)
     out = []
     for row, tokens in enumerate(result.tokens):
         if tokens and tokens[-1] in stops:

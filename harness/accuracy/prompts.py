@@ -1,4 +1,4 @@
-"""The multiple-choice tasks, declared: prompt formats, answer tokens, versions.
+"""The accuracy tasks, declared: prompt formats, answer tokens, stop sequences, versions.
 
 MMLU is lm-evaluation-harness's default `mmlu` task (which follows Hendrycks' original script):
 a description line, then `shots` examples from the dev split (the first n), then the question,
@@ -6,10 +6,12 @@ each as "question\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:" with " X" as the an
 blank lines. C-Eval is its official script (`code/evaluator_series`): "以下是中国关于{科目}考试的
 单项选择题，请选出其中的正确答案。" then examples ending "\\n答案：X\\n\\n" and the question ending
 "\\n答案：". A question is scored by the next-token log-probabilities of the four answer
-tokens at the last position.
+tokens at the last position. HumanEval's prompt is the problem's own; the Codex paper's stop
+sequences end a completion, which then runs as a program in the sandbox (`humaneval.py`).
 
 Changing anything that shapes a prompt must bump the task's `version`; every result carries the
-version and a hash of the templates, so runs are only compared when they asked the same thing.
+version and a hash of the templates (of HumanEval's: with the generation settings), so runs are
+only compared when they asked the same thing.
 """
 
 from __future__ import annotations
@@ -71,4 +73,23 @@ CEVAL = MultipleChoiceTask(
     "ceval", 1,
     header="以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n",
     choice_line="{letter}. {text}", answer_cue="\n答案：", answer_prefix="", example_end="\n\n")
-TASKS = {task.name: task for task in (MMLU, CEVAL)}
+
+
+@dataclass(frozen=True)
+class CodeTask:
+    name: str
+    version: int  # also bump when the program layout or its scoring change
+    stop_sequences: tuple[str, ...]  # generation stops at one; the completion is cut there
+    program: str  # formatted with {prompt}, {completion}, {test}, {entry_point}
+
+    def prompt_hash(self, max_new_tokens: int, temperature: float, samples: int) -> str:
+        """Of what shapes the samples: the stops and the generation settings."""
+        shaping = json.dumps([self.version, self.stop_sequences, max_new_tokens, temperature,
+                              samples])
+        return hashlib.sha256(shaping.encode()).hexdigest()[:12]
+
+
+HUMANEVAL = CodeTask(
+    "humaneval", 2, stop_sequences=("\ndef", "\nclass", "\nif", "\nprint", "\n#"),
+    program="{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n")
+TASKS = {task.name: task for task in (MMLU, CEVAL, HUMANEVAL)}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness.checkpoints import follow_umask
+from harness.cache import follow_umask
 from harness.devices import DTYPES
 from models import ported
 from models.checkpoint import CheckpointError, read_config, read_json

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import tomllib
 import zlib
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from models.config import TINY_MODELS
 
 QUANTIZED_KEYS = ("top1_agreement", "mean_kl", "max_kl", "min_cosine", "relative_to_fake",
                   "fake_slack")
-THRESHOLDS_FILE = Path(__file__).resolve().parent / "thresholds.toml"
+THRESHOLDS_FILE = Path(str(resources.files("harness.numerics") / "thresholds.toml"))
 
 
 def load_thresholds(path: Path = THRESHOLDS_FILE) -> dict:

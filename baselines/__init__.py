@@ -1,0 +1,1 @@
+"""The stored baseline tables, shipped as package data: `harness.baselines` reads them."""
