@@ -61,7 +61,7 @@ def main() -> None:
         for subject, (shots, questions) in work.items():
             ours += [a["predicted"] for a in score_subject(
                 runner, tokenizer, MMLU, subject.replace("_", " "), questions, shots, args.batch,
-                runner.model.config.max_positions, Path(tmp) / f"{subject}.jsonl", {})]
+                runner.config.max_positions, Path(tmp) / f"{subject}.jsonl", {})]
     ours_s = time.perf_counter() - start
 
     model = load_reference(path)

@@ -20,7 +20,6 @@ from harness.checkpoints import embedded_checkpoint
 from harness.devices import get_backend
 from harness.reference import load_reference
 from harness.runners import PortedRunner
-from models.engine import generate
 
 
 def per_token_ms(run, new_tokens: int, repeats: int) -> float:
@@ -64,9 +63,8 @@ def main() -> None:
 
     for label, compiled in (("ours_eager", False), ("ours", True)):
         runner = PortedRunner(path, compile=compiled)
-        figures[f"{label}_ms"] = per_token_ms(
-            lambda n, r=runner: generate(r.engine, ids, mask, n, ignore_eos=True),
-            args.new, args.repeats)
+        figures[f"{label}_ms"] = per_token_ms(lambda n, r=runner: r.generate(ids, mask, n),
+                                              args.new, args.repeats)
         weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
         del runner
 

@@ -20,9 +20,8 @@ from engine_decode import per_token_ms, transformers_ms  # this directory
 
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import get_backend
-from harness.perf.memory import streamed_weight_bytes
-from harness.runners import ported_runner
-from models.engine import generate
+from harness.runners import PortedRunner
+from models.precision import Precision
 
 TARGET = 2.5  # W8A16 decode at least this many times faster per token than transformers fp32
 
@@ -62,11 +61,10 @@ def main() -> None:
     figures["copy_bandwidth_gbs"] = bandwidth / 1e9
 
     for dtype in ("fp32", "w8a16", "w8a8"):
-        runner = ported_runner(path, cpu, dtype, compile=True)
-        figures[f"{dtype}_ms"] = per_token_ms(
-            lambda n, r=runner: generate(r.engine, ids, mask, n, ignore_eos=True),
-            args.new, args.repeats)
-        streamed = streamed_weight_bytes(runner.model)
+        runner = PortedRunner(path, Precision.of(dtype), hardware=cpu, compile=True)
+        figures[f"{dtype}_ms"] = per_token_ms(lambda n, r=runner: r.generate(ids, mask, n),
+                                              args.new, args.repeats)
+        streamed = runner.streamed_weight_bytes()
         figures[f"{dtype}_streamed_mb"] = streamed / 1e6
         figures[f"{dtype}_floor_ms"] = streamed / bandwidth * 1e3
         if args.profile and dtype == "w8a16":

@@ -1,10 +1,11 @@
 """What the perf suite's timing loop adds to a decode step, measured in one run.
 
-An empty runner (its decode returns a ready logits tensor) goes through the same loop as a
-real model, so its decode-step samples are the loop's own cost inside that measurement: the
-synchronised timer and picking the token. That is compared with a real decode step of
-smollm2-135m (CPU, fp32, batch 1) timed through the same loop. The pre/post phases (building
-the next input, streaming detokenisation) are timed apart and are reported too.
+An empty runner (a `DummyRunner` of no cost: its decode returns ready logits) goes through
+the same loop as a real model, so its decode-step samples are the loop's own cost inside that
+measurement: the synchronised timer and picking the token. That is compared with a real
+decode step of smollm2-135m (CPU, fp32, batch 1) timed through the same loop. The pre/post
+phases (building the next input, streaming detokenisation) are timed apart and are reported
+too.
 
     .venv/bin/python benchmarks/perf_loop_overhead.py
 """
@@ -14,30 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import torch
 from transformers import AutoTokenizer
 
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import get_backend
 from harness.perf.timing import measure
 from harness.runners import PortedRunner
-
-
-class EmptyRunner:
-    def __init__(self, vocab: int):
-        self.logits = torch.zeros(1, vocab)
-
-    def prefill(self, input_ids, attention_mask=None, all_logits=False):
-        return self.logits
-
-    def decode(self, next_ids):
-        return self.logits
-
-    def reset(self):
-        pass
-
-    def reserve(self, new_tokens):
-        pass
+from harness.testing import DummyRunner
 
 
 def per_step_us(samples, name: str) -> float:
@@ -57,8 +41,8 @@ def main() -> None:
     cpu = get_backend("cpu")
     runner = PortedRunner(path, device_logits=True)
     real = measure(runner, tokenizer, cpu, 1, args.in_len, args.out_len, args.repeats, 1)
-    empty = measure(EmptyRunner(runner.model.config.vocab_size), tokenizer, cpu, 1, args.in_len,
-                    args.out_len, args.repeats, 1)
+    empty = measure(DummyRunner(runner.config.vocab_size, pattern=False), tokenizer, cpu, 1,
+                    args.in_len, args.out_len, args.repeats, 1)
     step_us = per_step_us(real, "decode_ms")
     loop_us = per_step_us(empty, "decode_ms")
     pre_post_us = per_step_us(empty, "pre_ms") + per_step_us(empty, "post_ms")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.precision import Precision
+
 
 @dataclass(frozen=True)
 class Case:
@@ -31,6 +33,11 @@ class Case:
         parts += [f"in{self.seqlen}"] if self.seqlen is not None else []
         parts += [f"out{self.out}"] if self.out is not None else []
         return "-".join([*parts, *self.tags])
+
+    @property
+    def precision(self) -> Precision:
+        """What the case computes in: its dtype name split for its hardware."""
+        return Precision.of(self.dtype, self.hardware)
 
     def __str__(self) -> str:
         return self.id

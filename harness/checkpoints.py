@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.cache import ensure_entry, sha256
+from harness.hf_layout import config_to_hf, qwen2_to_v1
 from harness.reference import hf_model
 from models import ported
 from models.checkpoint import Checkpoint, CheckpointError, read_config
 from models.config import EMBEDDED_MODELS, TINY_MODELS, ModelConfig, get_config
-from models.loading import FAMILY_MODULES, model_config
-from models.qwen import qwen2_to_v1
+from models.loading import model_config
 
 CACHE_VERSION = 2  # bump when the generated checkpoints change
 MANIFEST = "llmgate-manifest.json"
@@ -102,7 +102,7 @@ def weights_layout(path: Path) -> Weights:
     if ported.is_ported(config):
         source = Path(config["llmgate"].get("source") or path)
     split = ported.tensor_parallel_of(config)
-    return Weights(path, files, source, ported.scheme_of(files),
+    return Weights(path, files, source, ported.scheme_of(config),
                    split[1] if split and parts else None)
 
 
@@ -218,7 +218,7 @@ def _state_and_remove(out: Path) -> dict[str, torch.Tensor]:
 
 def _rewrite_as_qwen_v1(cfg: ModelConfig, out: Path) -> None:
     _write_two_shards(out, qwen2_to_v1(cfg, _state_and_remove(out)), "safetensors")
-    config = FAMILY_MODULES["qwen"].config_to_hf(cfg)
+    config = config_to_hf(cfg)
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
 

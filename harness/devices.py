@@ -23,32 +23,7 @@ from pathlib import Path
 import psutil
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-# INT8 schemes on the dtype axis: int8 weights with 16-bit activations, or int8 activations too.
-QUANTIZED = ("w8a16", "w8a8")
-ALL_DTYPES = (*DTYPES, *QUANTIZED)
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def activation_dtype(hardware: str, name: str) -> torch.dtype:
-    """The float dtype a case runs its activations in. W8A16 means 16-bit activations: bf16
-    on the CPU (where PyTorch's int8 weight-pack kernel takes bf16), fp16 on accelerators.
-    W8A8 quantizes activations per token and rescales into fp32 on the CPU, fp16 elsewhere."""
-    if name == "w8a16":
-        return torch.bfloat16 if hardware == "cpu" else torch.float16
-    if name == "w8a8":
-        return torch.float32 if hardware == "cpu" else torch.float16
-    return parse_dtype(name)
-
-
-def scheme(name: str) -> str | None:
-    return name if name in QUANTIZED else None
+from models.precision import ALL_DTYPES, QUANTIZED
 
 
 @dataclass
@@ -82,14 +57,6 @@ class Backend:
 
     def dtypes(self) -> tuple[str, ...]:
         return ALL_DTYPES
-
-    def check_dtype(self, dtype: str) -> torch.dtype:
-        if dtype not in ALL_DTYPES:
-            parse_dtype(dtype)
-        if dtype not in self.dtypes():
-            raise ValueError(f"dtype {dtype!r} is not supported on {self.name}; supported: "
-                             f"{', '.join(self.dtypes())}")
-        return activation_dtype(self.name, dtype)
 
     def synchronize(self) -> None:
         pass
@@ -189,7 +156,7 @@ class _AcceleratorBackend(Backend):
     def device_name(self) -> str:
         return self.module().get_device_name()
 
-    def limit_memory(self, memory: int | None, weights: int = 0) -> None:
+    def limit_memory(self, memory: int | None) -> None:
         """Let this process's allocator hand out at most `memory` bytes (None: all)."""
         total = self.module().mem_get_info()[1]
         fraction = 1.0 if memory is None else min(1.0, memory / total)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,9 @@ import pytest
 from harness import named_baselines
 from harness.accuracy import session as accuracy_session
 from harness.cases import Case
-from harness.devices import DTYPE_NAMES, QUANTIZED, activation_dtype, get_backend, scheme
+from harness.devices import get_backend
 from harness.perf import session as perf_session
+from harness.pool import RunnerPool
 from harness.results import (
     RECORD_FORMAT,
     ResultsStore,
@@ -35,7 +35,6 @@ from harness.results import (
     new_run_id,
     summary_table,
 )
-from harness.runners import ReferenceRunner, ported_runner
 from harness.settings import Settings
 from harness.values import checked_run_id
 from harness.verdicts import Verdict
@@ -43,94 +42,6 @@ from harness.verdicts import Verdict
 OUTCOME = pytest.StashKey[dict]()
 # Each suite's session end: (the run's latest rows, settings) -> records of the whole run.
 SESSION_ENDS = (perf_session.finish, accuracy_session.finish)
-
-
-class RunnerPool:
-    """Loaded runners, reused across tests; only the most recent few models stay in memory."""
-
-    def __init__(self, settings: Settings, keep_models: int = 2):
-        self.settings, self.keep_models = settings, keep_models
-        self._runners: OrderedDict[tuple, object] = OrderedDict()
-
-    def _get(self, key: tuple, make):
-        if key not in self._runners:
-            models = list(dict.fromkeys(k[1] for k in self._runners))
-            if key[1] not in models and len(models) >= self.keep_models:
-                for k in [k for k in self._runners if k[1] == models[0]]:
-                    self._drop(k)
-            if key[0] == "tp":  # one tensor-parallel group at a time
-                for k in [k for k in self._runners if k[0] == "tp"]:
-                    self._drop(k)
-            self._runners[key] = make()
-        self._runners.move_to_end(key)
-        return self._runners[key]
-
-    def _drop(self, key: tuple) -> None:
-        runner = self._runners.pop(key)
-        if hasattr(runner, "close"):
-            runner.close()
-
-    def close(self) -> None:
-        """Stop tensor-parallel ranks; free everything."""
-        for key in list(self._runners):
-            self._drop(key)
-
-    def backend(self, case: Case):
-        """The case's backend; unavailable hardware or dtype skips (or fails, if required)."""
-        backend = get_backend(case.hardware)
-        ok, reason = backend.availability()
-        if ok and case.dtype not in backend.dtypes():
-            ok, reason = False, f"{case.dtype} is not supported on {case.hardware}"
-        if not ok:
-            if self.settings.require_hardware:
-                pytest.fail(f"{case.hardware} required but unavailable: {reason}", pytrace=False)
-            pytest.skip(f"{case.hardware}: {reason}")
-        return backend
-
-    def ported(self, case: Case, **options):
-        """Our engine for the case (split over --tp ranks); `options` go to the runner
-        (compile, device_logits)."""
-        backend = self.backend(case)
-        settings = self.settings
-        path = settings.checkpoint(case.model)
-        tp, lm_head = settings.tp, settings.quantize_lm_head
-        if tp == 1:
-            key = ("ported", case.model, case.hardware, case.dtype, *sorted(options.items()))
-            return self._get(key, lambda: ported_runner(path, backend, case.dtype,
-                                                        lm_head=lm_head, **options))
-        problem = settings.tp_problem(case.model)
-        if problem:
-            pytest.skip(problem)
-        from harness.tp import TensorParallelRunner
-
-        key = ("tp", case.model, case.hardware, case.dtype, *sorted(options.items()))
-        return self._get(key, lambda: TensorParallelRunner(
-            path, tp, hardware=case.hardware, dtype=activation_dtype(case.hardware, case.dtype),
-            scheme=scheme(case.dtype), lm_head=lm_head, **options))
-
-    def reference(self, model: str, dtype: str = "fp32") -> ReferenceRunner:
-        """transformers from the model's float weights; an int8 dtype is simulated in
-        floating point (`fake_quantize_`), in that scheme's activation dtype."""
-        weights = self.settings.weights(model)
-        if not weights.source.is_dir():
-            raise FileNotFoundError(f"{weights.path}: the float checkpoint it was made from, "
-                                    f"{weights.source}, is not there (the transformers "
-                                    "reference reads it)")
-        return self._get(("reference", model, dtype), lambda: ReferenceRunner(
-            weights.source, dtype=activation_dtype("cpu", dtype), fake_quant=scheme(dtype),
-            lm_head=self.settings.quantize_lm_head))
-
-    def config(self, model: str):
-        """The model's structure as registered (its positions, vocabulary, ...)."""
-        from models.config import get_config
-
-        return get_config(model)
-
-    def tokenizer(self, model: str):
-        from transformers import AutoTokenizer
-
-        files = self.settings.weights(model).files
-        return self._get(("tokenizer", model), lambda: AutoTokenizer.from_pretrained(files))
 
 
 def parametrize_cases(metafunc, cases: list[Case]) -> None:
@@ -393,9 +304,8 @@ def record(request):
     """
     state = request.node.stash.setdefault(OUTCOME, {})
     case = _case(request.node)
-    if case is not None and case.dtype in QUANTIZED:  # which float type the activations are
-        name = DTYPE_NAMES[activation_dtype(case.hardware, case.dtype)]
-        state.setdefault("metrics", {})["activation_dtype"] = name
+    if case is not None and case.precision.scheme:  # which float type the activations are
+        state.setdefault("metrics", {})["activation_dtype"] = case.precision.dtype_name
 
     def _record(verdict: Verdict | None = None, **metrics) -> None:
         state["verdict"] = verdict

@@ -2,7 +2,7 @@
 
 Every family maps to the transformers class that defines its numerics. Qwen v1 has no class in
 transformers; its checkpoints are renamed into `Qwen2ForCausalLM`, which computes the same
-function (see `models/qwen.py`).
+function (see `harness/hf_layout.py`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import transformers
 
+from harness.hf_layout import config_to_hf, v1_to_qwen2
 from models.checkpoint import Checkpoint
 from models.config import ModelConfig
-from models.loading import FAMILY_MODULES, family_module
-from models.qwen import v1_to_qwen2
+from models.loading import family_module
 
 HF_CLASSES = {
     "llama": "LlamaForCausalLM", "qwen": "Qwen2ForCausalLM", "falcon": "FalconForCausalLM",
@@ -26,7 +26,7 @@ HF_CLASSES = {
 def hf_config(cfg: ModelConfig, **overrides) -> transformers.PretrainedConfig:
     if cfg.family == "qwen":  # v1 is computed by Qwen2
         cfg = dataclasses.replace(cfg, variant="qwen2")
-    fields = FAMILY_MODULES[cfg.family].config_to_hf(cfg)
+    fields = config_to_hf(cfg)
     model_type = fields.pop("model_type")
     fields.pop("architectures")
     config = transformers.AutoConfig.for_model(model_type, **fields, **overrides)
@@ -80,7 +80,8 @@ def fake_quantize_(model: torch.nn.Module, scheme: str, lm_head: bool = False
 
 
 def _fake_quantize_input(module, inputs):
+    from models.quant import quantize_tokens
+
     (x,) = inputs
-    x32 = x.float()
-    scale = (x32.abs().amax(dim=-1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    return ((torch.round(x32 / scale).clamp(-127, 127) * scale).to(x.dtype),)
+    values, scale = quantize_tokens(x)
+    return ((values.float() * scale).to(x.dtype),)

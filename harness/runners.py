@@ -1,64 +1,123 @@
-"""The one interface every suite drives: prefill a batch, then decode token by token.
+"""The one interface every suite drives, and the two runners of this repository.
 
-`PortedRunner` runs the ported engine (`models/`) on any backend and dtype; `ReferenceRunner`
-runs `transformers` on the CPU (fp32 is the ground truth; other dtypes measure how far the
-reference itself drifts). Both take left-padded batches and return float32 logits on the CPU.
+`Runner` is the contract a port implements (see its docstring). `PortedRunner` runs the
+ported engine (`models/`) on any backend and precision; `ReferenceRunner` runs `transformers`
+on the CPU (fp32 is the ground truth; other precisions measure how far the reference itself
+drifts). `harness.tp.TensorParallelRunner` and `harness.ports.hf.HFRunner` are runners too.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from harness.devices import Backend, activation_dtype, get_backend
-from harness.devices import scheme as scheme_of_dtype
+from harness.devices import Backend, get_backend
 from harness.reference import fake_quantize_, load_reference
-from models import ported
-from models.checkpoint import CheckpointError
-from models.engine import Engine, left_padding
-from models.loading import load_model
-from models.parallel import parallelize_
-from models.quant import SCHEMES, cast_floats_, quantize_
+from models.engine import Engine, Generation, generate, left_padding
+from models.loading import build_model
+from models.precision import FP32, Precision
+from models.transformer import streamed_weight_bytes, weight_bytes
+
+
+class RunnerConfig(Protocol):
+    """The model structure a suite needs. `models.config.ModelConfig` is one."""
+
+    vocab_size: int  # logits' last dimension
+    max_positions: int | None  # longest prompt + new tokens accepted; None: unknown
+    num_layers: int  # with num_kv_heads and head_dim: the KV cache's bytes per token
+    num_kv_heads: int
+    head_dim: int
 
 
 class Runner(Protocol):
+    """What the numerics, perf and accuracy suites drive; implement it to test your own port.
+
+    Token ids are int64 tensors. A batch is left-padded: `attention_mask` (B, T) is 0 on the
+    padding at the start of a row and 1 on its tokens; positions count from each row's first
+    real token, as transformers' `generate` does. Logits are returned per row, in float32 on
+    the CPU (a runner may return them on its device, as the perf loop asks of ours with
+    `device_logits`, since it picks tokens there). A runner keeps one batch's state (the KV
+    cache) between `prefill` and the `decode`s that follow it.
+
+    Attributes:
+      config      a `RunnerConfig`: vocabulary, longest sequence, layers and KV heads.
+      precision   the `models.precision.Precision` it computes in (the case's dtype).
+      world_size  processes the model is split over (1 unless tensor parallel).
+    """
+
+    config: RunnerConfig
+    precision: Precision
+    world_size: int
+
     def prefill(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 all_logits: bool = False) -> Tensor:
-        """Logits (B, V) of the last prompt position, or (B, T, V) with all_logits."""
+        """Start a batch: ids (B, T), mask (B, T) or None (no padding). Logits (B, V) of the
+        last position, or (B, T, V) of every position with all_logits."""
 
     def decode(self, next_ids: Tensor) -> Tensor:
-        """Logits (B, V) after appending one token per row."""
+        """Append one token per row, ids (B,); logits (B, V) of that new position."""
 
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Forget the batch (the next call is a prefill); memory may stay allocated."""
 
     def reserve(self, new_tokens: int) -> None:
-        """Make room for `new_tokens` decode steps after the next prefill."""
+        """Make room for `new_tokens` decode steps after the next prefill (a hint)."""
+
+    def release(self) -> None:
+        """Free the batch's memory (KV cache): after an out-of-memory error, between sizes."""
 
     def prefill_shared(self, prefix: Tensor, suffixes: list[Tensor]) -> Tensor:
-        """Logits (B, V) at the end of prefix + suffixes[b], for each row."""
+        """Logits (B, V) at the end of prefix (P,) + suffixes[b] (1-D, lengths may differ),
+        for each row b: multiple-choice scoring, where every choice shares the question."""
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None,
+                 new_tokens: int) -> Generation:
+        """Greedy generation of exactly `new_tokens` per row (EOS ignored), the port's own way
+        (its serving loop, or transformers' `generate`): `Generation.tokens` [B][new_tokens],
+        and `nonfinite`, the (step, row) whose logits held NaN or Inf, where known."""
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights this process holds (its slice under tensor parallelism)."""
+
+    def streamed_weight_bytes(self) -> int:
+        """Bytes of those a decode step reads (embedding tables only gathered are not)."""
+
+
+def right_padded(suffixes: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Suffixes as one zero-padded (B, max length) batch and their lengths (B,)."""
+    lengths = torch.tensor([len(s) for s in suffixes])
+    padded = torch.zeros(len(suffixes), int(lengths.max()), dtype=torch.long)
+    for row, suffix in enumerate(suffixes):
+        padded[row, : len(suffix)] = suffix
+    return padded, lengths
 
 
 class PortedRunner:
     """The ported model on a device; device work is synchronised before logits return."""
 
-    def __init__(self, checkpoint: str | Path, *, hardware: str | Backend = "cpu",
-                 dtype: torch.dtype = torch.float32, headroom: int = 256,
-                 compile: bool = False, device_logits: bool = False,
-                 scheme: str | None = None, lm_head: bool = False):
-        """dtype: the activations' dtype. scheme: "w8a16" or "w8a8" quantizes the model (from
-        its float32 weights; the LM head too if `lm_head`), unless the checkpoint is quantized
-        already, with that scheme.
+    world_size = 1
+
+    def __init__(self, checkpoint: str | Path, precision: Precision = FP32, *,
+                 hardware: str | Backend = "cpu", headroom: int = 256, compile: bool = False,
+                 device_logits: bool = False, lm_head: bool = False):
+        """precision: its int8 scheme quantizes the model (from its float32 weights; the LM
+        head too if `lm_head`), unless the checkpoint is quantized already, with that scheme.
         device_logits: return logits on the device in the model dtype (the perf loop picks
         tokens there, as a serving loop would) instead of float32 on the CPU."""
         self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
-        self.dtype, self.device_logits = dtype, device_logits
-        self.model = load_ported(checkpoint, scheme, dtype, self.backend.torch_device(),
-                                 lm_head=lm_head)
+        self.precision, self.device_logits = precision, device_logits
+        self.model = build_model(checkpoint, precision, lm_head=lm_head,
+                                 device=self.backend.torch_device())
         self.engine = Engine(self.model, headroom=headroom, compile=compile)
+
+    @property
+    def config(self):
+        return self.model.config
 
     def _out(self, logits: Tensor) -> Tensor:
         return logits if self.device_logits else logits.float().cpu()
@@ -78,63 +137,65 @@ class PortedRunner:
     def prefill_shared(self, prefix, suffixes):
         """The prefix runs once (and once per distinct prefix, across calls); its cache is
         copied into every row."""
-        lengths = torch.tensor([len(s) for s in suffixes])
-        padded = torch.zeros(len(suffixes), int(lengths.max()), dtype=torch.long)
-        for row, suffix in enumerate(suffixes):
-            padded[row, : len(suffix)] = suffix
-        return self._out(self.engine.prefill_shared(prefix, padded, lengths))
+        return self._out(self.engine.prefill_shared(prefix, *right_padded(suffixes)))
 
     def release(self) -> None:
         """Free the KV cache (the next prefill allocates a new one)."""
         self.engine.release()
 
+    def generate(self, input_ids, attention_mask, new_tokens):
+        return generate(self.engine, input_ids, attention_mask, new_tokens, ignore_eos=True)
 
-def load_ported(checkpoint, scheme: str | None, dtype: torch.dtype, device, *,
-                lm_head: bool = False, rank: int = 0, world_size: int = 1):
-    """Our model for a case: float (scheme None) or int8 with `scheme`, activations in `dtype`,
-    rank `rank` of `world_size`. A quantized or split checkpoint is read as stored; anything
-    else is quantized from its float32 weights (LM head too if `lm_head`) and cut here."""
-    parts = ported.part_dirs(checkpoint)
-    if parts is not None:
-        ported.check_parts(checkpoint, world_size)
-        checkpoint = parts[rank]
-    stored = ported.scheme_of(checkpoint)
-    if stored != scheme and (stored is not None or parts is not None):
-        raise CheckpointError(f"{checkpoint}: holds {stored or 'float'} weights, but the case "
-                              f"asks for {scheme or 'float'} weights (choose --dtype "
-                              f"{stored or 'fp32'})")
-    if parts is not None or (stored is not None and world_size == 1):
-        return load_model(checkpoint, dtype=dtype, device=device)
-    model = load_model(checkpoint, device=device)  # float32 (or int8 as stored)
-    if scheme is not None and stored is None:
-        quantize_(model, SCHEMES[scheme], include_lm_head=lm_head)
-    if world_size > 1:
-        parallelize_(model, rank, world_size)
-    return cast_floats_(model, dtype)
+    def weight_bytes(self) -> int:
+        return weight_bytes(self.model)
+
+    def streamed_weight_bytes(self) -> int:
+        return streamed_weight_bytes(self.model)
 
 
-def ported_runner(checkpoint, backend: Backend, dtype: str, **options) -> PortedRunner:
-    """A PortedRunner for a case's dtype name: fp32/bf16/fp16, or an int8 scheme run in its
-    activation dtype (`harness.devices.activation_dtype`)."""
-    return PortedRunner(checkpoint, hardware=backend, dtype=activation_dtype(backend.name, dtype),
-                        scheme=scheme_of_dtype(dtype), **options)
+@dataclass(frozen=True)
+class PortConfig:
+    """A `RunnerConfig` read off a transformers model's config."""
+
+    vocab_size: int
+    max_positions: int | None
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, config) -> PortConfig:
+        heads = config.num_attention_heads
+        # Multi-query families (Falcon, GPTBigCode) say so instead of counting KV heads.
+        kv_heads = (1 if getattr(config, "multi_query", False) and not getattr(
+            config, "new_decoder_architecture", False) else getattr(
+            config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None)
+            or heads)
+        # Older remote code (GPT-2 style names) calls it n_positions or seq_length.
+        positions = next((getattr(config, name) for name in
+                          ("max_position_embeddings", "n_positions", "seq_length")
+                          if getattr(config, name, None)), None)
+        return cls(config.vocab_size, positions, config.num_hidden_layers, kv_heads,
+                   getattr(config, "head_dim", None) or config.hidden_size // heads)
 
 
 class ReferenceRunner:
     """`transformers` on the CPU, fed exactly as `generate` feeds it.
 
     Left padding is handled the HuggingFace way: positions count from each row's first real
-    token and the 2D attention mask grows by one column per decoded token.
+    token and the 2D attention mask grows by one column per decoded token. An int8 precision
+    is simulated in floating point (`fake_quantize_`), on the LM head too if `lm_head`.
     """
 
-    def __init__(self, checkpoint: str | Path, dtype: torch.dtype = torch.float32,
-                 fake_quant: str | None = None, lm_head: bool = False):
-        """fake_quant: simulate an int8 scheme ("w8a16", "w8a8") in floating point, on the
-        LM head too if `lm_head`."""
-        self.dtype = dtype
-        self.model = load_reference(checkpoint, dtype)
-        if fake_quant:
-            fake_quantize_(self.model, fake_quant, lm_head)
+    world_size = 1
+
+    def __init__(self, checkpoint: str | Path, precision: Precision = FP32,
+                 lm_head: bool = False):
+        self.precision = precision
+        self.model = load_reference(checkpoint, precision.dtype)
+        if precision.scheme:
+            fake_quantize_(self.model, precision.scheme, lm_head)
+        self.config = PortConfig.of(self.model.config)
         # BLOOM has no position ids (ALiBi reads positions off the mask).
         self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
         self.reset()
@@ -171,6 +232,10 @@ class ReferenceRunner:
     def reserve(self, new_tokens: int) -> None:
         pass  # transformers' dynamic cache grows as needed
 
+    def release(self) -> None:
+        """Drop the cache (transformers' dynamic cache is allocated per prefill anyway)."""
+        self.reset()
+
     def prefill_shared(self, prefix, suffixes):
         """Each row whole (prefix + suffix), left-padded: transformers as lm-eval runs it."""
         rows = [torch.cat([prefix, suffix]) for suffix in suffixes]
@@ -180,3 +245,27 @@ class ReferenceRunner:
         for i, row in enumerate(rows):
             ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
         return self.prefill(ids, mask)
+
+    @torch.inference_mode()
+    def generate(self, input_ids, attention_mask, new_tokens):
+        """transformers' own `generate`, greedy; EOS cannot end a row before `new_tokens`
+        (min_new_tokens), so the pad id is never written and any will do."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        device = self.model.device
+        out = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            pad_token_id=0)
+        return Generation(out[:, input_ids.shape[1]:].tolist(), ["length"] * len(input_ids),
+                          [])
+
+    def weight_bytes(self) -> int:
+        return weight_bytes(self.model)
+
+    def streamed_weight_bytes(self) -> int:
+        """All but an input embedding table the LM head does not share."""
+        embedding = self.model.get_input_embeddings()
+        head = self.model.get_output_embeddings()
+        shared = head is not None and head.weight is embedding.weight
+        return weight_bytes(self.model) - (0 if shared else weight_bytes(embedding))

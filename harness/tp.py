@@ -22,6 +22,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from harness.runners import right_padded
+from models.engine import Engine, generate
+from models.loading import build_model
+from models.precision import FP32, Precision
+from models.transformer import streamed_weight_bytes, weight_bytes
+
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 TIMEOUT = timedelta(seconds=120)
 
@@ -36,17 +42,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _load(checkpoint, rank: int, world_size: int, hardware: str, dtype, scheme: str | None,
-          lm_head: bool, compile: bool):
+def _load(checkpoint, rank: int, world_size: int, hardware: str, precision: Precision,
+          lm_head: bool, compile: bool) -> Engine:
     """This rank's engine: its part_model directory, or the full checkpoint cut here."""
-    from harness.devices import get_backend
-    from harness.runners import load_ported
-    from models.engine import Engine
-
-    backend = get_backend(hardware)
-    device = backend.torch_device() if hardware == "cpu" else torch.device(hardware, rank)
-    model = load_ported(checkpoint, scheme, dtype, device, lm_head=lm_head, rank=rank,
-                        world_size=world_size)
+    device = torch.device("cpu") if hardware == "cpu" else torch.device(hardware, rank)
+    model = build_model(checkpoint, precision, rank=rank, world_size=world_size,
+                        lm_head=lm_head, device=device)
     return Engine(model, compile=compile)
 
 
@@ -71,16 +72,16 @@ def _serve(rank: int, world_size: int, port: int, args: dict) -> None:
 class TensorParallelRunner:
     """A runner whose model is split over `world_size` ranks (this process is rank 0)."""
 
-    def __init__(self, checkpoint, world_size: int, *, hardware: str = "cpu",
-                 dtype: torch.dtype = torch.float32, scheme: str | None = None,
-                 lm_head: bool = False, compile: bool = False, device_logits: bool = False):
+    def __init__(self, checkpoint, world_size: int, precision: Precision = FP32, *,
+                 hardware: str = "cpu", lm_head: bool = False, compile: bool = False,
+                 device_logits: bool = False):
         if dist.is_initialized():
             raise RankFailed("a tensor-parallel group is already running in this process")
-        self.world_size, self.device_logits, self.dtype = world_size, device_logits, dtype
+        self.world_size, self.device_logits, self.precision = world_size, device_logits, precision
         self._threads = torch.get_num_threads()
         threads = max(1, (os.cpu_count() or 1) // world_size)
         port = _free_port()
-        args = dict(checkpoint=str(checkpoint), hardware=hardware, dtype=dtype, scheme=scheme,
+        args = dict(checkpoint=str(checkpoint), hardware=hardware, precision=precision,
                     lm_head=lm_head, compile=compile)
         context = multiprocessing.get_context("spawn")
         self.ranks = [context.Process(target=_serve, args=(r, world_size, port,
@@ -100,7 +101,7 @@ class TensorParallelRunner:
             self.close()
             raise RankFailed(f"tensor-parallel start failed: {self._dead() or e}") from None
         self.model = self._engine.model  # rank 0's slice (its config is the whole model's)
-        self.engine = _GroupEngine(self)
+        self.config = self.model.config
 
     def _dead(self) -> str:
         dead = [f"rank {r} exited with code {p.exitcode}"
@@ -128,11 +129,7 @@ class TensorParallelRunner:
         return self._out(self._call("decode", next_ids))
 
     def prefill_shared(self, prefix, suffixes):
-        lengths = torch.tensor([len(s) for s in suffixes])
-        padded = torch.zeros(len(suffixes), int(lengths.max()), dtype=torch.long)
-        for row, suffix in enumerate(suffixes):
-            padded[row, : len(suffix)] = suffix
-        return self._out(self._call("prefill_shared", prefix, padded, lengths))
+        return self._out(self._call("prefill_shared", prefix, *right_padded(suffixes)))
 
     def reset(self):
         self._call("reset")
@@ -142,6 +139,16 @@ class TensorParallelRunner:
 
     def release(self):
         self._call("release")
+
+    def generate(self, input_ids, attention_mask, new_tokens):
+        return generate(_GroupEngine(self), input_ids, attention_mask, new_tokens,
+                        ignore_eos=True)
+
+    def weight_bytes(self) -> int:
+        return weight_bytes(self.model)
+
+    def streamed_weight_bytes(self) -> int:
+        return streamed_weight_bytes(self.model)
 
     def close(self) -> None:
         """Stop the other ranks and leave the group (safe to call twice)."""

@@ -30,14 +30,6 @@ def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
         hf.get("tie_word_embeddings", kind=bool, default=True), qkv_bias=True, bias=True)
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-    return dict(model_type="bloom", architectures=["BloomForCausalLM"],
-                vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, n_layer=cfg.num_layers,
-                n_head=cfg.num_heads, seq_length=cfg.max_positions,
-                layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
-                apply_residual_connection_post_layernorm=False)
-
-
 def build(cfg: ModelConfig) -> DecoderLM:
     C, eps = cfg.hidden_size, cfg.norm_eps
     blocks = [

@@ -8,7 +8,7 @@ SmolLM2 tokenizer, so their vocabulary is SmolLM2's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 FAMILIES = ("llama", "qwen", "falcon", "bloom", "starcoder")
 
@@ -52,9 +52,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    def with_name(self, name: str) -> ModelConfig:
-        return replace(self, name=name)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

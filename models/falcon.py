@@ -43,20 +43,6 @@ def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
         qkv_bias=bias, bias=bias, variant="new_decoder" if new_decoder else "")
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-    new_decoder = cfg.variant == "new_decoder"
-    return dict(model_type="falcon", architectures=["FalconForCausalLM"],
-                vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                num_kv_heads=cfg.num_kv_heads, multi_query=cfg.num_kv_heads == 1,
-                new_decoder_architecture=new_decoder,
-                num_ln_in_parallel_attn=2 if new_decoder else None,
-                ffn_hidden_size=cfg.intermediate_size, max_position_embeddings=cfg.max_positions,
-                layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
-                bias=cfg.bias, parallel_attn=True, alibi=False, activation="gelu",
-                rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
-
-
 def build(cfg: ModelConfig) -> DecoderLM:
     C, eps = cfg.hidden_size, cfg.norm_eps
     two_norms = cfg.variant == "new_decoder"

@@ -29,16 +29,6 @@ def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
         hf.get("tie_word_embeddings", kind=bool, default=False), rope_theta=hf.rope_theta())
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-    return dict(model_type="llama", architectures=["LlamaForCausalLM"],
-                vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                num_key_value_heads=cfg.num_kv_heads, intermediate_size=cfg.intermediate_size,
-                max_position_embeddings=cfg.max_positions, rms_norm_eps=cfg.norm_eps,
-                tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu",
-                rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
-
-
 def build(cfg: ModelConfig) -> DecoderLM:
     """Also builds Qwen (v1 and Qwen2): the same structure with q/k/v biases."""
     C, eps = cfg.hidden_size, cfg.norm_eps

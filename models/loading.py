@@ -1,4 +1,8 @@
-"""From a HuggingFace checkpoint directory to a ported model on a device."""
+"""From a checkpoint directory to a ported model on a device.
+
+`build_model` is the one model builder: what a runner, a tensor-parallel rank and `llmgate
+weights` run (load, quantize, split, cast). `load_model` reads a checkpoint as it is.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import torch
 from models import bloom, falcon, llama, ported, qwen, starcoder
 from models.checkpoint import Checkpoint, CheckpointError, HFConfig
 from models.config import ModelConfig
+from models.parallel import parallelize_
+from models.precision import Precision
+from models.quant import SCHEMES, cast_floats_, quantize_
 from models.transformer import DecoderLM
 
 FAMILY_MODULES: dict[str, ModuleType] = {
@@ -37,14 +44,47 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
     The model is built on the meta device and materialised once, directly in `dtype` on
     `device`; each checkpoint tensor is converted and copied in, one at a time.
     """
+    return _load(Checkpoint(path), dtype, device, name or Path(path).name)
+
+
+def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_size: int = 1,
+                lm_head: bool = False, device: str | torch.device = "cpu") -> DecoderLM:
+    """The model a case runs: rank `rank` of `world_size`, in `precision` (its int8 scheme on
+    every linear layer but the LM head, unless `lm_head`).
+
+    A quantized or split checkpoint (`llmgate weights quant|cut`) is read as stored and must
+    hold what `precision` asks for; anything else is quantized from its float32 weights and
+    cut here, then cast to the activation dtype.
+    """
+    parts = ported.part_dirs(path)
+    if parts is not None:
+        ported.check_parts(path, world_size)
+        path = parts[rank]
     ckpt = Checkpoint(path)
+    stored = ported.scheme_of(ckpt.config.data)
+    if stored != precision.scheme and (stored is not None or parts is not None):
+        ckpt.close()
+        raise CheckpointError(f"{path}: holds {stored or 'float'} weights, but the case asks "
+                              f"for {precision.scheme or 'float'} weights (choose --dtype "
+                              f"{stored or 'fp32'})")
+    if parts is not None or (stored is not None and world_size == 1):
+        return _load(ckpt, precision.dtype, device, Path(path).name)
+    model = _load(ckpt, torch.float32, device, Path(path).name)  # (or int8 as stored)
+    if precision.scheme is not None and stored is None:
+        quantize_(model, SCHEMES[precision.scheme], include_lm_head=lm_head)
+    if world_size > 1:
+        parallelize_(model, rank, world_size)
+    return cast_floats_(model, precision.dtype)
+
+
+def _load(ckpt: Checkpoint, dtype: torch.dtype, device, name: str) -> DecoderLM:
     family = family_module(ckpt.config)
     if ported.is_ported(ckpt.config.data):
         model = ported.load(ckpt, family, dtype, device)
         ckpt.close()
         return model.eval()
     ckpt.refuse_quantized()
-    cfg = family.config_from_hf(ckpt.config, name or Path(path).name)
+    cfg = family.config_from_hf(ckpt.config, name)
     with torch.device("meta"):
         model = family.build(cfg).to(dtype)
     model.to_empty(device=device)

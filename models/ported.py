@@ -80,9 +80,8 @@ def quantization(config: dict, path: Path):
     return SCHEMES[q["scheme"]], modules
 
 
-def scheme_of(path: Path) -> str | None:
-    """The quantization scheme a checkpoint directory was written with, if any."""
-    config = read_json(Path(path) / "config.json")
+def scheme_of(config: dict) -> str | None:
+    """The quantization scheme a checkpoint's config.json says it was written with, if any."""
     return (config.get("quantization_config") or {}).get("scheme")
 
 
@@ -124,7 +123,7 @@ def tensor_parallel_of(config: dict) -> tuple[int, int] | None:
     return None if not tp else (tp["rank"], tp["world_size"])
 
 
-def load(ckpt: Checkpoint, family, dtype: torch.dtype, device, expected_rank=None):
+def load(ckpt: Checkpoint, family, dtype: torch.dtype, device):
     """Build the model a ported checkpoint describes and load its tensors by name."""
     config, path = ckpt.config.data, ckpt.config.path
     try:

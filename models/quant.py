@@ -32,6 +32,14 @@ def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8), scale
 
 
+def quantize_tokens(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token (last dimension) symmetric int8, W8A8's activations: (int8 values, float32
+    scale (..., 1))."""
+    x32 = x.float()
+    scale = (x32.abs().amax(dim=-1, keepdim=True) / QMAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(x32 / scale).clamp(-QMAX, QMAX).to(torch.int8), scale
+
+
 class Int8Method:
     """Storage shared by both schemes: `weight_int8` (out, in) and `weight_scale` (out,)."""
 
@@ -82,10 +90,7 @@ class Int8DynamicActivation(Int8Method):
 
     def apply(self, layer: Linear, x: Tensor) -> Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).float()
-        x_scale = (x2.abs().amax(dim=1, keepdim=True) / QMAX).clamp(
-            min=torch.finfo(torch.float32).tiny)
-        x_int8 = torch.round(x2 / x_scale).clamp(-QMAX, QMAX).to(torch.int8)
+        x_int8, x_scale = quantize_tokens(x.reshape(-1, shape[-1]))
         y = int8_matmul(x_int8, layer.weight_int8) * x_scale * layer.weight_scale[None, :]
         return self._bias(layer, y.to(x.dtype).reshape(*shape[:-1], -1))
 
@@ -105,6 +110,12 @@ def int8_matmul(x: Tensor, weight: Tensor) -> Tensor:
 
 
 SCHEMES = {"w8a16": Int8WeightOnly(), "w8a8": Int8DynamicActivation()}
+
+
+def quantized_modules(model: nn.Module) -> list[str]:
+    """Names of the layers an int8 method runs."""
+    return [name for name, module in model.named_modules()
+            if isinstance(getattr(module, "method", None), Int8Method)]
 
 
 def quantizable(model: nn.Module, include_lm_head: bool = False) -> list[str]:

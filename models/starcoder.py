@@ -33,15 +33,6 @@ def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
         hf.get("tie_word_embeddings", kind=bool, default=True), qkv_bias=True, bias=True)
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-    return dict(model_type="gpt_bigcode", architectures=["GPTBigCodeForCausalLM"],
-                vocab_size=cfg.vocab_size, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
-                n_head=cfg.num_heads, n_inner=cfg.intermediate_size,
-                n_positions=cfg.max_positions, layer_norm_epsilon=cfg.norm_eps,
-                multi_query=cfg.num_kv_heads == 1, tie_word_embeddings=cfg.tie_embeddings,
-                activation_function="gelu_pytorch_tanh", scale_attn_weights=True)
-
-
 def build(cfg: ModelConfig) -> DecoderLM:
     C, eps = cfg.hidden_size, cfg.norm_eps
     blocks = [

@@ -146,3 +146,17 @@ class DecoderLM(nn.Module):
         bias = self.slopes[None, :, None, None] * key_pos.clamp(min=0)[:, None, None, :]
         bias = torch.where(mask, bias.to(dtype), torch.finfo(dtype).min)  # (B, H, T, S)
         return StepContext(start, rope, bias, is_causal=False)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer (a tied embedding counted once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def streamed_weight_bytes(model: DecoderLM) -> int:
+    """Weight bytes a decode step reads: all of them except embedding tables that are only
+    gathered row by row (the input embedding when the LM head has its own weight, learned
+    positions)."""
+    gathered = [model.pos_embed, model.embed if model.lm_head is not None else None]
+    return weight_bytes(model) - sum(weight_bytes(m) for m in gathered if m is not None)

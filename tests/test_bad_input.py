@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.devices import Backend, get_backend, parse_dtype
+from harness.devices import get_backend
 from models.checkpoint import CheckpointError
 from models.config import get_config
 from models.loading import load_model
+from models.precision import parse_dtype
 
 
 @pytest.fixture
@@ -148,21 +149,6 @@ def test_unknown_hardware():
 def test_unknown_dtype():
     with pytest.raises(ValueError, match="unknown dtype 'fp8'; valid: fp32, bf16, fp16"):
         parse_dtype("fp8")
-
-
-def test_dtype_unsupported_by_device():
-    class Fp32Only(Backend):
-        name = "cpu"
-
-        def availability(self):
-            return True, ""
-
-        def dtypes(self):
-            return ("fp32",)
-
-    with pytest.raises(ValueError, match="dtype 'bf16' is not supported on cpu; supported: fp32"):
-        Fp32Only().check_dtype("bf16")
-    assert Fp32Only().check_dtype("fp32") is torch.float32
 
 
 def test_copied_checkpoint_still_loads(ckpt, tmp_path):

@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.hf_layout import config_to_hf
 from models.checkpoint import HFConfig
 from models.config import REGISTRY, TINY_MODELS, ModelConfig, get_config
-from models.loading import FAMILY_MODULES, model_config
+from models.loading import model_config
 
 
 def test_unknown_model_name_lists_valid_ones():
@@ -43,7 +44,7 @@ def test_config_rejects_inconsistent_heads():
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_registered_configs_round_trip_through_config_json(name, tmp_path):
     cfg = get_config(name)
-    hf = FAMILY_MODULES[cfg.family].config_to_hf(cfg)
+    hf = config_to_hf(cfg)
     assert model_config(HFConfig(hf, tmp_path / "config.json"), name) == cfg
 
 
@@ -70,13 +71,13 @@ def configs(draw):
 def test_config_round_trip_property(tmp_path_factory, cfg):
     if cfg.family == "bloom":  # BLOOM's MLP width is always 4 x hidden
         cfg = dataclasses.replace(cfg, intermediate_size=4 * cfg.hidden_size)
-    hf = FAMILY_MODULES[cfg.family].config_to_hf(cfg)
+    hf = config_to_hf(cfg)
     assert model_config(HFConfig(hf, "config.json"), "random") == cfg
 
 
 def test_falcon_new_decoder_round_trips():
     cfg = dataclasses.replace(get_config("falcon-tiny"), variant="new_decoder", num_kv_heads=2)
-    hf = FAMILY_MODULES["falcon"].config_to_hf(cfg)
+    hf = config_to_hf(cfg)
     assert model_config(HFConfig(hf, "config.json"), cfg.name) == cfg
 
 

@@ -18,29 +18,8 @@ from harness.numerics.teacher_forced import (
     stats_against_reference,
     teacher_forced,
 )
+from harness.testing import DummyRunner
 from harness.verdicts import at_least, at_most, nan_max
-
-
-class DummyRunner:
-    """Logits are a fixed function of the last token and the step (plus optional noise)."""
-
-    def __init__(self, vocab=11, noise=0.0):
-        self.vocab, self.noise, self.fed = vocab, noise, []
-
-    def _logits(self, last):
-        base = torch.nn.functional.one_hot((last * 3 + len(self.fed)) % self.vocab, self.vocab)
-        return base.float() * 5 + self.noise
-
-    def prefill(self, input_ids, attention_mask=None, all_logits=False):
-        self.fed = [input_ids[:, -1]]
-        return self._logits(input_ids[:, -1])
-
-    def decode(self, next_ids):
-        self.fed.append(next_ids)
-        return self._logits(next_ids)
-
-    def reset(self):
-        self.fed = []
 
 
 def test_teacher_forcing_feeds_everyone_the_reference_choice():

@@ -3,9 +3,8 @@
 import json
 import random
 import re
-import time
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, partial
 
 import pytest
 import torch
@@ -19,11 +18,14 @@ from harness.perf.memory import Probe as MemoryProbe
 from harness.perf.memory import Search, predict_max_batch, search
 from harness.perf.options import DEFAULT_PAIRS, PerfSettings
 from harness.perf.timing import SEED_COLUMNS, Samples, measure, summary
+from harness.testing import DummyRunner
 from models.config import get_config
 from tests.conftest import tiny_checkpoint
 
 CPU = get_backend("cpu")
 VOCAB = 49152
+# Costs `ms` per prefill and per decode step; its logits are ready zeros.
+sleeping = partial(DummyRunner, VOCAB, pattern=False)
 
 
 @cache
@@ -52,44 +54,6 @@ class VirtualClock:
         timing.ms = self.now - start
 
 
-class SleepRunner:
-    """Costs `ms` per prefill and per decode step (+-5% seeded jitter), on a virtual clock
-    (or really sleeping, without one); optional out-of-memory from a batch size on."""
-
-    def __init__(self, ms=5.0, oom_from_batch=None, clock=None, seed=0):
-        self.ms, self.oom_from_batch, self.clock, self.calls = ms, oom_from_batch, clock, []
-        self.jitter = random.Random(seed)
-        self.model = torch.nn.Linear(4, 4)
-
-    def _logits(self, batch):
-        cost = self.ms * (1 + self.jitter.uniform(-0.05, 0.05))
-        if self.clock is None:
-            time.sleep(cost / 1e3)
-        else:
-            self.clock.now += cost
-        return torch.zeros(batch, VOCAB)
-
-    def prefill(self, input_ids, attention_mask=None, all_logits=False):
-        if self.oom_from_batch and len(input_ids) >= self.oom_from_batch:
-            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
-                               "allocate 123 bytes")
-        self.calls.append(("prefill", tuple(input_ids.shape)))
-        return self._logits(len(input_ids))
-
-    def decode(self, next_ids):
-        self.calls.append(("decode", tuple(next_ids.shape)))
-        return self._logits(len(next_ids))
-
-    def reset(self):
-        pass
-
-    def reserve(self, new_tokens):
-        pass
-
-    def release(self):
-        pass
-
-
 def settings(**changes) -> PerfSettings:
     from harness.baselines import BASELINES_DIR
 
@@ -101,7 +65,7 @@ def settings(**changes) -> PerfSettings:
 
 
 def test_the_loop_times_every_phase_and_keeps_every_sample():
-    runner = SleepRunner(ms=2)
+    runner = sleeping(ms=2)
     samples = measure(runner, tokenizer(), CPU, batch=3, in_len=17, out_len=5, repeats=4,
                       warmup=2)
     assert runner.calls.count(("prefill", (3, 17))) == 6  # exactly 17 tokens, warm-ups run
@@ -133,7 +97,7 @@ def test_a_run_slowed_by_20_percent_fails_and_by_2_percent_passes(tmp_path, slow
     clock = VirtualClock()
 
     def run(ms, seed):
-        return measure(SleepRunner(ms, clock=clock, seed=seed), tokenizer(), clock, 2, 8, 6,
+        return measure(sleeping(ms=ms, clock=clock, seed=seed), tokenizer(), clock, 2, 8, 6,
                        repeats=5, warmup=1)
 
     ours = saved_baseline(tmp_path, case, run(25, seed=1), "this cpu")
@@ -166,7 +130,7 @@ def table(tmp_path, rows, name="t"):
 def test_a_table_row_gates_against_the_runs_own_spread(tmp_path):
     case = Case("qwen-7b", "npu", "fp16", 2, 16, 6)
     clock = VirtualClock()
-    samples = measure(SleepRunner(ms=10, clock=clock), tokenizer(), clock, 2, 16, 6, repeats=3,
+    samples = measure(sleeping(ms=10, clock=clock), tokenizer(), clock, 2, 16, 6, repeats=3,
                       warmup=0)
     table(tmp_path, ["s.txt,T,qwen-7b,npu,910B3,fp16,2,16,6,,next_token,8.0,ms,",
                      "s.txt,T,qwen-7b,npu,A100,fp16,2,16,6,,first_token,20.0,ms,",
@@ -182,7 +146,7 @@ def test_a_table_row_gates_against_the_runs_own_spread(tmp_path):
 def test_an_ambiguous_unit_is_used_only_when_stated(tmp_path):
     case = Case("alpaca2-7b", "cuda", "fp16", 1, 16, 6)
     clock = VirtualClock()
-    samples = measure(SleepRunner(ms=10, clock=clock), tokenizer(), clock, 1, 16, 6, repeats=3,
+    samples = measure(sleeping(ms=10, clock=clock), tokenizer(), clock, 1, 16, 6, repeats=3,
                       warmup=0)
     table(tmp_path, ["s.txt,T,alpaca2-7b,cuda,A100,fp16,1,,,,next_token,11.25,ambiguous,"])
     rows = perf_tables(tmp_path)
@@ -254,7 +218,7 @@ def test_a_table_without_a_column_says_which(tmp_path):
 
 
 def test_out_of_memory_fails_the_case_and_the_next_one_runs():
-    runner = SleepRunner(ms=1, oom_from_batch=4)
+    runner = sleeping(ms=1, oom_from_batch=4)
     big, small = Case("m", "cpu", "fp32", 4, 8, 3), Case("m", "cpu", "fp32", 2, 8, 3)
     result, metrics = perf_case(big, runner, tokenizer(), CPU, settings(repeats=2))
     assert not result.passed and metrics == {}
@@ -294,7 +258,7 @@ def test_samples_round_trip_through_a_saved_baseline():
 def test_rows_of_other_devices_are_matched_by_the_case_and_gated_by_the_minimum_ratio(tmp_path):
     case = Case("qwen-tiny", "cpu", "fp32", 2, 8, 6)
     clock = VirtualClock()
-    samples = measure(SleepRunner(ms=10, clock=clock), tokenizer(), clock, 2, 8, 6, repeats=3,
+    samples = measure(sleeping(ms=10, clock=clock), tokenizer(), clock, 2, 8, 6, repeats=3,
                       warmup=0)
     table(tmp_path, ["s.txt,T,qwen-tiny,cuda,A100,fp32,2,8,6,,next_token,2.0,ms,",
                      "s.txt,T,qwen-tiny,npu,910B3,fp32,2,8,6,,next_token,4.0,ms,",
@@ -369,7 +333,7 @@ def test_the_machine_load_is_recorded_with_every_run_and_case():
 
     info = environment()
     assert info["load_1m"] >= 0 and info["cpu_count"] >= 1
-    result, metrics = perf_case(Case("m", "cpu", "fp32", 1, 8, 3), SleepRunner(ms=1),
+    result, metrics = perf_case(Case("m", "cpu", "fp32", 1, 8, 3), sleeping(ms=1),
                                 tokenizer(), CPU, settings(repeats=2))
     assert result.passed and metrics["load_1m"] >= 0 and metrics["cpu_count"] >= 1
 

@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.cli import main
-from harness.runners import PortedRunner, load_ported
+from harness.runners import PortedRunner
 from harness.tp import RankFailed, TensorParallelRunner
 from models.checkpoint import CheckpointError
 from models.config import get_config
-from models.loading import load_model
+from models.loading import build_model, load_model
 from models.parallel import SplitError, check_world_size
 from models.ported import check_parts
+from models.precision import Precision
 from models.quant import SCHEMES, quantizable, quantize_
 from tests.conftest import tiny_checkpoint
 
@@ -76,14 +77,14 @@ def test_a_quantized_checkpoint_loads_as_stored(quantized, ids):
     q = config["quantization_config"]
     assert q["scheme"] == "w8a8" and "lm_head" not in q["modules"] and q["modules"]
     assert (quantized / "tokenizer.json").exists()
-    on_the_fly = load_ported(tiny_checkpoint("qwen-tiny"), "w8a8", torch.float32, "cpu")
+    on_the_fly = build_model(tiny_checkpoint("qwen-tiny"), Precision.of("w8a8"))
     stored = load_model(quantized)
     assert torch.equal(logits(stored, ids), logits(on_the_fly, ids))
 
 
 def test_a_quantized_checkpoint_refuses_another_dtype(quantized):
     with pytest.raises(CheckpointError, match="holds w8a8 weights.*choose --dtype w8a8"):
-        PortedRunner(quantized, dtype=torch.bfloat16, scheme="w8a16")
+        PortedRunner(quantized, Precision.of("w8a16"))
 
 
 def damaged(source, tmp_path, edit_tensors=None, edit_config=None):

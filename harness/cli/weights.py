@@ -8,19 +8,18 @@ cut_quant) for any registered family.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import torch
 
 from harness.cache import follow_umask
-from harness.devices import DTYPES
 from models import ported
 from models.checkpoint import CheckpointError, read_config, read_json
-from models.loading import load_model, model_config
-from models.parallel import SplitError, check_world_size, parallelize_
-from models.quant import SCHEMES, quantize_
+from models.loading import build_model, model_config
+from models.parallel import SplitError, check_world_size
+from models.precision import DTYPE_NAMES, DTYPES, Precision
+from models.quant import SCHEMES, quantized_modules
 
 
 def add_parser(sub) -> None:
@@ -84,22 +83,22 @@ def _input_dtype(path: Path) -> torch.dtype:
     return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float32)
 
 
-def _refuse_parts(path: Path) -> None:
-    if (path / "part_model").is_dir() or ported.tensor_parallel_of(
-            read_json(path / "config.json")):
+def _whole_config(path: Path) -> dict:
+    """config.json of a checkpoint that is not split for tensor parallelism."""
+    config = read_json(path / "config.json")
+    if (path / "part_model").is_dir() or ported.tensor_parallel_of(config):
         raise ValueError(f"{path}: already split for tensor parallelism; give the whole "
                          "checkpoint")
+    return config
 
 
 def quant(source: Path, out: Path, scheme: str, lm_head: bool, dtype: torch.dtype) -> int:
-    _refuse_parts(source)
-    if ported.scheme_of(source):
-        raise ValueError(f"{source}: already quantized ({ported.scheme_of(source)})")
-    model = load_model(source)  # quantized from float32, then the rest cast to `dtype`
-    modules = quantize_(model, SCHEMES[scheme], include_lm_head=lm_head)
-    from models.quant import cast_floats_
-
-    cast_floats_(model, dtype)
+    stored = ported.scheme_of(_whole_config(source))
+    if stored:
+        raise ValueError(f"{source}: already quantized ({stored})")
+    # quantized from float32, then the rest cast to `dtype`
+    model = build_model(source, Precision(scheme, dtype, scheme), lm_head=lm_head)
+    modules = quantized_modules(model)
     ported.save(model, out, source, quantization={"quant_method": ported.QUANT_METHOD,
                                                   "scheme": scheme, "modules": modules})
     print(f"wrote {out}: {scheme}, {len(modules)} layers quantized")
@@ -107,11 +106,10 @@ def quant(source: Path, out: Path, scheme: str, lm_head: bool, dtype: torch.dtyp
 
 
 def cut(source: Path, out: Path, world_size: int, dtype: torch.dtype) -> int:
-    _refuse_parts(source)
-    model = load_model(source, dtype=dtype)
-    for rank in range(world_size):
-        part = copy.deepcopy(model)
-        parallelize_(part, rank, world_size)
+    scheme = ported.scheme_of(_whole_config(source))
+    precision = Precision(scheme or DTYPE_NAMES[dtype], dtype, scheme)
+    for rank in range(world_size):  # one rank in memory at a time
+        part = build_model(source, precision, rank=rank, world_size=world_size)
         directory = out / "part_model" / str(rank)
         directory.mkdir(parents=True, exist_ok=True)
         ported.save(part, directory, source,

@@ -1,6 +1,7 @@
 """Numerics checks: teacher-forced comparison of runners and the per-dtype verdicts.
 
-Kept apart from the pytest suite so the logic is tested with dummy runners.
+Kept apart from the pytest suite so the logic is tested with dummy runners; the suite calls
+`teacher_forced_case` and records what it returns.
 """
 
 from __future__ import annotations
@@ -180,3 +181,32 @@ def quantized_verdict(scheme: str, ported: LogitStats, fake: LogitStats, thresho
                         f"{fake.mean_kl:.3g} + {slack:g}")
     return verdict(failures, limit, f"{scheme}: mean KL <= {t['mean_kl']:g} and <= {factor} x "
                    f"fake-quant ({fake.mean_kl:.3g}) + {slack:g}", **ported.as_dict())
+
+
+def teacher_forced_case(case: Case, pool, thresholds: dict) -> tuple[Verdict, dict]:
+    """The port against the fp32 reference, teacher-forced, judged by the case's precision:
+    fp32 by the fp32 limits; bf16/fp16 relative to transformers in that dtype; an int8 scheme
+    by its limits and relative to transformers running it in floating point. Returns the
+    verdict and that second transformers' metrics (`reference_*` / `fake_quant_*`).
+
+    pool: `ported(case)` and `reference(model, dtype)` give the runners (`RunnerPool`)."""
+    ported = pool.ported(case)
+    reference = pool.reference(case.model)
+    ids, mask = make_prompt(case, ported.config.vocab_size)
+    pretrained = pretrained_limits(case.model)
+    if case.dtype == "fp32":
+        history, _ = teacher_forced(reference, [ported], ids, mask, case.out)
+        ours = stats_against_reference(history, 1, thresholds)
+        return fp32_verdict(ours, thresholds, pretrained, nonfinite_failures(history, 1)), {}
+    theirs_runner = pool.reference(case.model, case.dtype)
+    history, _ = teacher_forced(reference, [ported, theirs_runner], ids, mask, case.out)
+    ours = stats_against_reference(history, 1, thresholds)
+    theirs = stats_against_reference(history, 2, thresholds)
+    nonfinite = nonfinite_failures(history, 1)
+    if case.precision.scheme:
+        result = quantized_verdict(case.dtype, ours, theirs, thresholds, nonfinite)
+        prefix = "fake_quant_"
+    else:
+        result = reduced_verdict(ours, theirs, thresholds, pretrained, nonfinite)
+        prefix = "reference_"
+    return result, {f"{prefix}{k}": v for k, v in theirs.as_dict().items() if k != "positions"}

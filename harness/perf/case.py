@@ -6,7 +6,6 @@ here is testable with dummy runners.
 
 from __future__ import annotations
 
-import gc
 import os
 from functools import cache
 from pathlib import Path
@@ -19,14 +18,14 @@ from harness.devices import Backend
 from harness.perf.gate import gate
 from harness.perf.memory import (
     cpu_search_in_child,
-    is_out_of_memory,
+    free,
     kv_bytes_read_per_step,
+    out_of_memory,
     run_search,
-    streamed_weight_bytes,
-    weight_bytes,
 )
 from harness.perf.options import PerfSettings
 from harness.perf.timing import SEED_COLUMNS, measure, summary
+from harness.runners import Runner
 from harness.verdicts import Verdict, verdict
 
 PHASES = {"first_token": "forward_first_token_time(ms)",
@@ -51,40 +50,34 @@ def baselines(root: Path, selected: tuple[str, ...] | None):
     return rows, ours
 
 
-def byte_counts(runner, case: Case, next_ms: float, rate: float) -> dict:
+def byte_counts(runner: Runner, case: Case, next_ms: float, rate: float) -> dict:
     """Weight and KV bytes a decode step reads, and how close the step comes to the floor.
 
     Weights are counted as stored (int8 plus scales for w8a16/w8a8), the KV cache in the
     activation dtype. Ranks of a tensor-parallel run on the CPU share one memory bus: the
-    step reads every rank's slice (rank 0's times the ranks; their slices are equal)."""
-    model = runner.model
-    ranks = getattr(runner, "world_size", 1) if case.hardware == "cpu" else 1
-    weights = streamed_weight_bytes(model) * ranks
-    cfg = getattr(model, "config", None)
-    element = torch.empty((), dtype=getattr(runner, "dtype", torch.float32)).element_size()
-    kv = kv_bytes_read_per_step(cfg, element, case.batch, case.seqlen, case.out) if hasattr(
-        cfg, "num_kv_heads") else 0.0
+    step reads every rank's slice (this process's times the ranks; their slices are equal)."""
+    ranks = runner.world_size if case.hardware == "cpu" else 1
+    weights = runner.streamed_weight_bytes() * ranks
+    element = torch.empty((), dtype=runner.precision.dtype).element_size()
+    kv = kv_bytes_read_per_step(runner.config, element, case.batch, case.seqlen, case.out)
     floor_ms = (weights + kv) / rate * 1e3
-    return {"weight_bytes": weight_bytes(model) * ranks, "streamed_weight_bytes": weights,
+    return {"weight_bytes": runner.weight_bytes() * ranks, "streamed_weight_bytes": weights,
             "kv_bytes_per_step": kv,
             "achieved_gb_per_s": (weights + kv) / next_ms / 1e6 if next_ms else float("nan"),
             "copy_bandwidth_gb_per_s": rate / 1e9, "floor_ms": floor_ms,
             "pct_of_floor": 100 * floor_ms / next_ms if next_ms else float("nan")}
 
 
-def perf_case(case: Case, runner, tokenizer, backend: Backend, settings: PerfSettings,
-              reference=None) -> tuple[Verdict, dict]:
+def perf_case(case: Case, runner: Runner, tokenizer, backend: Backend, settings: PerfSettings,
+              reference: Runner | None = None) -> tuple[Verdict, dict]:
     """Measure a case; its verdict against the matching baselines and its metrics."""
     backend.reset_peak_memory()
-    try:
-        samples = measure(runner, tokenizer, backend, case.batch, case.seqlen, case.out,
-                          settings.repeats, settings.warmup)
-    except Exception as e:  # noqa: BLE001 - an OOM fails this case, not the grid
-        if not is_out_of_memory(e):
-            raise
-        runner.release()
-        gc.collect()
-        reason = f"out of memory at batch {case.batch}: {str(e).splitlines()[0][:160]}"
+    samples, error = out_of_memory(lambda: measure(runner, tokenizer, backend, case.batch,
+                                                   case.seqlen, case.out, settings.repeats,
+                                                   settings.warmup))
+    if error:  # fails this case, not the grid
+        free(runner, backend)
+        reason = f"out of memory at batch {case.batch}: {error[:160]}"
         return verdict([reason], float("nan"), "completes"), {}
     metrics = summary(samples, case.batch, case.seqlen, case.out)
     metrics["peak_memory_bytes"] = backend.peak_memory_bytes()
@@ -142,7 +135,8 @@ def max_batch_case(case: Case, checkpoint, backend: Backend, settings: PerfSetti
         result = cpu_search_in_child(checkpoint, **args)
     else:
         try:
-            result = run_search(checkpoint, backend, enforce=backend.limit_memory, **args)
+            result = run_search(checkpoint, backend, **args,
+                                enforce=lambda memory, _weights: backend.limit_memory(memory))
         finally:
             backend.limit_memory(None)
     found = result["search"]

@@ -24,29 +24,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 
 from models.config import ModelConfig
 
 # Interpreter, allocator and library state that the model does not account for.
 FIXED_OVERHEAD_BYTES = 64 * 2**20
 PROBE_LINE = "probe "  # the search child's progress lines on its stdout
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (a tied embedding counted once)."""
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def streamed_weight_bytes(model: nn.Module) -> int:
-    """Weight bytes a decode step reads: all of them except embedding tables that are only
-    gathered row by row (the input embedding when the LM head has its own weight, learned
-    positions)."""
-    gathered = [getattr(model, "pos_embed", None)]
-    if getattr(model, "lm_head", None) is not None:
-        gathered.append(getattr(model, "embed", None))
-    return weight_bytes(model) - sum(weight_bytes(m) for m in gathered if m is not None)
 
 
 def kv_bytes_per_token(cfg: ModelConfig, element_size: int) -> int:
@@ -85,6 +68,26 @@ def is_out_of_memory(error: BaseException) -> bool:
                                                 or "out of memory" in text)
 
 
+def out_of_memory(request):
+    """(request(), "") or, where it ran out of memory, (None, the error's first line); any
+    other error re-raises. Call `free` after a failure before the next request."""
+    try:
+        return request(), ""
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is an answer; the rest re-raise
+        if not is_out_of_memory(e):
+            raise
+        return None, str(e).splitlines()[0]
+
+
+def free(runner, backend) -> None:
+    """Give back what a request held: the KV cache, the activations that a failed request's
+    traceback keeps in a reference cycle, the device allocator's cached blocks."""
+    runner.release()
+    gc.collect()
+    if backend.name != "cpu":
+        backend.module().empty_cache()
+
+
 @dataclass
 class Probe:
     batch: int
@@ -118,22 +121,17 @@ def probe(runner, tokenizer, backend, texts: list[str], batch: int, in_len: int,
 
     samples = Samples()
     backend.reset_peak_memory()
+    rows = [texts[row % len(texts)] for row in range(batch)]
     try:
-        rows = [texts[row % len(texts)] for row in range(batch)]
-        run_request(runner, tokenizer, backend, rows, in_len, out_len, samples)
-        steps = samples.decode_ms[0]
-        return Probe(batch, True, sum(steps) / len(steps) if steps else None,
-                     peak_memory_bytes=backend.peak_memory_bytes())
-    except Exception as e:  # noqa: BLE001 - only out-of-memory is an answer; the rest re-raise
-        if not is_out_of_memory(e):
-            raise
-        return Probe(batch, False, None, str(e).splitlines()[0][:200],
-                     backend.peak_memory_bytes())
+        _, error = out_of_memory(lambda: run_request(runner, tokenizer, backend, rows, in_len,
+                                                     out_len, samples))
     finally:
-        runner.release()
-        gc.collect()  # a failed request's traceback holds activations in a reference cycle
-        if backend.name != "cpu":
-            backend.module().empty_cache()
+        free(runner, backend)
+    if error:
+        return Probe(batch, False, None, error[:200], backend.peak_memory_bytes())
+    steps = samples.decode_ms[0]
+    return Probe(batch, True, sum(steps) / len(steps) if steps else None,
+                 peak_memory_bytes=backend.peak_memory_bytes())
 
 
 def search(check, predicted: int, cap: int, max_next_ms: float | None,
@@ -187,15 +185,16 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
     from transformers import AutoTokenizer
 
     from harness.perf.timing import measure, prompts, summary
-    from harness.runners import ported_runner
+    from harness.runners import PortedRunner
+    from models.precision import Precision
 
-    runner = ported_runner(checkpoint, backend, dtype, headroom=out_len, device_logits=True)
+    runner = PortedRunner(checkpoint, Precision.of(dtype, backend.name), hardware=backend,
+                          headroom=out_len, device_logits=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    cfg = runner.model.config
-    weights = weight_bytes(runner.model)
-    element = runner.model.embed.weight.element_size()
+    weights = runner.weight_bytes()
+    element = torch.empty((), dtype=runner.precision.dtype).element_size()
     available = memory if memory is not None else backend.free_memory_bytes() + weights
-    predicted = predict_max_batch(cfg, weights, element, in_len, out_len, available)
+    predicted = predict_max_batch(runner.config, weights, element, in_len, out_len, available)
     texts = prompts(tokenizer, 16, in_len)
     # Warm before the limit: the tokenizer's thread pool and the kernels' first allocations.
     probe(runner, tokenizer, backend, texts, 4, in_len, min(out_len, 2))
@@ -205,15 +204,12 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
                    predicted, cap, max_next_ms, progress)
     measured = {}
     while found.found and not measured:
-        try:
-            samples = measure(runner, tokenizer, backend, found.found, in_len, out_len, repeats,
-                              warmup)
+        samples, error = out_of_memory(lambda: measure(runner, tokenizer, backend, found.found,
+                                                       in_len, out_len, repeats, warmup))
+        if not error:
             measured = summary(samples, found.found, in_len, out_len)
-        except Exception as e:  # noqa: BLE001 - at the edge, memory may have moved a little
-            if not is_out_of_memory(e):
-                raise
-            runner.release()
-            gc.collect()
+        else:  # at the edge, memory may have moved a little
+            free(runner, backend)
             found.probes.append(Probe(found.found, False, None, "repeat: out of memory"))
             if progress is not None:
                 progress(found.probes[-1])

@@ -23,8 +23,9 @@ import transformers
 from torch import Tensor
 
 from harness.devices import Backend, get_backend
-from harness.runners import ReferenceRunner
+from harness.runners import PortConfig, ReferenceRunner
 from models.checkpoint import CheckpointError, read_config
+from models.precision import DTYPE_NAMES, Precision
 
 
 def remote_code_class(path: str | Path) -> str | None:
@@ -66,15 +67,11 @@ class HFRunner(ReferenceRunner):
         self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
         self.device = (self.backend.torch_device() if self.backend.name == "cpu"
                        else torch.device(self.backend.name, device_index))
-        self.dtype = dtype
+        self.precision = Precision.of(DTYPE_NAMES[dtype], self.backend.name)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
-        config = self.model.config
-        self.vocab_size = config.vocab_size
-        # Older remote code (GPT-2 style names) calls it n_positions or seq_length.
-        self.max_positions = next((getattr(config, name) for name in
-                                   ("max_position_embeddings", "n_positions", "seq_length")
-                                   if getattr(config, name, None)), None)
+        self.config = PortConfig.of(self.model.config)
+        self.vocab_size, self.max_positions = self.config.vocab_size, self.config.max_positions
         parameters = inspect.signature(self.model.forward).parameters
         self._takes_positions = "position_ids" in parameters
         # Remote code written for older transformers may not take logits_to_keep.
@@ -90,10 +87,6 @@ class HFRunner(ReferenceRunner):
         self.past = out.past_key_values
         logits = out.logits if keep == 0 else out.logits[:, -keep:]
         return logits.float().cpu()
-
-    def release(self) -> None:
-        """Drop the cache (transformers' dynamic cache is allocated per prefill anyway)."""
-        self.reset()
 
 
 def enter_rank(path: str | Path, rank: int, world_size: int, master_port: int, *,

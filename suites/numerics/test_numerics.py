@@ -7,17 +7,12 @@ reference's greedy choices), so every decode step is compared at the same positi
 import pytest
 import torch
 
-from harness.devices import QUANTIZED
 from harness.numerics.teacher_forced import (
-    fp32_verdict,
     make_prompt,
-    nonfinite_failures,
     pretrained_limits,
-    quantized_verdict,
-    reduced_verdict,
     sequence_logits,
-    stats_against_reference,
     teacher_forced,
+    teacher_forced_case,
 )
 from harness.prompts import prompt_ids
 from harness.verdicts import at_most, first_lines, nan_max, verdict
@@ -26,31 +21,8 @@ pytestmark = pytest.mark.numerics
 
 
 def test_teacher_forced(case, runner_pool, thresholds, record):
-    ported = runner_pool.ported(case)
-    reference = runner_pool.reference(case.model)
-    ids, mask = make_prompt(case, ported.model.config.vocab_size)
-    pretrained = pretrained_limits(case.model)
-    if case.dtype in QUANTIZED:
-        fake = runner_pool.reference(case.model, case.dtype)
-        history, _ = teacher_forced(reference, [ported, fake], ids, mask, case.out)
-        ours = stats_against_reference(history, 1, thresholds)
-        theirs = stats_against_reference(history, 2, thresholds)
-        result = quantized_verdict(case.dtype, ours, theirs, thresholds,
-                                   nonfinite_failures(history, 1))
-        theirs = {f"fake_quant_{k}": v for k, v in theirs.as_dict().items() if k != "positions"}
-    elif case.dtype == "fp32":
-        history, _ = teacher_forced(reference, [ported], ids, mask, case.out)
-        ours = stats_against_reference(history, 1, thresholds)
-        result = fp32_verdict(ours, thresholds, pretrained, nonfinite_failures(history, 1))
-        theirs = {}
-    else:
-        reference_in_dtype = runner_pool.reference(case.model, case.dtype)
-        history, _ = teacher_forced(reference, [ported, reference_in_dtype], ids, mask, case.out)
-        ours = stats_against_reference(history, 1, thresholds)
-        hf = stats_against_reference(history, 2, thresholds)
-        result = reduced_verdict(ours, hf, thresholds, pretrained, nonfinite_failures(history, 1))
-        theirs = {f"reference_{k}": v for k, v in hf.as_dict().items() if k != "positions"}
-    record(result, **theirs, thresholds_version=thresholds["version"])
+    result, metrics = teacher_forced_case(case, runner_pool, thresholds)
+    record(result, **metrics, thresholds_version=thresholds["version"])
     assert result.passed, f"{case}: {result.message()}"
 
 
@@ -61,7 +33,7 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
     `padding_relative` times as far from the fp32 reference as the row run alone.
     """
     ported = runner_pool.ported(case)
-    ids, mask = make_prompt(case, ported.model.config.vocab_size)
+    ids, mask = make_prompt(case, ported.config.vocab_size)
     batch_history, tokens = teacher_forced(ported, [], ids, mask, case.out)
     reference = runner_pool.reference(case.model) if case.dtype != "fp32" else None
     kind = "real" if pretrained_limits(case.model) else "tiny"
@@ -98,9 +70,7 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
 
 
 def test_greedy_generation(case, runner_pool, llmgate, record):
-    """Greedy tokens of the engine equal transformers' `generate`, left padding included."""
-    from models.engine import generate
-
+    """Greedy tokens of the port equal transformers' `generate`, left padding included."""
     ported = runner_pool.ported(case)
     reference = runner_pool.reference(case.model)
     tokenizer = runner_pool.tokenizer(case.model)
@@ -109,11 +79,9 @@ def test_greedy_generation(case, runner_pool, llmgate, record):
     mask = torch.ones_like(ids)
     mask[1, : case.seqlen // 2] = 0  # second row: the prompt's tail, left-padded
     ids[1, : case.seqlen // 2] = pad_id
-    generation = generate(ported.engine, ids, mask, case.out, ignore_eos=True)
+    generation = ported.generate(ids, mask, case.out)
     ours = generation.tokens
-    theirs = reference.model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=case.out, min_new_tokens=case.out,
-        do_sample=False, pad_token_id=pad_id)[:, case.seqlen:].tolist()
+    theirs = reference.generate(ids, mask, case.out).tokens
     first_diff = [next((i for i, (a, b) in enumerate(zip(o, t)) if a != b), None)
                   for o, t in zip(ours, theirs)]
     failures = first_lines([f"step {step} row {row}: non-finite logits"
