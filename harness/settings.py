@@ -78,8 +78,10 @@ def model_paths(items: list[str] | None) -> dict[str, Path]:
 def rank_directory(name: str, given: str, directory: Path) -> None:
     """A rank's part of a split checkpoint runs only within its group: refuse it at start-up
     with the directory to give instead (its config says its rank and world size)."""
+    if part_dirs(directory) is not None or not (directory / "config.json").is_file():
+        return  # a whole split checkpoint (part_model/ alone), or not a checkpoint at all
     split = tensor_parallel_of(read_json(directory / "config.json"))
-    if split and part_dirs(directory) is None:
+    if split:
         rank, world = split
         raise pytest.UsageError(f"--model-path {name}={given}: rank {rank} of a checkpoint split "
                                 f"for {world} ranks; give the directory that holds part_model/ "
