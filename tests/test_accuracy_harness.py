@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from harness.accuracy import humaneval
-from harness.accuracy.datasets import SMOKE_ROOT, Question, load_humaneval, load_mmlu
+from harness.accuracy.datasets import SMOKE_ROOT, Question, load_mmlu
+from harness.accuracy.files import load_humaneval
 from harness.accuracy.gate import not_the_benchmark, paired_gate, table_gate
 from harness.accuracy.mmlu_subjects import MMLU_TEST_COUNTS
 from harness.accuracy.prompts import CEVAL, MMLU

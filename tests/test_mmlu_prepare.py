@@ -6,13 +6,8 @@ import os
 import pandas as pd
 import pytest
 
-from harness.accuracy.datasets import (
-    MMLU_TEST_COUNTS,
-    has_split,
-    load_mmlu,
-    package_file,
-    subject_count_problems,
-)
+from harness.accuracy.datasets import MMLU_TEST_COUNTS, has_split, load_mmlu, subject_count_problems
+from harness.accuracy.files import package_file
 from harness.accuracy.mmlu_prepare import prepare_mmlu
 from tests.test_datasets import error
 

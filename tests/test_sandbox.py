@@ -177,7 +177,7 @@ EARLY_EXITS = {
 
 @pytest.fixture(scope="module")
 def first_problem():
-    from harness.accuracy.datasets import load_humaneval
+    from harness.accuracy.files import load_humaneval
 
     return load_humaneval()[0]
 

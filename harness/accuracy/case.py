@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness.accuracy import datasets, humaneval
+from harness.accuracy import datasets, files, humaneval
 from harness.accuracy.gate import accuracy_verdict, not_the_benchmark, paired_gate, table_gate
 from harness.accuracy.mmlu_prepare import prepare_mmlu
 from harness.accuracy.options import AccuracySettings
@@ -132,7 +132,7 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
 def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
                    run_dir: Path) -> tuple[Verdict, dict]:
     acc = settings.accuracy
-    available = datasets.load_humaneval(acc.humaneval_path)
+    available = files.load_humaneval(acc.humaneval_path)
     problems = available[: acc.problems] if acc.problems else available
     results = run_dir / "accuracy" / case.id / "samples.jsonl"
     task = TASKS["humaneval"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from harness import jsonl
-from harness.accuracy.datasets import Problem
+from harness.accuracy.files import Problem
 from harness.accuracy.prompts import HUMANEVAL
 from harness.accuracy.scoring import read_answers
 from models.engine import Sampling, generate

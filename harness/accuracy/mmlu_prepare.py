@@ -13,13 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.accuracy.datasets import (
-    DatasetError,
-    answer_letter,
-    jsonl_records,
-    package_file,
-    subject_count_problems,
-)
+from harness.accuracy.datasets import DatasetError, answer_letter, subject_count_problems
+from harness.accuracy.files import jsonl_records, package_file
 from harness.accuracy.mmlu_subjects import MMLU_CATEGORIES
 from harness.cache import ensure_entry, sha256
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.accuracy import datasets
+from harness.accuracy import datasets, files
 from harness.baselines import BASELINES_DIR
 from harness.values import check_names, positive_int, split_values
 
@@ -154,7 +154,7 @@ class AccuracySettings:
                 if task in self.tasks and self.root(task) is not None:
                     datasets.load_task(task, self.root(task))
             if "humaneval" in self.tasks and self.humaneval_path is not None:
-                datasets.load_humaneval(self.humaneval_path)
+                files.load_humaneval(self.humaneval_path)
         except datasets.DatasetError as e:
             raise pytest.UsageError(str(e)) from None
 
