@@ -82,6 +82,8 @@ def rows(pytester, run_id):
     (["--batch", "1,,4"], "--batch '1,,4': an empty value; expected comma-separated values"),
     (["--dtype", ""], "--dtype '': an empty value*"),
     (["--model", ""], "--model '': an empty value*"),
+    (["--task", ""], "--task '': an empty value*"),
+    (["--accuracy-baseline", ""], "--accuracy-baseline '': an empty value*"),
     (["--batch", "99999999999999999999"], "--batch '99999999999999999999': expected an integer "
                                           ">= 1 and <= 65536"),
     (["--max-batch", "--memory-limit", "400"], "--memory-limit '400': 400 bytes cannot hold a "

@@ -101,7 +101,7 @@ class AccuracySettings:
     @classmethod
     def from_config(cls, config: pytest.Config) -> AccuracySettings:
         opt = config.getoption
-        tasks = split_values(opt("--task")) or list(TASK_NAMES)
+        tasks = split_values(opt("--task"), "--task") or list(TASK_NAMES)
         check_names("--task", tasks, TASK_NAMES)
         samples = positive_int("--samples", str(opt("--samples")))
         temperature = opt("--temperature")
@@ -117,7 +117,7 @@ class AccuracySettings:
             raise pytest.UsageError(f"--execution-timeout {opt('--execution-timeout')}: "
                                     "expected seconds > 0")
         shots = opt("--shots")
-        names = split_values(opt("--accuracy-baseline"))
+        names = split_values(opt("--accuracy-baseline"), "--accuracy-baseline")
         if names != ["none"]:
             root = opt("--baselines-dir")  # checked, like every stored file, by Settings
             _check_baselines(names, Path(root).expanduser() if root else BASELINES_DIR)
