@@ -95,6 +95,27 @@ def test_compare_shows_exactly_the_injected_changes(tmp_path, capsys):
     assert main(["compare", str(after), str(before)]) == 1
     out = capsys.readouterr().out
     assert "slower" in out and "abstract_algebra/test/4" in out
+    assert "A is worse than B:" in out and "perf metrics slower beyond the tolerance" in out
+
+
+def test_compare_names_cases_only_one_run_has_and_refuses_runs_with_none_in_common(
+        tmp_path, capsys):
+    before = write_run(tmp_path / "before")
+    after = write_run(tmp_path / "after")
+    rows = load_records(after)
+    lost = rows[0]["case"]
+    (after / "records-example.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["case"] != lost))
+    diff = compare_runs(after, before)
+    assert {(d["case"], d["only_in"]) for d in diff["missing"]} == {(lost, "B")}
+    assert main(["compare", str(after), str(before)]) == 1
+    out = capsys.readouterr().out
+    assert lost in out and "cases of B missing from A" in out
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "records-x.jsonl").write_text(json.dumps({**rows[0], "case": "elsewhere"}) + "\n")
+    assert main(["compare", str(after), str(other)]) == 2
+    assert "no case in common" in capsys.readouterr().err
 
 
 def test_history_flags_the_run_where_a_regression_entered(tmp_path, capsys):

@@ -119,6 +119,11 @@ def compare_runs(a: Path, b: Path, tolerance: float = 0.10) -> dict[str, list[di
     rows_a = {(r["case"], r["test"]): r for r in run_rows(a)}
     rows_b = {(r["case"], r["test"]): r for r in run_rows(b)}
     out: dict[str, list[dict]] = {"numerics": [], "perf": [], "accuracy": [], "outcome": []}
+    if not rows_a.keys() & rows_b.keys():
+        raise RunError(f"{a} and {b} have no case in common: nothing to compare")
+    # A case of the baseline that A lacks was lost (a crash, a narrower selection): say so.
+    out["missing"] = [{"case": case, "test": test, "only_in": "B" if (case, test) in rows_b
+                       else "A"} for case, test in sorted(rows_a.keys() ^ rows_b.keys())]
     for key in sorted(rows_a.keys() & rows_b.keys()):
         ra, rb = rows_a[key], rows_b[key]
         if ra.get("outcome") != rb.get("outcome"):
@@ -189,9 +194,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
             shown = [{k: (", ".join(v[:8]) + (" ..." if len(v) > 8 else "")
                           if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
             print(tabulate(shown, headers="keys", floatfmt=".4g"))
-    worse = diff["outcome"] or any(r["change"] == "slower" for r in diff["perf"]) or any(
-        r["right_to_wrong"] and r["a"] < r["b"] for r in diff["accuracy"])
-    return 1 if worse else 0
+    slower = sum(r["change"] == "slower" for r in diff["perf"])
+    lost = [r for r in diff["accuracy"] if r["right_to_wrong"] and r["a"] < r["b"]]
+    missing = sum(r["only_in"] == "B" for r in diff["missing"])
+    problems = [f"{len(diff['outcome'])} outcomes changed" if diff["outcome"] else "",
+                f"{slower} perf metrics slower beyond the tolerance" if slower else "",
+                f"{len(lost)} accuracy cases lost questions" if lost else "",
+                f"{missing} cases of B missing from A" if missing else ""]
+    problems = [p for p in problems if p]
+    print(f"\nA is worse than B: {'; '.join(problems)}" if problems
+          else "\nA is not worse than B")
+    return 1 if problems else 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
