@@ -6,6 +6,7 @@ rest of the plugin, `harness.plugin`.
 
 from harness.accuracy.options import add_options as add_accuracy_options
 from harness.perf.options import add_options as add_perf_options
+from harness.ports.options import add_options as add_port_options
 
 pytest_plugins = ["harness.plugin"]
 
@@ -71,5 +72,6 @@ def pytest_addoption(parser):
     group.addoption("--quantize-lm-head", action="store_true", default=False,
                     help="w8a16/w8a8 quantize the LM head too (default: every linear layer "
                          "but the LM head; embeddings never)")
+    add_port_options(group)
     add_perf_options(group)
     add_accuracy_options(group)

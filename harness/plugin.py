@@ -23,7 +23,7 @@ import pytest
 from harness import named_baselines
 from harness.accuracy import session as accuracy_session
 from harness.cases import Case
-from harness.devices import get_backend
+from harness.devices import QUANTIZED, get_backend
 from harness.perf import session as perf_session
 from harness.pool import RunnerPool
 from harness.results import (
@@ -187,6 +187,7 @@ class LlmgatePlugin:
                 "outcome": outcome, "passed": outcome == "passed", "reason": reason,
                 "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
                 "batch": case.batch, "seqlen": case.seqlen, "out": case.out, "task": case.task,
+                "port": self.settings.ports.of(case.model).name,
                 "session": self.session, "worker": self.worker}
         measured = {**fields, **state.get("metrics", {})}
         self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
@@ -283,8 +284,8 @@ def llmgate(pytestconfig) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def runner_pool(llmgate):
-    pool = RunnerPool(llmgate)
+def runner_pool(llmgate, run_dir):
+    pool = RunnerPool(llmgate, run_dir=run_dir)
     yield pool
     pool.close()
 
@@ -304,7 +305,7 @@ def record(request):
     """
     state = request.node.stash.setdefault(OUTCOME, {})
     case = _case(request.node)
-    if case is not None and case.precision.scheme:  # which float type the activations are
+    if case is not None and case.dtype in QUANTIZED:  # which float type the activations are
         state.setdefault("metrics", {})["activation_dtype"] = case.precision.dtype_name
 
     def _record(verdict: Verdict | None = None, **metrics) -> None:

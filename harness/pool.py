@@ -9,6 +9,7 @@ that hardware).
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,9 @@ from models.precision import Precision
 class RunnerPool:
     """Loaded runners, reused across tests; only the most recent few models stay in memory."""
 
-    def __init__(self, settings: Settings, keep_models: int = 2):
-        self.settings, self.keep_models = settings, keep_models
+    def __init__(self, settings: Settings, keep_models: int = 2, run_dir: Path | None = None):
+        """run_dir: where a server the run starts (llama-cpp ports) keeps its log."""
+        self.settings, self.keep_models, self.run_dir = settings, keep_models, run_dir
         self._runners: OrderedDict[tuple, object] = OrderedDict()  # runners, tokenizers
 
     def _get(self, key: tuple, make):
@@ -62,10 +64,25 @@ class RunnerPool:
         return backend
 
     def ported(self, case: Case, **options) -> Runner:
-        """Our engine for the case (split over --tp ranks); `options` go to the runner
-        (compile, device_logits)."""
+        """The case's port: our engine (split over --tp ranks; `options` go to it: compile,
+        device_logits), an hf directory, a plug-in's runner or a served port."""
+        spec = self.settings.ports.of(case.model)
+        if spec.served:
+            return self.served(case)
         backend = self.backend(case)
         settings = self.settings
+        if spec.kind == "hf":
+            from harness.ports.hf import HFRunner
+
+            key = ("hf", case.model, case.hardware, case.dtype)
+            return self._get(key, lambda: HFRunner(
+                settings.port_path(case.model), hardware=backend, dtype=case.precision.dtype,
+                trust_remote_code=settings.ports.trust_remote_code))
+        if spec.kind == "plugin":
+            key = ("plugin", case.model, case.hardware, case.dtype)
+            return self._get(key, lambda: spec.factory()(
+                settings.port_path(case.model), model=case.model, precision=case.precision,
+                hardware=case.hardware))
         path = settings.checkpoint(case.model)
         tp, lm_head = settings.tp, settings.quantize_lm_head
         if tp == 1:
@@ -80,6 +97,32 @@ class RunnerPool:
         key = ("tp", case.model, case.hardware, case.dtype, *sorted(options.items()))
         return self._get(key, lambda: TensorParallelRunner(
             path, tp, case.precision, hardware=case.hardware, lm_head=lm_head, **options))
+
+    def served(self, case: Case):
+        """The served port of the case's model: a server the run starts (llama-cpp, its log
+        in the run's directory) or the --endpoint given."""
+        from harness.ports.served import ServedRunner
+
+        settings, spec = self.settings, self.settings.ports.of(case.model)
+
+        def make():
+            server, url = None, None
+            if spec.kind == "llama-cpp":
+                from harness.ports.llama_server import LlamaServer, availability, gguf_of
+
+                usable, why = availability()
+                if not usable:
+                    pytest.skip(f"llama-cpp port: {why}")
+                log = (self.run_dir or settings.results_root) / f"llama-cpp-{case.model}.log"
+                server = LlamaServer(gguf_of(spec), log, alias=case.model)
+                url = server.start() and server.url
+            runner = ServedRunner(settings.ports.client(spec, url), self.tokenizer(case.model),
+                                  self.config(case.model), spec=spec,
+                                  profile=settings.ports.profile_of(spec),
+                                  logprobs=settings.ports.logprobs,
+                                  fix_echo_shift=settings.ports.fix_echo_shift, server=server)
+            return runner
+        return self._get(("served", case.model, spec.name), make)
 
     def reference(self, model: str, dtype: str = "fp32") -> ReferenceRunner:
         """transformers from the model's float weights; an int8 dtype is simulated in

@@ -32,6 +32,8 @@ from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
 from harness.numerics import grid as numerics_grid
 from harness.perf import grid as perf_grid
 from harness.perf.options import PerfSettings
+from harness.ports.hf import check_remote_code
+from harness.ports.options import PortSettings
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
 from models.checkpoint import CheckpointError, read_json
@@ -102,6 +104,24 @@ def check_stored_weights(paths: dict[str, Path], dtypes: list[str], tp: int) -> 
                                     f"{weights.world_size}, not --tp {tp}")
 
 
+def check_ports(ports: PortSettings, paths: dict[str, Path], dtypes: list[str],
+                tp: int) -> None:
+    """An hf port runs float dtypes; a remote-code directory only with --trust-remote-code."""
+    for name, spec in [(None, ports.default), *ports.per_model.items()]:
+        what = f"--port {name + '=' if name else ''}{spec.name}"
+        if spec.kind == "hf" and set(dtypes) & set(QUANTIZED):
+            raise pytest.UsageError(f"{what}: an hf port runs fp32, bf16 or fp16, not "
+                                    f"{','.join(sorted(set(dtypes) & set(QUANTIZED)))}")
+        if spec.kind != "engine" and tp > 1:
+            raise pytest.UsageError(f"{what}: --tp {tp} runs the engine only")
+    for name, path in paths.items():
+        if ports.of(name).kind in ("hf", "plugin"):
+            try:
+                check_remote_code(path, ports.trust_remote_code)
+            except CheckpointError as e:
+                raise pytest.UsageError(f"--model-path {name}: {e}") from None
+
+
 def check_tp(models: list[str], tp: int) -> None:
     """Every model asked for by name must split over --tp ranks."""
     for model in models:
@@ -154,6 +174,7 @@ class Settings:
     results_root: Path
     perf: PerfSettings
     accuracy: AccuracySettings
+    ports: PortSettings = field(default_factory=PortSettings)
     shard: tuple[int, int] | None = None  # (K, N): this host runs the K-th of N shards
     tp: int = 1  # tensor-parallel ranks
     quantize_lm_head: bool = False
@@ -163,7 +184,10 @@ class Settings:
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
         opt = config.getoption
+        ports = PortSettings.from_config(config, REGISTRY)
         paths = model_paths(opt("--model-path"))
+        check_ports(ports, paths, unique(split_values(opt("--dtype"), "--dtype")),
+                    positive_int("--tp", str(opt("--tp"))))
         models = unique(split_values(opt("--model"), "--model"))
         check_names("--model", models, REGISTRY)
         for name in paths:
@@ -196,8 +220,9 @@ class Settings:
             perf=PerfSettings.from_config(config, batches, seqlens,
                                           baselines_dir(opt("--baselines-dir"))),
             accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
-            tp=tp, quantize_lm_head=opt("--quantize-lm-head"))
+            tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports)
         settings.check_lengths()
+        ports.check_endpoints()
         return settings
 
     @property
@@ -206,7 +231,14 @@ class Settings:
 
     def model_dtypes(self, model: str, dtypes: list[str]) -> list[str]:
         """`dtypes` this model runs: a quantized checkpoint only as its own scheme (whatever
-        the suite's default; a --dtype without it is refused at start-up)."""
+        the suite's default; a --dtype without it is refused at start-up); an hf or plug-in
+        port the float dtypes; a served port its thresholds profile (the server's weights
+        are its own)."""
+        spec = self.ports.of(model)
+        if spec.served:
+            return [self.ports.profile_of(spec)]
+        if spec.kind != "engine":
+            return [d for d in dtypes if d not in QUANTIZED]
         stored = self.weights(model).scheme if model in self.model_paths else None
         return [stored] if stored else dtypes
 
@@ -214,6 +246,17 @@ class Settings:
     def tags(self) -> tuple[str, ...]:
         """Id tokens every case of this run carries: `tp2` for a two-rank run."""
         return (f"tp{self.tp}",) if self.tp > 1 else ()
+
+    def case_tags(self, model: str) -> tuple[str, ...]:
+        """Id tokens of a model's cases: its port where not the engine, then `tags`."""
+        return (*self.ports.of(model).tag, *self.tags)
+
+    def port_path(self, model: str) -> Path:
+        """The HuggingFace directory an hf or plug-in port loads: --model-path, else the
+        float checkpoint the embedded weights are built from."""
+        if model in self.model_paths:
+            return self.model_paths[model]
+        return self.weights(model).source
 
     def tp_problem(self, model: str) -> str | None:
         """Why `model` cannot run at this --tp (a default model that does not split)."""

@@ -55,7 +55,13 @@ def program(problem: Problem, completion: str) -> str:
 
 def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
              sampling: Sampling | None) -> list[tuple[str, str, int]]:
-    """(completion, finish reason, non-finite steps) per prompt, one batch."""
+    """(completion, finish reason, non-finite steps) per prompt, one batch. A served port
+    completes the text itself, with the stop sequences (its requests, its sampler)."""
+    if hasattr(runner, "complete_text"):
+        done = runner.complete_text(prompts, max_new_tokens, list(HUMANEVAL.stop_sequences),
+                                    sampling.temperature if sampling else 0.0,
+                                    sampling.seed if sampling else None)
+        return [(truncate(text), reason, 0) for text, reason in done]
     encoded = [tokenizer(p).input_ids for p in prompts]
     width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -18,10 +18,12 @@ def cases(settings: Settings, *, dtypes=None, batches=None, seqlens=None,
           out=None) -> list[Case]:
     """The numerics grid, model-major so that each model is loaded once per process."""
     out = settings.decode_steps if out is None else out
-    return [Case(m, h, d, b, s, out, tags=settings.tags)
+    return [Case(m, h, d, b, s, out, tags=settings.case_tags(m))
             for m in settings.models for h, d, b, s in product(
                 settings.hardware, settings.model_dtypes(m, dtypes or settings.dtypes),
-                batches or settings.batches, seqlens or settings.seqlens)]
+                # a server batches its requests itself: one prompt per case
+                [1] if settings.ports.of(m).served else batches or settings.batches,
+                seqlens or settings.seqlens)]
 
 
 def length_requests(settings: Settings) -> list[tuple[list[str], int, str]]:

@@ -31,6 +31,8 @@ from models.config import TINY_MODELS
 
 QUANTIZED_KEYS = ("top1_agreement", "mean_kl", "max_kl", "min_cosine", "relative_to_fake",
                   "fake_slack")
+SERVED_KEYS = ("max_abs_logprob_diff", "top1_agreement", "kl_lower_bound", "tail_slack",
+               "greedy_min_leading")
 THRESHOLDS_FILE = Path(str(resources.files("harness.numerics") / "thresholds.toml"))
 
 
@@ -48,6 +50,10 @@ def load_thresholds(path: Path = THRESHOLDS_FILE) -> dict:
         for key in keys:
             if not isinstance(data.get(section, {}).get(key), (int, float)):
                 raise ValueError(f"{path}: missing number [{section}] {key}")
+    for profile in ("16bit", "4bit"):
+        for key in SERVED_KEYS:
+            if not isinstance(data.get(f"served_{profile}", {}).get(key), (int, float)):
+                raise ValueError(f"{path}: missing number [served_{profile}] {key}")
     if not isinstance(data.get("version"), int):
         raise ValueError(f"{path}: missing integer field 'version'")
     return data

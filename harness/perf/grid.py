@@ -15,10 +15,20 @@ def cases(settings: Settings) -> list[Case]:
     """The perf grid: batches x (in, out) pairs, or batch "max" with --max-batch."""
     perf = settings.perf
     batches = ["max"] if perf.max_batch else perf.batches
-    return [Case(m, h, d, b, i, o, tags=settings.tags)
-            for m in settings.perf_models for h, d, b, (i, o) in product(
-                settings.hardware, settings.model_dtypes(m, settings.dtypes_given or ["fp32"]),
-                batches, perf.pairs)]
+    found = []
+    for m in settings.perf_models:
+        served = settings.ports.of(m).served
+        if served and perf.max_batch:
+            continue  # a server's batch is its own business
+        # A served port: one request per concurrent client, at each --concurrency level.
+        levels = [(1, (f"c{c}",)) for c in perf.concurrency] if served else [
+            (b, ()) for b in batches]
+        found += [Case(m, h, d, b, i, o, tags=(*settings.case_tags(m), *level))
+                  for h, d, (b, level), (i, o) in product(
+                      settings.hardware, settings.model_dtypes(m, settings.dtypes_given
+                                                               or ["fp32"]),
+                      levels, perf.pairs)]
+    return found
 
 
 def length_requests(settings: Settings) -> list[tuple[list[str], int, str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.values import MAX_BATCH, positive_int, split_values
+from harness.values import MAX_BATCH, int_list, positive_int, split_values
 
 DEFAULT_BATCHES = [1, 8]
 DEFAULT_PAIRS = [(32, 32), (128, 32)]
@@ -58,6 +58,9 @@ def add_options(group) -> None:
     add("assume-unit", choices=("ms", "tokens/s"),
         help="perf: the unit to read baseline rows whose unit is ambiguous in their source "
              "(default: such rows are not used)")
+    add("concurrency", action="append", metavar="N",
+        help="perf, served ports: concurrent streaming clients, each level its own case, "
+             "repeatable or comma-separated (default: 1,4)")
     add("max-batch", action="store_true", default=False,
         help="perf: search the largest batch per (in, out) instead of the grid's batches")
     add("memory-limit", metavar="SIZE",
@@ -110,6 +113,7 @@ class PerfSettings:
     max_next_token_ms: float | None
     max_batch_cap: int
     baselines_dir: Path
+    concurrency: tuple[int, ...] = (1, 4)
 
     def baseline_names(self) -> tuple[str, ...] | None:
         return None if self.baselines is None else tuple(self.baselines)
@@ -174,4 +178,6 @@ class PerfSettings:
             max_next_token_ms=next_ms,
             max_batch_cap=positive_int("--max-batch-cap", str(opt("--max-batch-cap")),
                                        maximum=MAX_BATCH),
-            baselines_dir=baselines_dir)
+            baselines_dir=baselines_dir,
+            concurrency=tuple(int_list("--concurrency", opt("--concurrency"), [1, 4],
+                                       maximum=256)))

@@ -144,3 +144,8 @@ class LlamaServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def gguf_of(spec) -> Path:
+    """The GGUF file a llama-cpp port serves: its argument, else the shipped one."""
+    return Path(spec.arg).expanduser() if spec.arg else shipped_gguf()

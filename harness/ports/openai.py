@@ -193,10 +193,30 @@ class OpenAIClient:
             positions.append(Position(tokens[i], values[i], dict(top)))
         return positions
 
+    def next_logprobs(self, prompt: str | list[int], k: int) -> dict[str, float]:
+        """The top `k` {token text: log-probability} of the next token after `prompt` (the
+        first generated token's, temperature 0)."""
+        data = self._completion({"prompt": prompt, "max_tokens": 1, "logprobs": k,
+                                 "temperature": 0})
+        logprobs = data["choices"][0].get("logprobs")
+        tops = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
+        if not tops or not isinstance(tops[0], dict):
+            raise EndpointUnsupported(f"{self.base_url}: the answer to {self.last_request} "
+                                      "lists no top_logprobs for the generated token")
+        if len(tops[0]) < k:
+            raise EndpointError(f"{self.base_url}: asked for {k} log-probabilities, got "
+                                f"{len(tops[0])} for the generated token in the answer to "
+                                f"{self.last_request}")
+        return dict(tops[0])
+
     def greedy(self, prompt: str | list[int], n: int, stop: list[str] | None = None,
-               tokens: bool = True) -> Completion:
-        """`n` tokens at temperature 0 (and the generated tokens' texts if `tokens`)."""
-        body = {"prompt": prompt, "max_tokens": n, "temperature": 0}
+               tokens: bool = True, temperature: float = 0,
+               seed: int | None = None) -> Completion:
+        """Up to `n` tokens at `temperature` (0: greedy), and the generated tokens' texts if
+        `tokens`."""
+        body = {"prompt": prompt, "max_tokens": n, "temperature": temperature}
+        if seed is not None:
+            body["seed"] = seed
         if stop:
             body["stop"] = stop
         if tokens:

@@ -12,14 +12,17 @@ from harness.accuracy.case import humaneval_case, multiple_choice_case
 pytestmark = pytest.mark.accuracy
 
 
-def runner_for(case, runner_pool, llmgate):
+def runner_for(case, runner_pool, llmgate, record):
     if llmgate.accuracy.runner == "reference":
         return runner_pool.reference(case.model, case.dtype)
-    return runner_pool.ported(case)
+    runner = runner_pool.ported(case)
+    if getattr(runner, "served", False):
+        record(**runner.describe())
+    return runner
 
 
 def test_multiple_choice(case, runner_pool, llmgate, run_dir, record):
-    runner = runner_for(case, runner_pool, llmgate)
+    runner = runner_for(case, runner_pool, llmgate, record)
     max_positions = runner_pool.config(case.model).max_positions
     result, metrics = multiple_choice_case(case, runner, runner_pool.tokenizer(case.model),
                                            llmgate, run_dir, max_positions)
@@ -30,7 +33,7 @@ def test_multiple_choice(case, runner_pool, llmgate, run_dir, record):
 def test_humaneval(case, runner_pool, llmgate, run_dir, record):
     from harness.accuracy.sandbox import Limits, Sandbox, SandboxUnavailable
 
-    runner = runner_for(case, runner_pool, llmgate)
+    runner = runner_for(case, runner_pool, llmgate, record)
     try:
         sandbox = Sandbox(Limits(timeout_s=llmgate.accuracy.timeout),
                           allow_unsandboxed=llmgate.accuracy.allow_unsandboxed)

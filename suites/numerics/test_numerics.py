@@ -7,6 +7,7 @@ reference's greedy choices), so every decode step is compared at the same positi
 import pytest
 import torch
 
+from harness.numerics.served import limits, served_topk_case
 from harness.numerics.teacher_forced import (
     make_prompt,
     pretrained_limits,
@@ -20,8 +21,19 @@ from harness.verdicts import at_most, first_lines, nan_max, verdict
 pytestmark = pytest.mark.numerics
 
 
+def served(runner) -> bool:
+    return getattr(runner, "served", False)
+
+
 def test_teacher_forced(case, runner_pool, thresholds, record):
-    result, metrics = teacher_forced_case(case, runner_pool, thresholds)
+    """A served port: over its echoed prompt (harness/numerics/served.py)."""
+    ported = runner_pool.ported(case)
+    if served(ported):
+        record(**ported.describe())
+        result, metrics = served_topk_case(case, ported, runner_pool.reference(case.model),
+                                           runner_pool.tokenizer(case.model), thresholds)
+    else:
+        result, metrics = teacher_forced_case(case, runner_pool, thresholds)
     record(result, **metrics, thresholds_version=thresholds["version"])
     assert result.passed, f"{case}: {result.message()}"
 
@@ -33,6 +45,9 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
     `padding_relative` times as far from the fp32 reference as the row run alone.
     """
     ported = runner_pool.ported(case)
+    if served(ported):
+        pytest.skip(f"not run: a served port ({ported.spec.name}) batches requests itself; "
+                    "padding is not visible through its API")
     ids, mask = make_prompt(case, ported.config.vocab_size)
     batch_history, tokens = teacher_forced(ported, [], ids, mask, case.out)
     reference = runner_pool.reference(case.model) if case.dtype != "fp32" else None
@@ -69,9 +84,17 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
     assert result.passed, f"{case}: {result.message()}"
 
 
-def test_greedy_generation(case, runner_pool, llmgate, record):
-    """Greedy tokens of the port equal transformers' `generate`, left padding included."""
+def test_greedy_generation(case, runner_pool, thresholds, record):
+    """Greedy tokens of the port equal transformers' `generate`, left padding included.
+
+    A served port gets each row unpadded; a 4-bit one must agree on the profile's leading
+    tokens only (`greedy_min_leading`; -1: all)."""
     ported = runner_pool.ported(case)
+    leading = case.out
+    if served(ported):
+        record(**ported.describe())
+        wanted = limits(thresholds, case.dtype)["greedy_min_leading"]
+        leading = case.out if wanted < 0 else min(int(wanted), case.out)
     reference = runner_pool.reference(case.model)
     tokenizer = runner_pool.tokenizer(case.model)
     pad_id = tokenizer.pad_token_id or 0
@@ -82,14 +105,17 @@ def test_greedy_generation(case, runner_pool, llmgate, record):
     generation = ported.generate(ids, mask, case.out)
     ours = generation.tokens
     theirs = reference.generate(ids, mask, case.out).tokens
-    first_diff = [next((i for i, (a, b) in enumerate(zip(o, t)) if a != b), None)
-                  for o, t in zip(ours, theirs)]
+    first_diff = [next((i for i, (a, b) in enumerate(zip(o, t)) if a != b),
+                       None if len(o) >= len(t) else len(o)) for o, t in zip(ours, theirs)]
     failures = first_lines([f"step {step} row {row}: non-finite logits"
                             for step, row in generation.nonfinite])
     failures += [f"row {row}: first differing new token at {i}"
-                 for row, i in enumerate(first_diff) if i is not None]
-    result = verdict(failures, 0, "identical tokens",
+                 + (f" (the port stopped: {generation.finish_reasons[row]})"
+                    if i == len(ours[row]) else "")
+                 for row, i in enumerate(first_diff) if i is not None and i < leading]
+    rule = "identical tokens" if leading == case.out else f"first {leading} tokens identical"
+    result = verdict(failures, leading, rule, first_differing_token=first_diff,
                      tokens_compared=sum(len(t) for t in theirs),
                      tokens_equal=sum(a == b for o, t in zip(ours, theirs) for a, b in zip(o, t)))
-    record(result, text=tokenizer.decode(ours[0]))
+    record(result, text=tokenizer.decode([t for t in ours[0] if t >= 0]))
     assert result.passed, f"{case}: {result.message()}"

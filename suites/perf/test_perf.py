@@ -13,7 +13,16 @@ pytestmark = pytest.mark.perf
 
 
 def test_perf(case, runner_pool, llmgate, record):
+    """A served port: streaming clients at its --concurrency level (harness/perf/served.py)."""
     settings = llmgate.perf
+    if llmgate.ports.of(case.model).served:
+        from harness.perf.served import served_perf_case
+
+        result, metrics = served_perf_case(case, runner_pool.ported(case),
+                                           runner_pool.tokenizer(case.model), settings)
+        record(result, **metrics)
+        assert result.passed, f"{case}: {result.message()}"
+        return
     runner = runner_pool.ported(case, compile=settings.compile, device_logits=True)
     reference = None
     if settings.reference and case.hardware == "cpu":  # int8 cases: against transformers fp32

