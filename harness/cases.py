@@ -14,7 +14,8 @@ class Case:
 
     Every field is its own dash-separated token, so `-k "qwen and bs8"` selects by field.
     pytest's -k matches substrings: `-k "bs1-"` selects batch 1 but not batch 16.
-    `task` (accuracy) comes first; `tags` (e.g. "5shot", "reference", "tp2") come last.
+    `task` (accuracy) comes first; then the port where it is not the engine (`hf`,
+    `llama-cpp`, ...); `tags` (e.g. "5shot", "reference", "tp2") come last.
     """
 
     model: str
@@ -25,6 +26,7 @@ class Case:
     out: int | None = None
     task: str = ""
     tags: tuple[str, ...] = ()
+    port: str = ""  # the --port that runs it ("": the engine)
 
     @property
     def id(self) -> str:
@@ -32,6 +34,7 @@ class Case:
         parts += [self.model, self.hardware, self.dtype, f"bs{self.batch}"]
         parts += [f"in{self.seqlen}"] if self.seqlen is not None else []
         parts += [f"out{self.out}"] if self.out is not None else []
+        parts += [self.port] if self.port else []
         return "-".join([*parts, *self.tags])
 
     @property

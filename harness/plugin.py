@@ -187,7 +187,7 @@ class LlmgatePlugin:
                 "outcome": outcome, "passed": outcome == "passed", "reason": reason,
                 "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
                 "batch": case.batch, "seqlen": case.seqlen, "out": case.out, "task": case.task,
-                "port": self.settings.ports.of(case.model).name,
+                "port": case.port or "engine",
                 "session": self.session, "worker": self.worker}
         measured = {**fields, **state.get("metrics", {})}
         self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})

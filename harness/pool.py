@@ -66,7 +66,7 @@ class RunnerPool:
     def ported(self, case: Case, **options) -> Runner:
         """The case's port: our engine (split over --tp ranks; `options` go to it: compile,
         device_logits), an hf directory, a plug-in's runner or a served port."""
-        spec = self.settings.ports.of(case.model)
+        spec = self.settings.port(case)
         if spec.served:
             return self.served(case)
         backend = self.backend(case)
@@ -74,12 +74,12 @@ class RunnerPool:
         if spec.kind == "hf":
             from harness.ports.hf import HFRunner
 
-            key = ("hf", case.model, case.hardware, case.dtype)
+            key = ("hf", case.model, case.hardware, case.dtype, case.port)
             return self._get(key, lambda: HFRunner(
                 settings.port_path(case.model), hardware=backend, dtype=case.precision.dtype,
                 trust_remote_code=settings.ports.trust_remote_code))
         if spec.kind == "plugin":
-            key = ("plugin", case.model, case.hardware, case.dtype)
+            key = ("plugin", case.model, case.hardware, case.dtype, case.port)
             return self._get(key, lambda: spec.factory()(
                 settings.port_path(case.model), model=case.model, precision=case.precision,
                 hardware=case.hardware))
@@ -103,7 +103,7 @@ class RunnerPool:
         in the run's directory) or the --endpoint given."""
         from harness.ports.served import ServedRunner
 
-        settings, spec = self.settings, self.settings.ports.of(case.model)
+        settings, spec = self.settings, self.settings.port(case)
 
         def make():
             server, url = None, None

@@ -33,7 +33,7 @@ from harness.numerics import grid as numerics_grid
 from harness.perf import grid as perf_grid
 from harness.perf.options import PerfSettings
 from harness.ports.hf import check_remote_code
-from harness.ports.options import PortSettings
+from harness.ports.options import PortSettings, PortSpec
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
 from models.checkpoint import CheckpointError, read_json
@@ -107,15 +107,16 @@ def check_stored_weights(paths: dict[str, Path], dtypes: list[str], tp: int) -> 
 def check_ports(ports: PortSettings, paths: dict[str, Path], dtypes: list[str],
                 tp: int) -> None:
     """An hf port runs float dtypes; a remote-code directory only with --trust-remote-code."""
-    for name, spec in [(None, ports.default), *ports.per_model.items()]:
-        what = f"--port {name + '=' if name else ''}{spec.name}"
+    for name, spec in [*((None, s) for s in ports.default),
+                       *((n, s) for n, specs in ports.per_model.items() for s in specs)]:
+        what = f"--port {name + '=' if name else ''}{spec.given}"
         if spec.kind == "hf" and set(dtypes) & set(QUANTIZED):
             raise pytest.UsageError(f"{what}: an hf port runs fp32, bf16 or fp16, not "
                                     f"{','.join(sorted(set(dtypes) & set(QUANTIZED)))}")
         if spec.kind != "engine" and tp > 1:
             raise pytest.UsageError(f"{what}: --tp {tp} runs the engine only")
     for name, path in paths.items():
-        if ports.of(name).kind in ("hf", "plugin"):
+        if any(spec.kind in ("hf", "plugin") for spec in ports.of(name)):
             try:
                 check_remote_code(path, ports.trust_remote_code)
             except CheckpointError as e:
@@ -229,12 +230,12 @@ class Settings:
     def dtypes(self) -> list[str]:
         return self.dtypes_given or ["fp32", "bf16", *QUANTIZED]
 
-    def model_dtypes(self, model: str, dtypes: list[str]) -> list[str]:
-        """`dtypes` this model runs: a quantized checkpoint only as its own scheme (whatever
-        the suite's default; a --dtype without it is refused at start-up); an hf or plug-in
-        port the float dtypes; a served port its thresholds profile (the server's weights
-        are its own)."""
-        spec = self.ports.of(model)
+    def model_dtypes(self, model: str, dtypes: list[str], spec=None) -> list[str]:
+        """`dtypes` this model runs on port `spec` (default: the engine): a quantized
+        checkpoint only as its own scheme (whatever the suite's default; a --dtype without it
+        is refused at start-up); an hf or plug-in port the float dtypes; a served port its
+        thresholds profile (the server's weights are its own)."""
+        spec = spec or PortSpec()
         if spec.served:
             return [self.ports.profile_of(spec)]
         if spec.kind != "engine":
@@ -247,9 +248,9 @@ class Settings:
         """Id tokens every case of this run carries: `tp2` for a two-rank run."""
         return (f"tp{self.tp}",) if self.tp > 1 else ()
 
-    def case_tags(self, model: str) -> tuple[str, ...]:
-        """Id tokens of a model's cases: its port where not the engine, then `tags`."""
-        return (*self.ports.of(model).tag, *self.tags)
+    def port(self, case) -> PortSpec:
+        """The port that runs `case`."""
+        return self.ports.spec(case.model, case.port)
 
     def port_path(self, model: str) -> Path:
         """The HuggingFace directory an hf or plug-in port loads: --model-path, else the

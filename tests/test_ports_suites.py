@@ -151,6 +151,24 @@ def test_humaneval_and_multiple_choice_run_through_the_server(suites, model_dir)
     result.assert_outcomes(passed=1, failed=1)
 
 
+def test_one_model_on_two_ports_runs_side_by_side_in_one_run(suites, model_dir):
+    with running(model_dir) as url:
+        result = suites.runpytest(*NUMERICS, "--dtype", "fp32", "--batch", "1", "-k", "teacher",
+                                  "--port", f"{MODEL}=engine", "--port", f"{MODEL}=openai",
+                                  "--endpoint", url, "--run-id", "both")
+    result.assert_outcomes(passed=2)
+    rows = {r["port"]: r for r in records(suites, "both")}
+    assert rows["engine"]["case"] == f"{MODEL}-cpu-fp32-bs1-in16-out8"
+    assert rows["openai"]["case"] == f"{MODEL}-cpu-16bit-bs1-in16-out8-openai"
+    assert rows["openai"]["endpoint"] == url and "endpoint" not in rows["engine"]
+
+
+def test_a_port_given_twice_for_a_model_is_a_start_up_error(suites):
+    result = suites.runpytest(*NUMERICS, "--port", f"{MODEL}=hf", "--port", f"{MODEL}=hf")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert any(f"--port: hf is given twice for {MODEL}" in line for line in result.errlines)
+
+
 def test_hf_port_of_a_plain_directory_passes_numerics(suites):
     result = suites.runpytest(*NUMERICS, "--dtype", "fp32", "--batch", "2", "--port", "hf",
                               "--run-id", "hf")

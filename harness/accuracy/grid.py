@@ -21,8 +21,8 @@ def cases(settings: Settings, task: str) -> list[Case]:
     reference = acc.runner == "reference"
     tags = ((f"n{acc.samples}",) if task == "humaneval"
             else (f"{shots_for(task, acc)}shot",)) + (("reference",) if reference else ())
-    return [Case(m, h, d, b, task=task, tags=(*tags, *settings.case_tags(m)))
-            for m in settings.models for h, d, b in product(
+    return [Case(m, h, d, b, task=task, tags=(*tags, *settings.tags), port=p.case_port)
+            for m in settings.models for p in settings.ports.of(m) for h, d, b in product(
                 ["cpu"] if reference else settings.hardware,
-                settings.model_dtypes(m, settings.dtypes_given or ["fp32"]),
+                settings.model_dtypes(m, settings.dtypes_given or ["fp32"], p),
                 settings.batches_given or [DEFAULT_BATCH])]

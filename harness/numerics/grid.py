@@ -18,11 +18,11 @@ def cases(settings: Settings, *, dtypes=None, batches=None, seqlens=None,
           out=None) -> list[Case]:
     """The numerics grid, model-major so that each model is loaded once per process."""
     out = settings.decode_steps if out is None else out
-    return [Case(m, h, d, b, s, out, tags=settings.case_tags(m))
-            for m in settings.models for h, d, b, s in product(
-                settings.hardware, settings.model_dtypes(m, dtypes or settings.dtypes),
+    return [Case(m, h, d, b, s, out, tags=settings.tags, port=p.case_port)
+            for m in settings.models for p in settings.ports.of(m) for h, d, b, s in product(
+                settings.hardware, settings.model_dtypes(m, dtypes or settings.dtypes, p),
                 # a server batches its requests itself: one prompt per case
-                [1] if settings.ports.of(m).served else batches or settings.batches,
+                [1] if p.served else batches or settings.batches,
                 seqlens or settings.seqlens)]
 
 

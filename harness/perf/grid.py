@@ -16,17 +16,16 @@ def cases(settings: Settings) -> list[Case]:
     perf = settings.perf
     batches = ["max"] if perf.max_batch else perf.batches
     found = []
-    for m in settings.perf_models:
-        served = settings.ports.of(m).served
-        if served and perf.max_batch:
+    for m, p in [(model, p) for model in settings.perf_models for p in settings.ports.of(model)]:
+        if p.served and perf.max_batch:
             continue  # a server's batch is its own business
         # A served port: one request per concurrent client, at each --concurrency level.
-        levels = [(1, (f"c{c}",)) for c in perf.concurrency] if served else [
+        levels = [(1, (f"c{c}",)) for c in perf.concurrency] if p.served else [
             (b, ()) for b in batches]
-        found += [Case(m, h, d, b, i, o, tags=(*settings.case_tags(m), *level))
+        found += [Case(m, h, d, b, i, o, tags=(*settings.tags, *level), port=p.case_port)
                   for h, d, (b, level), (i, o) in product(
                       settings.hardware, settings.model_dtypes(m, settings.dtypes_given
-                                                               or ["fp32"]),
+                                                               or ["fp32"], p),
                       levels, perf.pairs)]
     return found
 

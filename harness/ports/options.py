@@ -1,7 +1,9 @@
 """Which port each model runs as (`--port`), and the options of served ports.
 
-`--port SPEC` applies to every model, `--port NAME=SPEC` to one (repeatable; the per-model
-form wins). SPEC is one of
+`--port SPEC` applies to every model, `--port NAME=SPEC` to one; both repeat, and a model
+given several ports runs its cases on each (`--port smollm2-135m=engine --port
+smollm2-135m=llama-cpp`: the engine and llama.cpp side by side). A model's own ports replace
+the ones given for all. SPEC is one of
 
   engine             llmgate's own engine (`models/`), the default
   hf                 the model's HuggingFace directory (--model-path, else its embedded float
@@ -27,8 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.values import split_values
-
 KINDS = ("engine", "hf", "openai", "llama-cpp")
 SERVED = ("openai", "llama-cpp")
 ENTRY_POINTS = "llmgate.runners"
@@ -52,9 +52,9 @@ class PortSpec:
         return self.kind in SERVED
 
     @property
-    def tag(self) -> tuple[str, ...]:
-        """The id token of a port that is not the default engine."""
-        return () if self.kind == "engine" else (self.name,)
+    def case_port(self) -> str:
+        """The cases' `port` field: its name, "" for the engine."""
+        return "" if self.kind == "engine" else self.name
 
     def factory(self):
         """A plug-in's runner factory (imported now: a wrong path is a start-up error)."""
@@ -89,8 +89,8 @@ def parse_spec(text: str, option: str) -> PortSpec:
 
 @dataclass
 class PortSettings:
-    default: PortSpec = field(default_factory=PortSpec)
-    per_model: dict[str, PortSpec] = field(default_factory=dict)
+    default: list[PortSpec] = field(default_factory=lambda: [PortSpec()])
+    per_model: dict[str, list[PortSpec]] = field(default_factory=dict)
     endpoint: str | None = None
     endpoint_model: str | None = None
     api_key_env: str | None = None
@@ -99,6 +99,7 @@ class PortSettings:
     profile: str = "auto"
     fix_echo_shift: bool = False
     trust_remote_code: bool = False
+    served_names: dict[str, str] = field(default_factory=dict)  # openai URL -> model served
 
     @classmethod
     def from_config(cls, config: pytest.Config, registry) -> PortSettings:
@@ -115,7 +116,8 @@ class PortSettings:
             raise pytest.UsageError(f"--endpoint-logprobs {opt('--endpoint-logprobs')}: "
                                     "expected 1..100")
         settings.logprobs = opt("--endpoint-logprobs")
-        for item in split_values(opt("--port"), "--port"):
+        given_for_all = []
+        for item in opt("--port") or []:  # not comma-split: a URL may hold a comma
             name, sep, spec = item.rpartition("=")
             if sep and not name:
                 raise pytest.UsageError(f"--port {item!r}: expected SPEC or NAME=SPEC")
@@ -123,12 +125,19 @@ class PortSettings:
             if parsed.kind == "plugin":
                 parsed.factory()
             if not sep:
-                settings.default = parsed
+                given_for_all.append(parsed)
                 continue
             if name not in registry:
                 raise pytest.UsageError(f"--port {item}: model {name!r} is unknown; valid: "
                                         f"{', '.join(registry)}")
-            settings.per_model[name] = parsed
+            settings.per_model.setdefault(name, []).append(parsed)
+        settings.default = given_for_all or settings.default
+        for name, specs in [("", settings.default), *settings.per_model.items()]:
+            names = [s.name for s in specs]
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if twice:
+                raise pytest.UsageError(f"--port: {twice} is given twice for "
+                                        f"{name or 'every model'}")
         for spec in settings.specs():
             if spec.kind == "openai" and not (spec.arg or settings.endpoint):
                 raise pytest.UsageError(f"--port {spec.given}: an openai port needs --endpoint "
@@ -142,7 +151,8 @@ class PortSettings:
         for spec in self.specs():
             if spec.kind == "openai":
                 try:
-                    self.client(spec).health()
+                    info = self.client(spec).health()
+                    self.served_names[self.endpoint_of(spec)] = info.get("model") or ""
                 except EndpointError as e:
                     raise pytest.UsageError(f"--port {spec.given}: {e}") from None
 
@@ -152,25 +162,33 @@ class PortSettings:
         return OpenAIClient(url or self.endpoint_of(spec), self.endpoint_model,
                             api_key_env=self.api_key_env, timeout=self.timeout)
 
-    def of(self, model: str) -> PortSpec:
+    def of(self, model: str) -> list[PortSpec]:
+        """The ports a model runs on."""
         return self.per_model.get(model, self.default)
 
+    def spec(self, model: str, port: str) -> PortSpec:
+        """The port named `port` ("" for the engine) of `model`."""
+        return next(s for s in self.of(model) if s.case_port == port)
+
     def specs(self) -> list[PortSpec]:
-        return [self.default, *self.per_model.values()]
+        return [*self.default, *(s for specs in self.per_model.values() for s in specs)]
 
     def endpoint_of(self, spec: PortSpec) -> str | None:
         return spec.arg or self.endpoint if spec.kind == "openai" else None
 
-    def profile_of(self, spec: PortSpec, served_name: str = "") -> str:
+    def profile_of(self, spec: PortSpec) -> str:
         """A served port's thresholds profile: --port-profile, else 4bit where the served
-        model's name or the GGUF file's says 4-bit weights, else 16bit."""
+        model's name (as /v1/models says at start-up) or the GGUF file's says 4-bit weights,
+        else 16bit."""
         if self.profile != "auto":
             return self.profile
         if spec.kind == "llama-cpp":
             from harness.ports.llama_server import gguf_of
 
-            served_name = gguf_of(spec).name
-        return "4bit" if FOUR_BIT.search(served_name or "") else "16bit"
+            name = gguf_of(spec).name
+        else:
+            name = self.served_names.get(self.endpoint_of(spec), "")
+        return "4bit" if FOUR_BIT.search(name) else "16bit"
 
 
 def add_options(group) -> None:

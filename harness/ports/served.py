@@ -22,10 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from harness.ports.openai import OpenAIClient, Position
+from harness.ports.openai import EndpointError, EndpointUnsupported, OpenAIClient, Position
 from harness.ports.options import PortSpec
 from harness.ports.topk import TopK, piece_ids, topk_from_entries
 from models.engine import Generation
+
+
+PROBE = " A"  # a token of its own after any prompt text
 
 
 class ServedRunner:
@@ -78,14 +81,30 @@ class ServedRunner:
 
     # -- the Runner contract, as far as a server gives it ---------------------------------
 
+    def next_distribution(self, text: str) -> dict[int, float]:
+        """The top-K {token id: log-probability} of the token after `text`.
+
+        Read off the echo of `text` + a probe token (its entry is the distribution before
+        the probe), not off a generated token: a server that generates EOS there lists
+        nothing. A server that cannot echo is asked for its first generated token's."""
+        try:
+            positions, port = self.prompt_topk(text + PROBE)
+        except EndpointUnsupported:
+            listed = self.client.next_logprobs(text, self.logprobs)
+            return {self.pieces[p]: v for p, v in listed.items() if p in self.pieces}
+        if positions[-1].token != PROBE:
+            raise EndpointError(f"{self.client.base_url}: the probe {PROBE!r} after the prompt "
+                                f"was tokenized as {positions[-1].token!r}, not as a token "
+                                "of its own")
+        return {int(i): float(v) for i, v in zip(port.ids[-1], port.logprobs[-1]) if i >= 0}
+
     def prefill_shared(self, prefix: Tensor, suffixes: list[Tensor]) -> Tensor:
         rows = [self.text(torch.cat([prefix, suffix])) for suffix in suffixes]
-        listed = self._map(lambda text: self.client.next_logprobs(text, self.logprobs), rows)
+        listed = self._map(self.next_distribution, rows)
         out = torch.full((len(rows), self.config.vocab_size), float("-inf"))
         for row, entry in enumerate(listed):
-            for piece, logprob in entry.items():
-                if piece in self.pieces:
-                    out[row, self.pieces[piece]] = logprob
+            for token, logprob in entry.items():
+                out[row, token] = logprob
         return out
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None,

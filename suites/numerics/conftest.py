@@ -19,11 +19,11 @@ def pytest_generate_tests(metafunc):
     if name == "test_padding_invariance":  # needs a padded batch; runs each row alone too
         # (a served port's case is kept, to record why it cannot run)
         cases = [c for c in grid.cases(settings, out=min(settings.decode_steps, PADDING_STEPS))
-                 if c.batch > 1 or settings.ports.of(c.model).served]
+                 if c.batch > 1 or settings.port(c).served]
     elif name == "test_greedy_generation":  # exact token equality: fp32 runs only
         cases = [c for c in grid.cases(settings, batches=[2], seqlens=[min(settings.seqlens)],
                                        out=grid.GREEDY_NEW_TOKENS)
-                 if c.dtype == "fp32" or settings.ports.of(c.model).served]
+                 if c.dtype == "fp32" or settings.port(c).served]
     else:
         cases = grid.cases(settings)
     parametrize_cases(metafunc, cases)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.perf
 def test_perf(case, runner_pool, llmgate, record):
     """A served port: streaming clients at its --concurrency level (harness/perf/served.py)."""
     settings = llmgate.perf
-    if llmgate.ports.of(case.model).served:
+    if llmgate.port(case).served:
         from harness.perf.served import served_perf_case
 
         result, metrics = served_perf_case(case, runner_pool.ported(case),
