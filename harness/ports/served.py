@@ -27,7 +27,6 @@ from harness.ports.options import PortSpec
 from harness.ports.topk import TopK, piece_ids, topk_from_entries
 from models.engine import Generation
 
-
 PROBE = " A"  # a token of its own after any prompt text
 
 
