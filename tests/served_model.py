@@ -1,7 +1,7 @@
 """An OpenAI-compatible `/v1/completions` server over a transformers model, for tests.
 
     python -m tests.served_model --model DIR --port N [--shift] [--lowercase] [--nan]
-                                 [--die-after N]
+                                 [--quiet-generated] [--die-after N]
 
 Serves what the openai port asks of a real server: echo with `logprobs=K` (per prompt token
 its log-probability and the top-K of the distribution before it), greedy or seeded sampled
@@ -10,7 +10,8 @@ GET /v1/models. It computes with the model in float32 on the CPU, so its numbers
 reference's; the flags add the faults the suites must catch: `--shift` echoes each prompt
 token with the distribution computed at it (llama.cpp's server's bug), `--lowercase`
 tokenizes a lower-cased prompt (a tokenizer that differs from the reference's), `--nan`
-answers NaN log-probabilities, `--die-after N` exits (as if killed) on its N+1-th completion
+answers NaN log-probabilities, `--quiet-generated` lists no log-probabilities for generated
+tokens (as some servers do for EOS), `--die-after N` exits (as if killed) on its N+1-th completion
 request. `running(...)` starts it in a process of its own for a test.
 """
 
@@ -33,11 +34,13 @@ import transformers
 
 
 class Model:
-    def __init__(self, path: str, shift: bool, lowercase: bool, nan: bool):
+    def __init__(self, path: str, shift: bool, lowercase: bool, nan: bool,
+                 quiet_generated: bool = False):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32).eval()
         self.shift, self.lowercase, self.nan = shift, lowercase, nan
+        self.quiet_generated = quiet_generated
         self.lock = threading.Lock()
 
     def ids(self, prompt) -> list[int]:
@@ -73,7 +76,7 @@ class Model:
         ids, text = list(ids), ""
         temperature = body.get("temperature") or 0
         generator = torch.Generator().manual_seed(int(body.get("seed") or 0))
-        for _ in range(int(body.get("max_tokens") or 16)):
+        for produced in range(int(body.get("max_tokens") or 16)):
             row = self.logprobs(ids)[-1]
             if temperature:
                 token = torch.multinomial((row / temperature).softmax(-1), 1,
@@ -81,7 +84,9 @@ class Model:
             else:
                 token = int(row.nan_to_num(nan=0).argmax())
             if token == self.tokenizer.eos_token_id:
-                return
+                if produced >= int(body.get("min_tokens") or 0):
+                    return
+                token = int(row.nan_to_num(nan=0).topk(2).indices[1])  # the best but EOS
             ids.append(token)
             text += self.piece(token)
             yield token, row
@@ -130,7 +135,9 @@ def serve(model: Model, port: int, die_after: int | None = None) -> ThreadingHTT
                 return self.stream(ids, body)
             new = list(model.generate(ids, body))
             logprobs = None
-            if k is not None:
+            if k is not None and model.quiet_generated and not body.get("echo"):
+                logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": []}
+            elif k is not None:
                 logprobs = model.echo(ids, k) if body.get("echo") else {
                     "tokens": [], "token_logprobs": [], "top_logprobs": []}
                 logprobs["tokens"] += [model.piece(t) for t, _ in new]
@@ -163,11 +170,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
-    for quirk in ("shift", "lowercase", "nan"):
+    for quirk in ("shift", "lowercase", "nan", "quiet-generated"):
         parser.add_argument(f"--{quirk}", action="store_true")
     parser.add_argument("--die-after", type=int)
     args = parser.parse_args()
-    serve(Model(args.model, args.shift, args.lowercase, args.nan), args.port,
+    serve(Model(args.model, args.shift, args.lowercase, args.nan, args.quiet_generated),
+          args.port,
           args.die_after).serve_forever()
 
 

@@ -7,6 +7,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from tests.conftest import tiny_checkpoint
 from tests.served_model import running
@@ -167,6 +168,29 @@ def test_a_port_given_twice_for_a_model_is_a_start_up_error(suites):
     result = suites.runpytest(*NUMERICS, "--port", f"{MODEL}=hf", "--port", f"{MODEL}=hf")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert any(f"--port: hf is given twice for {MODEL}" in line for line in result.errlines)
+
+
+@pytest.mark.parametrize("quirk", [(), ("--quiet-generated",)], ids=["generated", "echoed"])
+def test_the_next_token_distribution_is_the_reference_one_by_either_request(model_dir, quirk):
+    """Read off the generated token's log-probabilities, or, where the server lists none
+    there, off the echo of the prompt and a probe token."""
+    from transformers import AutoTokenizer
+
+    from harness.ports.openai import OpenAIClient
+    from harness.ports.options import PortSpec
+    from harness.ports.served import ServedRunner
+    from harness.runners import ReferenceRunner
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = "The capital of France is"
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    expected = torch.log_softmax(ReferenceRunner(model_dir).prefill(ids)[0].double(), -1)
+    with running(model_dir, *quirk) as url:
+        runner = ServedRunner(OpenAIClient(url), tokenizer, None, spec=PortSpec("openai"),
+                              profile="16bit", logprobs=5)
+        found = runner.next_distribution(text)
+    assert found.keys() == set(expected.topk(5).indices.tolist())
+    assert max(abs(v - expected[i].item()) for i, v in found.items()) < 1e-5
 
 
 def test_hf_port_of_a_plain_directory_passes_numerics(suites):

@@ -109,7 +109,14 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
         Counter(getattr(q, by) for qs in data["questions"].values() for q in qs), data["smoke"])
     failures, comparisons, compared = _gate(case, answers, summary, settings, identity,
                                             not_gated)
-    broken = [a["id"] for a in answers if not all(map(math.isfinite, a["logprobs"]))]
+    # A served port lists only its top-K: a choice outside it is -inf here, below every
+    # listed one, so the prediction stands while any choice is listed. Anything else that
+    # is not finite (NaN, a port that listed no choice, any -inf from a local runner) fails.
+    served = getattr(runner, "served", False)
+    unlisted = [a["id"] for a in answers if -math.inf in a["logprobs"]]
+    broken = [a["id"] for a in answers
+              if not all(map(math.isfinite, a["logprobs"])) and not (
+                  served and _listed_choices_only(a["logprobs"]))]
     if broken:
         failures.insert(0, f"{len(broken)} questions with non-finite log-probabilities "
                            f"(first: {broken[0]})")
@@ -126,7 +133,14 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
         "correct": overall["correct"], "categories": summary["categories"],
         "slice": f"first {acc.per_subject} per subject" if acc.per_subject else "all",
         "source": data["source"], "answers_file": str(results.relative_to(run_dir)),
-        "comparisons": comparisons}
+        "comparisons": comparisons,
+        **({"choices_unlisted": len(unlisted)} if served else {})}
+
+
+def _listed_choices_only(logprobs: list[float]) -> bool:
+    """Some choice is listed (finite) and the rest are unlisted (-inf), none NaN."""
+    return (any(map(math.isfinite, logprobs))
+            and all(math.isfinite(v) or v == -math.inf for v in logprobs))
 
 
 def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,

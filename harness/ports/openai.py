@@ -189,9 +189,12 @@ class OpenAIClient:
 
     def next_logprobs(self, prompt: str | list[int], k: int) -> dict[str, float]:
         """The top `k` {token text: log-probability} of the next token after `prompt` (the
-        first generated token's, temperature 0)."""
-        data = self._completion({"prompt": prompt, "max_tokens": 1, "logprobs": k,
-                                 "temperature": 0})
+        first generated token's, temperature 0). `min_tokens` 1 (vLLM's and llama.cpp's
+        servers take it) keeps a server from generating EOS there, which some answer with
+        no log-probabilities at all; the values listed are those of the model's distribution
+        (llama.cpp: equal to its echo's)."""
+        data = self._completion({"prompt": prompt, "max_tokens": 1, "min_tokens": 1,
+                                 "logprobs": k, "temperature": 0})
         logprobs = data["choices"][0].get("logprobs")
         tops = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
         if not tops or not isinstance(tops[0], dict):
