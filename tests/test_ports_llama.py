@@ -2,6 +2,8 @@
 GGUF, checked with the openai client and the top-K comparison. Skipped, with the reason,
 where llama-cpp-python[server] is not built (see harness/ports/llama_server.py)."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -78,3 +80,61 @@ def test_a_killed_server_fails_the_request_then_fails_fast(tmp_path_factory):
         client.prompt_logprobs(PROMPT, K)
     with pytest.raises(EndpointError, match="not tried .* the endpoint failed earlier"):
         client.greedy(PROMPT, 1)
+
+
+# -- the suites on the llama-cpp port: started by the run, its log kept in the run --------
+
+pytest_plugins = ["pytester"]
+
+SMOLLM = ("--model", "smollm2-135m", "--port", "smollm2-135m=llama-cpp")
+
+
+def suite_rows(pytester, run_id: str) -> dict[str, dict]:
+    path = pytester.path / "reports" / run_id / "records-main.jsonl"
+    return {r["test"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.fixture
+def llama_suites(suites):
+    usable, why = availability()
+    if not usable:
+        pytest.skip(why)
+    return suites
+
+
+def test_the_numerics_suite_fails_llama_cpp_by_its_shift_and_passes_it_realigned(
+        llama_suites):
+    args = ("copied_suites/numerics", *SMOLLM, "--seqlen", "32", "-k", "teacher")
+    plain = llama_suites.runpytest(*args, "--run-id", "plain")
+    fixed = llama_suites.runpytest(*args, "--fix-echo-shift", "--run-id", "fixed")
+    plain.assert_outcomes(failed=1)
+    row = suite_rows(llama_suites, "plain")["test_teacher_forced"]
+    assert row["case"] == "smollm2-135m-cpu-4bit-bs1-in32-out8-llama-cpp"
+    assert row["reason"].startswith("the port's prompt log-probabilities match the "
+                                    "reference's one position later (offset +1)")
+    assert row["port_profile"] == "4bit" and row["echo_shift_corrected"] is False
+    fixed.assert_outcomes(passed=1)
+    row = suite_rows(llama_suites, "fixed")["test_teacher_forced"]
+    assert row["echo_shift_corrected"] is True and row["top1_agreement"] >= 0.9
+    log = llama_suites.path / "reports" / "fixed" / "llama-cpp-smollm2-135m.log"
+    assert row["server_log"] == str(log) and "POST /v1/completions" in log.read_text()
+
+
+def test_mmlu_through_llama_cpp_is_gated_against_a_reference_baseline(llama_suites):
+    args = ("copied_suites/accuracy", "--model", "smollm2-135m", "--task", "mmlu",
+            "--questions-per-subject", "1", "--baselines-dir", str(llama_suites.path / "bl"))
+    (llama_suites.path / "bl").mkdir()
+    reference = llama_suites.runpytest(*args, "--accuracy-runner", "reference",
+                                       "--accuracy-baseline", "none", "--run-id", "ref")
+    reference.assert_outcomes(passed=1)
+    from harness.baselines import save_ours
+
+    save_ours(llama_suites.path / "reports" / "ref", "ref", "accuracy",
+              llama_suites.path / "bl")
+    served = llama_suites.runpytest(*args, "--port", "smollm2-135m=llama-cpp",
+                                    "--accuracy-baseline", "ref", "--run-id", "served")
+    served.assert_outcomes(passed=1)
+    row = suite_rows(llama_suites, "served")["test_multiple_choice"]
+    assert row["questions"] == 57 and row["port"] == "llama-cpp"
+    overall = next(c for c in row["comparisons"] if c["category"] == "overall")
+    assert overall["baseline"] == "ref" and overall["gated"]
