@@ -202,7 +202,10 @@ def read_ours(file: Path) -> OursBaseline:
                         {c["case"]: c for c in data["cases"]})
 
 
-ANSWER_FIELDS = ("id", "subject", "category", "expected", "predicted", "correct", "status")
+# What a baseline keeps of each answer: the paired gates' inputs, the choices' log-probabilities
+# (in choice order; "expected" names the gold one) included.
+ANSWER_FIELDS = ("id", "subject", "category", "expected", "predicted", "correct", "logprobs",
+                 "status")
 
 
 def read_answers_file(path: Path) -> list[dict]:
@@ -232,8 +235,16 @@ def save_ours(run_dir: Path, name: str, suite: str, root: Path = BASELINES_DIR,
         raise BaselineError(f"{run_dir}: no passed {suite} records to save")
     for row in rows:  # accuracy: every question's answer, from the run's answer files
         if row.get("answers_file"):
-            row["answers"] = [{k: a[k] for k in ANSWER_FIELDS if k in a} for a in
-                              read_answers_file(run_dir / row["answers_file"])]
+            path = run_dir / row["answers_file"]
+            row["answers"] = [{k: a[k] for k in ANSWER_FIELDS if k in a}
+                              for a in read_answers_file(path)]
+            expected = (row["problems"] * row["samples"] if "problems" in row
+                        else row.get("questions"))
+            if len(row["answers"]) != expected:
+                what = "samples" if "problems" in row else "questions"
+                raise BaselineError(f"{path}: {len(row['answers'])} answers, but case "
+                                    f"{row['case']} counted {expected} {what}; a baseline "
+                                    "must hold every one (rerun the case with --resume)")
     out = root / suite / "ours" / f"{name}.json"
     if out.exists() and not force:
         raise BaselineError(f"{out}: baseline {name!r} exists; choose another name or --force")

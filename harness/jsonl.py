@@ -13,9 +13,15 @@ from pathlib import Path
 
 
 def read(path: Path) -> list[dict]:
-    """Every row of `path`, skipping a line cut short by an interrupted write."""
+    """Every row of `path`, skipping a line cut short by an interrupted write.
+
+    Lines end at "\n" only: `str.splitlines` would also cut at characters JSON keeps raw in a
+    string (NEL U+0085, U+2028, form feed...; one MMLU question holds a NEL) and lose that
+    row."""
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
