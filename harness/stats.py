@@ -66,3 +66,26 @@ def paired_difference(candidate, baseline, confidence: float = 0.95) -> dict[str
     se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else 0.0
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     return {"difference": mean, "low": mean - z * se, "high": mean + z * se}
+
+
+def mean_bounds(values, confidence: float = 0.95) -> dict[str, float]:
+    """Mean of independent `values` with one-sided Student-t bounds at `confidence`: `low`
+    (the mean is above it) and `high` (below it); zero spread gives bounds equal to the mean,
+    fewer than two values NaN bounds."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        return dict.fromkeys(("mean", "low", "high"), float("nan"))
+    mean = float(x.mean())
+    if x.size < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan")}
+    half = float(stats.t.ppf(confidence, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
+def wilcoxon_lower_p_value(differences) -> float:
+    """One-sided Wilcoxon signed-rank test: p-value for "the differences lean negative" (1
+    where every difference is zero)."""
+    d = np.asarray(list(differences), dtype=float)
+    if not np.any(d != 0):
+        return 1.0
+    return float(stats.wilcoxon(d, alternative="less", zero_method="wilcox").pvalue)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from harness.accuracy import datasets, files, humaneval
 from harness.accuracy.gate import accuracy_verdict, not_the_benchmark, paired_gate, table_gate
+from harness.accuracy.likelihood import likelihood_gate
 from harness.accuracy.mmlu_prepare import prepare_mmlu
 from harness.accuracy.options import AccuracySettings
 from harness.accuracy.prompts import TASKS
@@ -62,13 +63,19 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
     """Failures, comparisons and the number of baselines gated against. Source tables take
     part by default or when named; `not_gated` says why they may only be reported."""
     acc = settings.accuracy
-    failures, comparisons = [], []
+    failures, comparisons, likelihood = [], [], []
     names = acc.baselines
     for name, baseline in comparable_baselines(settings.perf.baselines_dir, names,
                                                **identity).items():
         lines, results = paired_gate(case.task, answers, baseline, name, acc.tolerance)
         failures += lines
         comparisons += results
+        if case.task != "humaneval" and results:  # multiple choice: every choice's logprob
+            by_id = {b["id"]: b for b in baseline}
+            lines, result = likelihood_gate(
+                case.task, [(a, by_id[a["id"]]) for a in answers if a["id"] in by_id], name)
+            failures += lines
+            likelihood.append(result)
     rows = [r for r in accuracy_tables(settings.perf.baselines_dir)
             if r.model == case.model and r.task == case.task and r.role != "none"
             and (names is None or r.name in names)]
@@ -76,7 +83,7 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
     failures += lines
     comparisons += results
     compared = len({c["baseline"].split(":")[0] for c in comparisons if c["gated"]})
-    return failures, comparisons, compared
+    return failures, comparisons, compared, likelihood
 
 
 def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
@@ -107,8 +114,8 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
     not_gated = not_the_benchmark(
         case.task, Counter(getattr(q, by) for qs in subjects.values() for q in qs),
         Counter(getattr(q, by) for qs in data["questions"].values() for q in qs), data["smoke"])
-    failures, comparisons, compared = _gate(case, answers, summary, settings, identity,
-                                            not_gated)
+    failures, comparisons, compared, likelihood = _gate(case, answers, summary, settings,
+                                                        identity, not_gated)
     # A served port lists only its top-K: a choice outside it is -inf here, below every
     # listed one, so the prediction stands while any choice is listed. Anything else that
     # is not finite (NaN, a port that listed no choice, any -inf from a local runner) fails.
@@ -133,7 +140,7 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
         "correct": overall["correct"], "categories": summary["categories"],
         "slice": f"first {acc.per_subject} per subject" if acc.per_subject else "all",
         "source": data["source"], "answers_file": str(results.relative_to(run_dir)),
-        "comparisons": comparisons,
+        "comparisons": comparisons, "likelihood": likelihood,
         **({"choices_unlisted": len(unlisted)} if served else {})}
 
 
@@ -162,8 +169,9 @@ def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
     firsts = humaneval.first_samples(rows)
     summary = summarize(firsts)
     prefixes = [Counter(p.task_id.split("/")[0] for p in ps) for ps in (problems, available)]
-    failures, comparisons, compared = _gate(case, firsts, summary, settings, identity,
-                                            not_the_benchmark("humaneval", *prefixes, False))
+    failures, comparisons, compared, _ = _gate(case, firsts, summary, settings, identity,
+                                               not_the_benchmark("humaneval", *prefixes,
+                                                                 False))
     broken = [r["id"] for r in rows if r["nonfinite_steps"]]
     if broken:
         failures.insert(0, f"{len(broken)} completions generated from non-finite logits "

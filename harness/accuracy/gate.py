@@ -143,6 +143,7 @@ def table_gate(task: str, summary: dict, rows: list[AccuracyRow], tolerance: flo
 
 
 def accuracy_verdict(failures: list[str], tolerance: float, compared: int, **metrics) -> Verdict:
-    rule = (f">= {tolerance:.0%} of the baseline and not significantly worse (McNemar)"
+    rule = (f">= {tolerance:.0%} of the baseline, not significantly worse (McNemar) and, "
+            "for multiple choice, the gold choice's log-probability held (likelihood gate)"
             if compared else "no comparable baseline (measured only)")
     return verdict(failures, tolerance, rule, baselines_compared=compared, **metrics)
