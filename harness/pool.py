@@ -71,6 +71,14 @@ class RunnerPool:
             return self.served(case)
         backend = self.backend(case)
         settings = self.settings
+        if spec.kind == "hf" and settings.tp > 1:
+            from harness.tp import TensorParallelRunner
+
+            key = ("hf-tp", case.model, case.hardware, case.dtype, case.port)
+            return self._get(key, lambda: TensorParallelRunner(
+                settings.port_path(case.model), settings.tp, case.precision,
+                hardware=case.hardware, hf=True,
+                trust_remote_code=settings.ports.trust_remote_code))
         if spec.kind == "hf":
             from harness.ports.hf import HFRunner
 

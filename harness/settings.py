@@ -32,7 +32,7 @@ from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
 from harness.numerics import grid as numerics_grid
 from harness.perf import grid as perf_grid
 from harness.perf.options import PerfSettings
-from harness.ports.hf import check_remote_code
+from harness.ports.hf import check_remote_code, enter_rank
 from harness.ports.options import PortSettings, PortSpec
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
@@ -57,7 +57,9 @@ def writable_dir(option: str, path: Path) -> Path:
     return path
 
 
-def model_paths(items: list[str] | None) -> dict[str, Path]:
+def model_paths(items: list[str] | None, ports: PortSettings | None = None) -> dict[str, Path]:
+    """--model-path NAME=DIR, each DIR checked as the engine reads it where the engine runs
+    NAME (an hf or plug-in port loads the directory its own way)."""
     paths = {}
     for item in items or []:
         name, sep, path = item.partition("=")
@@ -68,9 +70,10 @@ def model_paths(items: list[str] | None) -> dict[str, Path]:
         if not directory.is_dir():
             raise pytest.UsageError(f"--model-path {name}={path}: directory not found")
         try:
-            rank_directory(name, path, directory)
-            verify_checkpoint(name, directory)
-            check_parts(directory, weights_layout(directory).world_size)
+            if ports is None or any(s.kind == "engine" for s in ports.of(name)):
+                rank_directory(name, path, directory)
+                verify_checkpoint(name, directory)
+                check_parts(directory, weights_layout(directory).world_size)
         except (CheckpointError, ValueError) as e:
             raise pytest.UsageError(f"--model-path {name}: {e}") from None
         paths[name] = directory
@@ -113,14 +116,20 @@ def check_ports(ports: PortSettings, paths: dict[str, Path], dtypes: list[str],
         if spec.kind == "hf" and set(dtypes) & set(QUANTIZED):
             raise pytest.UsageError(f"{what}: an hf port runs fp32, bf16 or fp16, not "
                                     f"{','.join(sorted(set(dtypes) & set(QUANTIZED)))}")
-        if spec.kind != "engine" and tp > 1:
-            raise pytest.UsageError(f"{what}: --tp {tp} runs the engine only")
+        if spec.kind not in ("engine", "hf") and tp > 1:
+            raise pytest.UsageError(f"{what}: --tp {tp} runs the engine or an hf port's "
+                                    "part_model/{rank} directories")
     for name, path in paths.items():
-        if any(spec.kind in ("hf", "plugin") for spec in ports.of(name)):
-            try:
+        kinds = {spec.kind for spec in ports.of(name)}
+        try:
+            if "hf" in kinds and tp > 1:  # each rank loads its own directory
+                for rank in range(tp):
+                    check_remote_code(enter_rank(path, rank, tp, 0, environ={}),
+                                      ports.trust_remote_code)
+            elif kinds & {"hf", "plugin"}:
                 check_remote_code(path, ports.trust_remote_code)
-            except CheckpointError as e:
-                raise pytest.UsageError(f"--model-path {name}: {e}") from None
+        except CheckpointError as e:
+            raise pytest.UsageError(f"--model-path {name}: {e}") from None
 
 
 def check_tp(models: list[str], tp: int) -> None:
@@ -186,7 +195,7 @@ class Settings:
     def from_config(cls, config: pytest.Config) -> Settings:
         opt = config.getoption
         ports = PortSettings.from_config(config, REGISTRY)
-        paths = model_paths(opt("--model-path"))
+        paths = model_paths(opt("--model-path"), ports)
         check_ports(ports, paths, unique(split_values(opt("--dtype"), "--dtype")),
                     positive_int("--tp", str(opt("--tp"))))
         models = unique(split_values(opt("--model"), "--model"))
@@ -203,7 +212,8 @@ class Settings:
         dtypes = unique(split_values(opt("--dtype"), "--dtype"))
         check_names("--dtype", dtypes, ALL_DTYPES)
         tp = positive_int("--tp", str(opt("--tp")))
-        check_stored_weights(paths, dtypes, tp)
+        check_stored_weights({n: p for n, p in paths.items()
+                              if any(s.kind == "engine" for s in ports.of(n))}, dtypes, tp)
         if tp > 1:
             check_tp(given, tp)
         batches = int_list("--batch", opt("--batch"), [], maximum=MAX_BATCH)

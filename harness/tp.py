@@ -43,8 +43,17 @@ def _free_port() -> int:
 
 
 def _load(checkpoint, rank: int, world_size: int, hardware: str, precision: Precision,
-          lm_head: bool, compile: bool) -> Engine:
-    """This rank's engine: its part_model directory, or the full checkpoint cut here."""
+          lm_head: bool, compile: bool, hf: bool = False, trust_remote_code: bool = False):
+    """This rank's engine (its part_model directory, or the full checkpoint cut here), or
+    with `hf` an hf port's rank: `checkpoint/part_model/{rank}` loaded by transformers under
+    the environment torchrun gives that rank (the group is already up, so its modeling code
+    finds torch.distributed initialised, as under torchrun and the seeds' main.py)."""
+    if hf:
+        from harness.ports.hf import HFRunner, enter_rank
+
+        path = enter_rank(checkpoint, rank, world_size, int(os.environ["MASTER_PORT"]))
+        return HFRunner(path, hardware=hardware, dtype=precision.dtype,
+                        trust_remote_code=trust_remote_code, device_index=rank)
     device = torch.device("cpu") if hardware == "cpu" else torch.device(hardware, rank)
     model = build_model(checkpoint, precision, rank=rank, world_size=world_size,
                         lm_head=lm_head, device=device)
@@ -70,19 +79,23 @@ def _serve(rank: int, world_size: int, port: int, args: dict) -> None:
 
 
 class TensorParallelRunner:
-    """A runner whose model is split over `world_size` ranks (this process is rank 0)."""
+    """A runner whose model is split over `world_size` ranks (this process is rank 0): our
+    engine, or with `hf` an hf port's `part_model/{rank}` directories."""
 
     def __init__(self, checkpoint, world_size: int, precision: Precision = FP32, *,
                  hardware: str = "cpu", lm_head: bool = False, compile: bool = False,
-                 device_logits: bool = False):
+                 device_logits: bool = False, hf: bool = False,
+                 trust_remote_code: bool = False):
         if dist.is_initialized():
             raise RankFailed("a tensor-parallel group is already running in this process")
         self.world_size, self.device_logits, self.precision = world_size, device_logits, precision
+        self.hf = hf
         self._threads = torch.get_num_threads()
         threads = max(1, (os.cpu_count() or 1) // world_size)
         port = _free_port()
         args = dict(checkpoint=str(checkpoint), hardware=hardware, precision=precision,
-                    lm_head=lm_head, compile=compile)
+                    lm_head=lm_head, compile=compile, hf=hf,
+                    trust_remote_code=trust_remote_code)
         context = multiprocessing.get_context("spawn")
         self.ranks = [context.Process(target=_serve, args=(r, world_size, port,
                                                            {**args, "threads": threads}),
@@ -129,6 +142,8 @@ class TensorParallelRunner:
         return self._out(self._call("decode", next_ids))
 
     def prefill_shared(self, prefix, suffixes):
+        if self.hf:
+            return self._out(self._call("prefill_shared", prefix, suffixes))
         return self._out(self._call("prefill_shared", prefix, *right_padded(suffixes)))
 
     def reset(self):
@@ -141,6 +156,8 @@ class TensorParallelRunner:
         self._call("release")
 
     def generate(self, input_ids, attention_mask, new_tokens):
+        if self.hf:  # every rank runs the port's own generation loop
+            return self._call("generate", input_ids, attention_mask, new_tokens)
         return generate(_GroupEngine(self), input_ids, attention_mask, new_tokens,
                         ignore_eos=True)
 

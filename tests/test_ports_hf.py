@@ -125,3 +125,48 @@ def test_enter_rank_refuses_a_layout_without_exactly_the_ranks(tmp_path, ranks, 
     with pytest.raises(CheckpointError, match=expected):
         enter_rank(tmp_path, 0, world_size, 29512, environ=environ)
     assert environ == {}
+
+
+TP_CODE = Path(__file__).parent / "remote_code" / "modeling_tp_llama.py"
+TP_CLASS = "modeling_tp_llama.ParallelLlamaForCausalLM"
+
+
+def cut_for_tp(source: Path, out: Path, world_size: int) -> Path:
+    """`out/part_model/{rank}`: a Llama directory cut as the seeds' weight tool cuts one, each
+    rank its heads (q/k/v rows, o_proj columns) and intermediate share (gate/up rows,
+    down_proj columns), the rest replicated, with the parallel modeling file and an auto_map
+    naming it; `out` itself keeps the whole model."""
+    import shutil
+
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    state = model.state_dict()
+    config = json.loads((source / "config.json").read_text())
+    shutil.copytree(source, out)
+    rows = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # split the outputs
+    columns = ("o_proj", "down_proj")  # split the inputs
+    for rank in range(world_size):
+        part = out / "part_model" / str(rank)
+        part.mkdir(parents=True)
+        shard = {}
+        for name, tensor in state.items():
+            kind = name.split(".")[-2]
+            if kind in rows:
+                tensor = tensor.chunk(world_size, 0)[rank]
+            elif kind in columns:
+                tensor = tensor.chunk(world_size, 1)[rank]
+            shard[name] = tensor.clone().contiguous()
+        from safetensors.torch import save_file
+
+        save_file(shard, part / "model.safetensors")
+        rank_config = {**config, "num_attention_heads": config["num_attention_heads"] // world_size,
+                       "num_key_value_heads": config["num_key_value_heads"] // world_size,
+                       "intermediate_size": config["intermediate_size"] // world_size,
+                       "auto_map": {"AutoModelForCausalLM": TP_CLASS}}
+        (part / "config.json").write_text(json.dumps(rank_config))
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            if (source / name).exists():
+                shutil.copy(source / name, part)
+        shutil.copy(TP_CODE, part)
+    return out

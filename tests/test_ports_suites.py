@@ -235,6 +235,25 @@ def test_remote_code_needs_trust_at_start_up_and_runs_its_own_class_with_it(suit
     assert {r["port"] for r in records(suites, "remote")} == {"hf"}
 
 
+def test_a_tensor_parallel_remote_code_directory_runs_each_rank_from_its_part_model(
+        suites, tmp_path):
+    from tests.test_ports_hf import TP_CLASS, cut_for_tp
+
+    cut = cut_for_tp(tiny_checkpoint(MODEL), tmp_path / "cut", 2)
+    args = (*NUMERICS, "--dtype", "fp32", "--batch", "2", "--port", f"{MODEL}=hf",
+            "--model-path", f"{MODEL}={cut}", "--tp", "2")
+    refused = suites.runpytest(*args)
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    assert any(f"--model-path {MODEL}: {cut / 'part_model' / '0' / 'config.json'}: auto_map "
+               f"loads remote code {TP_CLASS}" in line for line in refused.errlines)
+    result = suites.runpytest_subprocess(*args, "--trust-remote-code", "--run-id", "tp")
+    result.assert_outcomes(passed=3)
+    rows = by_test(records(suites, "tp"))
+    teacher = rows["test_teacher_forced"]
+    assert teacher["case"] == f"{MODEL}-cpu-fp32-bs2-in16-out8-hf-tp2"
+    assert teacher["max_abs_diff"] <= 1e-5
+
+
 PLUGIN = textwrap.dedent('''
     """A team's own runner: here transformers on the CPU, built by a factory."""
     from harness.runners import ReferenceRunner
