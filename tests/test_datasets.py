@@ -18,6 +18,7 @@ from harness.accuracy.datasets import (
     load_ceval,
     load_mmlu,
     load_subject_mapping,
+    load_task,
     subject_count_problems,
 )
 from harness.accuracy.files import load_humaneval, package_file
@@ -203,17 +204,39 @@ def test_unknown_subjects(smoke):
           smoke, subjects=["law"])
     error(r"unknown MMLU subject 'law'; valid: abstract_algebra, ", load_mmlu, smoke,
           subjects=["law"])
+
+
+def test_an_mmlu_subject_not_in_the_official_57_loads_as_other_with_a_warning(smoke):
     shutil.copy(smoke / "data" / "test" / "philosophy_test.csv",
                 smoke / "data" / "test" / "law_test.csv")
-    error(r"law_test\.csv: 'law' is not one of MMLU's 57 subjects", load_mmlu, smoke)
+    with pytest.warns(UserWarning, match=r"1 subjects not one of MMLU's 57, loaded as law "
+                                         r"\(other\); subject_categories\.json can give"):
+        found = load_mmlu(smoke)
+    assert {q.category for q in found["law"]} == {"other"}
+    assert found["law"][0].id == "law/test/0"
+    (smoke / "subject_categories.json").write_text(json.dumps({"law": "humanities"}))
+    with pytest.warns(UserWarning, match=r"loaded as law \(humanities\)$"):
+        assert found_category(load_mmlu(smoke)["law"]) == "humanities"
+    (smoke / "subject_categories.json").write_text(json.dumps({"law": "legal"}))
+    error(r"subject_categories\.json: subject 'law': category 'legal', expected one of "
+          r"STEM, humanities, other, social sciences", load_mmlu, smoke)
+    (smoke / "subject_categories.json").write_text("{law")
+    error(r"subject_categories\.json: not JSON", load_mmlu, smoke)
 
 
-def test_subject_missing_from_mapping(smoke):
+def found_category(questions) -> str:
+    (category,) = {q.category for q in questions}
+    return category
+
+
+def test_a_ceval_subject_missing_from_the_mapping_loads_as_other_with_a_warning(smoke):
     mapping = json.loads((smoke / "subject_mapping.json").read_text(encoding="utf-8"))
     del mapping["high_school_politics"]
     (smoke / "subject_mapping.json").write_text(json.dumps(mapping), encoding="utf-8")
-    error(r"subject_mapping\.json: no entry for subject 'high_school_politics', which has "
-          r".*high_school_politics_val\.csv", load_ceval, smoke)
+    with pytest.warns(UserWarning, match=r"1 subjects not in subject_mapping\.json, loaded as "
+                                         r"high_school_politics \(Other\)"):
+        found = load_ceval(smoke)
+    assert found_category(found["high_school_politics"]) == "Other"
 
 
 @pytest.mark.parametrize("entry, expected", [
@@ -320,3 +343,12 @@ def test_bad_humaneval_file(tmp_path):
     (tmp_path / "he.jsonl.gz").write_bytes(b"not gzip")
     error(r"he\.jsonl\.gz: unreadable \(Not a gzipped file", load_humaneval,
           tmp_path / "he.jsonl.gz")
+
+
+def test_load_task_titles_a_subject_the_mapping_lacks_by_its_name(smoke):
+    mapping = json.loads((smoke / "subject_mapping.json").read_text(encoding="utf-8"))
+    del mapping["high_school_politics"]
+    (smoke / "subject_mapping.json").write_text(json.dumps(mapping), encoding="utf-8")
+    with pytest.warns(UserWarning):
+        data = load_task("ceval", smoke)
+    assert data["titles"]["high_school_politics"] == "high school politics"

@@ -89,3 +89,45 @@ def test_per_question_values(gold):
     shifted = {"expected": gold, "logprobs": [v - 5 for v in base["logprobs"]]}
     d, kl = per_question(shifted, base)  # a constant shift normalises away
     assert abs(d) < 1e-12 and abs(kl) < 1e-12
+
+
+# -- in the suite: smollm2-135m, a planted degradation against the reference ----------------
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_suite_fails_planted_noise_on_likelihood_where_mcnemar_passes(suites,
+                                                                          monkeypatch):
+    """One question per subject (57): the reference saved as a baseline, then our engine
+    (must pass) and the reference with 20% weight noise planted (must fail)."""
+    import json
+    from pathlib import Path
+
+    from harness.baselines import save_ours
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    bl = suites.path / "bl"
+    (bl / "accuracy").mkdir(parents=True)
+    args = ("copied_suites/accuracy", "--model", "smollm2-135m", "--task", "mmlu",
+            "--questions-per-subject", "1", "--baselines-dir", str(bl))
+    suites.runpytest(*args, "--accuracy-runner", "reference", "--accuracy-baseline", "none",
+                     "--run-id", "ref").assert_outcomes(passed=1)
+    save_ours(suites.path / "reports" / "ref", "ref", "accuracy", bl)
+
+    def run(run_id, *extra):
+        result = suites.runpytest(*args, "--accuracy-baseline", "ref", "--run-id", run_id,
+                                  *extra)
+        path = suites.path / "reports" / run_id / "records-main.jsonl"
+        (row,) = [json.loads(line) for line in path.read_text().splitlines()]
+        return result, row
+
+    engine, row = run("engine")
+    engine.assert_outcomes(passed=1)
+    assert row["likelihood"][0]["passed"] and row["likelihood"][0]["questions"] == 57
+
+    noisy, row = run("noisy", "--port", "smollm2-135m=benchmarks.planted:noise20")
+    noisy.assert_outcomes(failed=1)
+    overall = next(c for c in row["comparisons"] if c["category"] == "overall")
+    assert overall["passed"], "McNemar and the 99% rule were meant to miss it"
+    assert not row["likelihood"][0]["passed"]
+    assert row["reason"].startswith("mmlu likelihood vs baseline ref (57 questions): ")

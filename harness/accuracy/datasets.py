@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -39,6 +40,7 @@ CEVAL_LAYOUT = "a header row id,question,A,B,C,D,answer[,explanation] then one r
 MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
 MMLU_LAYOUT = "one row per question, no header: question,A,B,C,D,answer"
 MAPPING_FILE = "subject_mapping.json"
+CATEGORIES_FILE = "subject_categories.json"  # categories of subjects not in the official lists
 TASK_DIRS = {"ceval": "ceval-exam", "mmlu": "data"}
 SMOKE_ROOT = Path(__file__).parent / "data" / "smoke"
 
@@ -65,12 +67,13 @@ def load_ceval(root: Path | str, split: str = "val",
     mapping = load_subject_mapping(root)
     split_dir = root / TASK_DIRS["ceval"] / split
     files = _subject_files(split_dir, split, "C-Eval")
-    unmapped = sorted(set(files) - set(mapping))
-    if unmapped:
-        raise DatasetError(f"{root / MAPPING_FILE}: no entry for subject {unmapped[0]!r}, which "
-                           f"has {files[unmapped[0]]}; expected one for every subject's CSV")
+    categories = subject_categories(root, sorted(set(files) - set(mapping)), "Other",
+                                    f"not in {MAPPING_FILE}", CEVAL_CATEGORIES)
+    mapping = {**mapping, **{s: (s, s, c) for s, c in categories.items()}}
     if subjects is None:
         wanted, reason = sorted(mapping), f"listed in {MAPPING_FILE}"
+        if categories:
+            reason += " or has a CSV"
     else:
         wanted = _asked(subjects, mapping, f"{root / MAPPING_FILE}: no subject")
         reason = "asked for"
@@ -139,19 +142,45 @@ def load_mmlu(root: Path | str, split: str = "test",
     """
     split_dir = Path(root) / TASK_DIRS["mmlu"] / split
     files = _subject_files(split_dir, split, "MMLU")
-    unknown = sorted(set(files) - set(MMLU_CATEGORIES))
-    if unknown:
-        raise DatasetError(f"{files[unknown[0]]}: {unknown[0]!r} is not one of MMLU's 57 "
-                           "subjects (see MMLU_CATEGORIES)")
-    wanted = sorted(files) if subjects is None else _asked(subjects, MMLU_CATEGORIES,
+    categories = {**MMLU_CATEGORIES, **subject_categories(
+        Path(root), sorted(set(files) - set(MMLU_CATEGORIES)), "other",
+        "not one of MMLU's 57", sorted(set(MMLU_CATEGORIES.values())))}
+    wanted = sorted(files) if subjects is None else _asked(subjects, categories,
                                                            "unknown MMLU subject")
-    return {s: _read_mmlu_csv(_subject_file(files, split_dir, split, s, "asked for"), s, split)
-            for s in wanted}
+    return {s: _read_mmlu_csv(_subject_file(files, split_dir, split, s, "asked for"), s, split,
+                              categories[s]) for s in wanted}
 
 
-def _read_mmlu_csv(path: Path, subject: str, split: str) -> list[Question]:
+def subject_categories(root: Path, subjects: list[str], default: str, why: str,
+                       valid: Iterable[str]) -> dict[str, str]:
+    """Categories of subjects the official list lacks: from ROOT/subject_categories.json
+    ({subject: category}) where it names them, else `default`; a warning names them all."""
+    if not subjects:
+        return {}
+    path = root / CATEGORIES_FILE
+    given = {}
+    if path.exists():
+        try:
+            given = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{path}: not JSON ({e}); expected {{subject: category}}"
+                               ) from None
+        if not isinstance(given, dict):
+            raise DatasetError(f"{path}: expected a JSON object {{subject: category}}")
+        for subject, category in given.items():
+            if category not in valid:
+                raise DatasetError(f"{path}: subject {subject!r}: category {category!r}, "
+                                   f"expected one of {', '.join(valid)}")
+    found = {s: given.get(s, default) for s in subjects}
+    warnings.warn(f"{root}: {len(subjects)} subjects {why}, loaded as "
+                  + ", ".join(f"{s} ({c})" for s, c in found.items())
+                  + ("" if path.exists() else f"; {CATEGORIES_FILE} can give their categories"),
+                  stacklevel=3)
+    return found
+
+
+def _read_mmlu_csv(path: Path, subject: str, split: str, category: str) -> list[Question]:
     frame = _read_csv(path, MMLU_COLUMNS, MMLU_LAYOUT)
-    category = MMLU_CATEGORIES[subject]
     return [Question(f"{subject}/{split}/{n}", subject, category, record["question"],
                      tuple(record[c] for c in ANSWERS),
                      answer_letter(record["answer"], f"{path}: row {n + 1}, column answer"))
@@ -187,7 +216,8 @@ def load_task(task: str, root: Path) -> dict:
     start-up check and the cases share one reading."""
     if task == "ceval":
         split, questions = "val", load_ceval(root, "val")
-        titles = {s: names[1] for s, names in load_subject_mapping(root).items()}
+        mapping = load_subject_mapping(root)
+        titles = {s: mapping[s][1] if s in mapping else s.replace("_", " ") for s in questions}
     else:
         split, questions = "test", load_mmlu(root, "test")
         titles = {s: s.replace("_", " ") for s in questions}
