@@ -1,7 +1,7 @@
 """An OpenAI-compatible `/v1/completions` server over a transformers model, for tests.
 
     python -m tests.served_model --model DIR --port N [--shift] [--lowercase] [--nan]
-                                 [--quiet-generated] [--die-after N]
+                                 [--quiet-generated] [--cut-streams] [--die-after N]
 
 Serves what the openai port asks of a real server: echo with `logprobs=K` (per prompt token
 its log-probability and the top-K of the distribution before it), greedy or seeded sampled
@@ -11,7 +11,9 @@ reference's; the flags add the faults the suites must catch: `--shift` echoes ea
 token with the distribution computed at it (llama.cpp's server's bug), `--lowercase`
 tokenizes a lower-cased prompt (a tokenizer that differs from the reference's), `--nan`
 answers NaN log-probabilities, `--quiet-generated` lists no log-probabilities for generated
-tokens (as some servers do for EOS), `--die-after N` exits (as if killed) on its N+1-th completion
+tokens (as some servers do for EOS), `--cut-streams` ends every stream after its first chunk
+with no finish_reason (as llama-cpp-python's server cuts a stream another request
+interrupts), `--die-after N` exits (as if killed) on its N+1-th completion
 request. `running(...)` starts it in a process of its own for a test.
 """
 
@@ -35,12 +37,12 @@ import transformers
 
 class Model:
     def __init__(self, path: str, shift: bool, lowercase: bool, nan: bool,
-                 quiet_generated: bool = False):
+                 quiet_generated: bool = False, cut_streams: bool = False):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32).eval()
         self.shift, self.lowercase, self.nan = shift, lowercase, nan
-        self.quiet_generated = quiet_generated
+        self.quiet_generated, self.cut_streams = quiet_generated, cut_streams
         self.lock = threading.Lock()
 
     def ids(self, prompt) -> list[int]:
@@ -155,8 +157,13 @@ def serve(model: Model, port: int, die_after: int | None = None) -> ThreadingHTT
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for token, _ in model.generate(ids, body):
-                chunk = {"choices": [{"index": 0, "text": model.piece(token)}]}
+            n = int(body.get("max_tokens") or 16)
+            new = list(model.generate(ids, body))[:1 if model.cut_streams else None]
+            for i, (token, _) in enumerate(new):
+                finish = None if model.cut_streams or i < len(new) - 1 else (
+                    "length" if len(new) == n else "stop")
+                chunk = {"choices": [{"index": 0, "text": model.piece(token),
+                                      "finish_reason": finish}]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
             self.wfile.write(b"data: [DONE]\n\n")
@@ -170,12 +177,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
-    for quirk in ("shift", "lowercase", "nan", "quiet-generated"):
+    for quirk in ("shift", "lowercase", "nan", "quiet-generated", "cut-streams"):
         parser.add_argument(f"--{quirk}", action="store_true")
     parser.add_argument("--die-after", type=int)
     args = parser.parse_args()
-    serve(Model(args.model, args.shift, args.lowercase, args.nan, args.quiet_generated),
-          args.port,
+    serve(Model(args.model, args.shift, args.lowercase, args.nan, args.quiet_generated,
+                args.cut_streams), args.port,
           args.die_after).serve_forever()
 
 

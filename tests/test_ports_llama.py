@@ -66,7 +66,7 @@ def test_the_shifted_prompt_logprobs_fail_by_name(server, reference):
 def test_greedy_and_stream_agree(server):
     client = OpenAIClient(server.url)
     greedy = client.greedy(PROMPT, 8)
-    streamed = "".join(text for _, text in client.stream(PROMPT, 8))
+    streamed = "".join(text for _, text, _ in client.stream(PROMPT, 8))
     assert greedy.text and greedy.text == streamed
 
 

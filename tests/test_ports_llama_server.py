@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 parser = argparse.ArgumentParser()
 for name in ("model", "model_alias", "host", "port", "logits_all", "n_ctx", "n_threads",
-             "n_threads_batch"):
+             "n_threads_batch", "interrupt_requests"):
     parser.add_argument("--" + name)
 args = parser.parse_args()
 print("fake llama.cpp server", " ".join(sys.argv[1:]), flush=True)

@@ -236,8 +236,8 @@ def test_stream_yields_each_chunk_with_its_arrival_time(stub):
     on_completions(stub, lambda r, b: sse(r, [" Paris", ".", b": keep-alive\n\n", " It"]))
     client = OpenAIClient(stub.url, "m")
     chunks = list(client.stream("The capital of France is", 3))
-    assert [text for _, text in chunks] == [" Paris", ".", " It"]
-    times = [t for t, _ in chunks]
+    assert [text for _, text, _ in chunks] == [" Paris", ".", " It"]
+    times = [t for t, _, _ in chunks]
     assert times == sorted(times) and times[-1] - times[0] > 0.05
     _, _, body, _ = stub.requests[-1]
     assert body["stream"] is True and body["temperature"] == 0 and body["max_tokens"] == 3

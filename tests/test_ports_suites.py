@@ -134,6 +134,18 @@ def test_perf_of_a_served_port_streams_at_each_concurrency_level(suites, model_d
     assert {r["batch_size"] for r in csv_rows} == {"1", "2"}
 
 
+def test_perf_fails_requests_the_server_cut_short(suites, model_dir):
+    with running(model_dir, "--cut-streams") as url:
+        result = served(suites, url, "copied_suites/perf", "--model", MODEL,
+                        "--seqlen-in-pair", "16", "--seqlen-out-pair", "6", "--repeats", "2",
+                        "--warmup", "0", "--concurrency", "2", "--perf-baseline", "none")
+    result.assert_outcomes(failed=1)
+    (row,) = records(suites, "served")
+    assert row["interrupted_requests"] == 4
+    assert row["reason"].startswith("4 of 4 requests ended with no finish_reason after 1 to 1 "
+                                    "tokens of 6: the server cut them short")
+
+
 def test_humaneval_and_multiple_choice_run_through_the_server(suites, model_dir):
     with running(model_dir) as url:
         result = served(suites, url, "copied_suites/accuracy", "--model", MODEL, "--task",

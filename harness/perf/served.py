@@ -10,6 +10,9 @@ Per request, timed on this side of the connection as vLLM's serving benchmark ti
   e2el    end-to-end latency of the request
 
 Output tokens are the reference tokenizer's count of the streamed text (as vLLM counts them).
+A request whose stream ends without a finish_reason was cut short by the server (llama-cpp-
+python's server interrupts a stream when another request arrives unless told not to): the
+case fails, naming how many, rather than timing requests that were not served.
 Reported as mean/median/p90/p99 over requests (ITL over every gap), with output tokens/s and
 requests/s over the rounds' wall time. The unit of the noise test is the request (a
 request's chunk gaps are not independent samples); the seed CSV's columns get TTFT as the
@@ -41,6 +44,7 @@ class Request:
     itl_ms: list[float]
     e2el_ms: float
     output_tokens: int
+    finish_reason: str | None  # None: the server ended the stream without saying why
 
 
 def concurrency_of(case: Case) -> int:
@@ -49,15 +53,16 @@ def concurrency_of(case: Case) -> int:
 
 def one_request(client, tokenizer, text: str, out: int) -> Request:
     start = time.perf_counter()
-    arrivals, pieces = [], []
-    for arrived, piece in client.stream(text, out):
+    arrivals, pieces, finish = [], [], None
+    for arrived, piece, reason in client.stream(text, out):
         arrivals.append(arrived)
         pieces.append(piece)
+        finish = reason or finish
     if not arrivals:
         arrivals = [time.perf_counter()]
     tokens = len(tokenizer("".join(pieces), add_special_tokens=False).input_ids)
     return Request((arrivals[0] - start) * 1e3, list(np.diff(arrivals) * 1e3),
-                   (arrivals[-1] - start) * 1e3, tokens)
+                   (arrivals[-1] - start) * 1e3, tokens, finish)
 
 
 def describe(values: list[float], name: str) -> dict:
@@ -108,6 +113,14 @@ def served_perf_case(case: Case, runner, tokenizer,
     bad = [c for c in SEED_COLUMNS[3:6] if not seed[c] >= 0]
     if bad:  # a gate fails on what it cannot measure
         result.failures.append(f"not measurable: {', '.join(bad)}")
+        result.passed = False
+    cut = [r for r in requests if r.finish_reason is None]
+    metrics["interrupted_requests"] = len(cut)
+    if cut:  # timings of requests the server dropped are not the server's speed
+        result.failures.insert(0, f"{len(cut)} of {len(requests)} requests ended with no "
+                                  f"finish_reason after {min(r.output_tokens for r in cut)} to "
+                                  f"{max(r.output_tokens for r in cut)} tokens of {case.out}: "
+                                  "the server cut them short")
         result.passed = False
     return result, {**seed, **metrics, "device": device, **machine_load(),
                     "samples": samples.as_dict(), "comparisons": comparisons,

@@ -82,7 +82,9 @@ class LlamaServer:
         self.command = [self.python, "-m", "llama_cpp.server", "--model", str(self.gguf),
                         "--model_alias", alias, "--host", "127.0.0.1", "--port", str(self.port),
                         "--logits_all", "true", "--n_ctx", str(n_ctx),
-                        "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+                        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                        # by default a new request cuts the running stream short: queue it
+                        "--interrupt_requests", "false"]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.info: dict = {}

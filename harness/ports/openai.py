@@ -218,9 +218,10 @@ class OpenAIClient:
         listed = (choice.get("logprobs") or {}).get("tokens") if tokens else None
         return Completion(choice.get("text", ""), listed, choice.get("finish_reason"))
 
-    def stream(self, prompt: str | list[int], n: int) -> Iterator[tuple[float, str]]:
-        """(arrival time from time.perf_counter(), text) for each streamed chunk, temperature 0.
-        Time the first chunk from just before calling next() on this iterator."""
+    def stream(self, prompt: str | list[int], n: int) -> Iterator[tuple[float, str, str | None]]:
+        """(arrival time from time.perf_counter(), text, finish_reason) for each streamed
+        chunk, temperature 0; a completed stream's last chunk names why it finished. Time the
+        first chunk from just before calling next() on this iterator."""
         response = self._open("POST", "/v1/completions",
                               {"model": self.model, "prompt": prompt, "max_tokens": n,
                                "temperature": 0, "stream": True})
@@ -242,11 +243,12 @@ class OpenAIClient:
                 if payload == b"[DONE]":
                     return
                 try:
-                    text = json.loads(payload)["choices"][0].get("text", "")
+                    choice = json.loads(payload)["choices"][0]
+                    text, finish = choice.get("text", ""), choice.get("finish_reason")
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                     raise EndpointError(f"{self.base_url}: malformed JSON in a streamed chunk "
                                         f"of {request}: {payload[:80]!r}") from None
-                yield arrived, text
+                yield arrived, text, finish
 
 
 def _describe(body: dict) -> str:
