@@ -41,7 +41,13 @@ PLANTED = {"noise 5%": "benchmarks.planted:noise05", "noise 10%": "benchmarks.pl
            "dropped layer": "benchmarks.planted:dropped"}
 
 
+REUSE = False  # --reuse: keep the runs already in --out, only recompute the gates
+
+
 def pytest(*args: str) -> int:
+    run = Path(args[args.index("--results-dir") + 1]) / args[args.index("--run-id") + 1]
+    if REUSE and (run / "records-main.jsonl").exists():
+        return 0
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            *args], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
 
@@ -57,6 +63,11 @@ def accuracy_row(run: Path) -> dict:
 def numerics_verdict(run: Path) -> str:
     rows = [r for r in records(run) if r.get("test") == "test_teacher_forced"]
     return ", ".join(r["outcome"] for r in rows) or "not run"
+
+
+def pairs(candidate: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]]:
+    by_id = {a["id"]: a for a in candidate}
+    return [(by_id[b["id"]], b) for b in baseline if b["id"] in by_id]
 
 
 def questions_to_fail(candidate: list[dict], baseline: list[dict], step: int) -> dict:
@@ -87,7 +98,11 @@ def main() -> None:
     parser.add_argument("--per-subject", type=int, default=5)
     parser.add_argument("--step", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="runs' directory (default: temp)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the runs already in --out; recompute the gates from them")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     out = args.out or Path(tempfile.mkdtemp(prefix="planted-"))
     baselines = out / "baselines"
     (baselines / "accuracy").mkdir(parents=True, exist_ok=True)
@@ -96,7 +111,8 @@ def main() -> None:
                 str(args.per_subject), "--shots", "0", *common)
     pytest(*accuracy, "--accuracy-runner", "reference", "--accuracy-baseline", "none",
            "--run-id", "reference")
-    save_ours(out / "reference", "reference", "accuracy", baselines, force=True)
+    if not (REUSE and (baselines / "accuracy" / "ours" / "reference.json").exists()):
+        save_ours(out / "reference", "reference", "accuracy", baselines, force=True)
     baseline = read_answers_file(out / "reference" / accuracy_row(out / "reference")[
         "answers_file"])
 
@@ -116,9 +132,9 @@ def main() -> None:
         pytest(*accuracy, *port, "--accuracy-baseline", "reference", "--run-id", slug)
         row = accuracy_row(out / slug)
         overall = next(c for c in row["comparisons"] if c["category"] == "overall")
-        like = row["likelihood"][0]
-        need = questions_to_fail(read_answers_file(out / slug / row["answers_file"]),
-                                 baseline, args.step)
+        candidate = read_answers_file(out / slug / row["answers_file"])
+        like = likelihood_gate("mmlu", pairs(candidate, baseline), "reference")[1]
+        need = questions_to_fail(candidate, baseline, args.step)
         must = "pass" if name in MUST_PASS else "port" if name.startswith("llama") else "fail"
         lines.append(
             f"| {name} | {must} | {numerics_verdict(out / f'{slug}-numerics')} | "

@@ -103,6 +103,12 @@ def write_run(run_dir: Path, *, session: int = 1, slow: float = 1.0, flips: int 
                                                     "expected": "A", "candidate": "B",
                                                     "baseline": "A",
                                                     "question": "Question number 1?"}]}],
+                      "likelihood": [{"baseline": "ref", "category": "likelihood",
+                                      "gated": True, "questions": 60, "unmeasured": 0,
+                                      "gold_logprob_diff": -0.0123, "gold_logprob_diff_low":
+                                      -0.0456, "choice_kl": 0.0012, "choice_kl_high": 0.0021,
+                                      "wilcoxon_p": 0.2, "gold_margin": 0.1, "kl_limit": 0.01,
+                                      "passed": True, "rule": ""}],
                       "baselines_compared": 1})
         he = f"humaneval-{model}-cpu-fp32-bs8-n1"
         (run_dir / "accuracy" / he).mkdir(parents=True, exist_ok=True)

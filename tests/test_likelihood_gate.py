@@ -10,15 +10,18 @@ from harness.accuracy.gate import paired_gate
 from harness.accuracy.likelihood import GOLD_MARGIN, KL_LIMIT, likelihood_gate, per_question
 
 
-def answers(n: int, seed: int = 0, harm: float = 0.0, noise: float = 0.0) -> list[dict]:
+def answers(n: int, seed: int = 0, harm: float = 0.0, noise: float = 0.0,
+            flatten: float = 0.0) -> list[dict]:
     """n questions with choice log-probabilities; `harm` lowers the gold choice's logit,
-    `noise` adds random logit noise; right/wrong mostly stays as it was."""
+    `noise` adds random logit noise, `flatten` shrinks every logit towards uniform (as a
+    dropped layer or heavy weight noise did to smollm2-135m), which keeps every argmax."""
     rng, rows = random.Random(seed), []
     for i in range(n):
         base = random.Random(i)
         logits = [base.gauss(0, 2) for _ in range(4)]
         gold = max(range(4), key=lambda j: logits[j]) if i % 3 else base.randrange(4)
-        logits = [v - harm * (j == gold) + rng.gauss(0, noise) for j, v in enumerate(logits)]
+        logits = [(v - harm * (j == gold)) * (1 - flatten) + rng.gauss(0, noise)
+                  for j, v in enumerate(logits)]
         predicted = max(range(4), key=lambda j: logits[j])
         rows.append({"id": f"q/{i}", "category": "STEM", "expected": "ABCD"[gold],
                      "predicted": "ABCD"[predicted], "correct": predicted == gold,
@@ -38,12 +41,20 @@ def test_an_identical_candidate_passes_with_zero_change():
     assert result["wilcoxon_p"] == 1.0 and result["questions"] == 100
 
 
-def test_a_planted_degradation_fails_the_likelihood_gate_and_passes_mcnemar():
-    base, worse = answers(114), answers(114, harm=0.1)
-    mcnemar, _ = paired_gate("mmlu", worse, base, "ref", 0.0)
-    assert mcnemar == []  # the argmax is unchanged: right/wrong cannot see it
+def test_a_flattened_model_fails_the_likelihood_gate_and_passes_mcnemar():
+    base, worse = answers(114), answers(114, flatten=0.3)
+    mcnemar, results = paired_gate("mmlu", worse, base, "ref", 0.99)
+    assert mcnemar == [] and results[0]["flipped"] == []  # right/wrong cannot see it
     failures, result = likelihood_gate("mmlu", pairs(worse, base), "ref")
     assert not result["passed"]
+    assert failures == [f"mmlu likelihood vs baseline ref (114 questions): mean choice KL "
+                        f"{result['choice_kl']:.4f} nats, 95% upper bound "
+                        f"{result['choice_kl_high']:.4f} > {KL_LIMIT:g}"]
+
+
+def test_a_lower_gold_log_probability_fails_by_its_bound():
+    base, worse = answers(114), answers(114, harm=1.0)
+    failures, result = likelihood_gate("mmlu", pairs(worse, base), "ref")
     assert failures[0].startswith("mmlu likelihood vs baseline ref (114 questions): mean "
                                   "gold-choice log-probability change -")
     assert f"< -{GOLD_MARGIN:g}" in failures[0] and "Wilcoxon p=" in failures[0]

@@ -61,6 +61,9 @@ def test_every_section_has_its_rows(page):
     page.locator("details.flipped summary").first.click()
     assert "Question number 1?" in page.locator("details.flipped").first.inner_text()
     assert "pass@1" in page.locator("#accuracy").inner_text()
+    likelihood = page.locator("table.likelihood").first.inner_text()
+    assert "-0.0123" in likelihood and "-0.0456 (margin -0.1)" in likelihood
+    assert "0.0021 (limit 0.01)" in likelihood and "pass" in likelihood
 
 
 def test_every_chart_is_a_non_empty_svg(page):
