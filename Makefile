@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: setup run test bench lint clean
 
 # llama.cpp, the real served port: llama-cpp-python's server over its vendored llama.cpp,
-# built from the PyPI sdist once per machine (about 8 min on 2 cores) into a wheel cache
+# built from the PyPI sdist once per machine (4 to 6 min on 2 cores) into a wheel cache
 # keyed by the CPU's vector extensions (llama.cpp compiles for the building CPU). Only the
 # library the Python package loads is built: no multimodal library, tests, examples or
 # tools. A failed build leaves the reason in $(LLAMA_LOG); the tests that need the server
