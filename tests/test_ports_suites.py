@@ -312,3 +312,11 @@ def test_a_wrong_port_is_a_one_line_start_up_error(suites, spec, expected):
     result = suites.runpytest(*NUMERICS, "--port", spec)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert any(expected in line for line in result.errlines), result.errlines
+
+
+def test_a_served_port_at_tp_2_is_a_start_up_error(suites):
+    result = suites.runpytest(*NUMERICS, "--port", f"{MODEL}=llama-cpp", "--tp", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert any(f"--port {MODEL}=llama-cpp: --tp 2 runs the engine or an hf port's "
+               "part_model/{rank} directories" in line for line in result.errlines), \
+        result.errlines
