@@ -56,16 +56,18 @@ class PortSpec:
         """The cases' `port` field: its name, "" for the engine."""
         return "" if self.kind == "engine" else self.name
 
-    def factory(self):
-        """A plug-in's runner factory (imported now: a wrong path is a start-up error)."""
+    def factory(self, option: str = ""):
+        """A plug-in's runner factory (imported now: a wrong path is a start-up error);
+        `option`: the option as given, for messages."""
+        option = option or f"--port {self.given}"
         module, _, attribute = self.arg.partition(":")
         try:
             found = getattr(importlib.import_module(module), attribute)
         except (ImportError, AttributeError) as e:
-            raise pytest.UsageError(f"--port {self.given}: cannot load {self.arg} "
+            raise pytest.UsageError(f"{option}: cannot load {self.arg} "
                                     f"({type(e).__name__}: {e})") from None
         if not callable(found):
-            raise pytest.UsageError(f"--port {self.given}: {self.arg} is not callable")
+            raise pytest.UsageError(f"{option}: {self.arg} is not callable")
         return found
 
 
@@ -123,7 +125,7 @@ class PortSettings:
                 raise pytest.UsageError(f"--port {item!r}: expected SPEC or NAME=SPEC")
             parsed = parse_spec(spec, f"--port {item}")
             if parsed.kind == "plugin":
-                parsed.factory()
+                parsed.factory(f"--port {item}")
             if not sep:
                 given_for_all.append(parsed)
                 continue
