@@ -71,9 +71,13 @@ class Runner(Protocol):
     def release(self) -> None:
         """Free the batch's memory (KV cache): after an out-of-memory error, between sizes."""
 
-    def prefill_shared(self, prefix: Tensor, suffixes: list[Tensor]) -> Tensor:
+    def prefill_shared(self, prefix: Tensor, suffixes: list[Tensor],
+                       all_logits: bool = False) -> Tensor:
         """Logits (B, V) at the end of prefix (P,) + suffixes[b] (1-D, lengths may differ),
-        for each row b: multiple-choice scoring, where every choice shares the question."""
+        for each row b: multiple-choice scoring, where every choice shares the question.
+        With `all_logits`, (B, S, V) at every position of each suffix, S the longest (a row's
+        positions past its own length are padding): cloze scoring, where each choice's
+        text continues the question. Starts a batch, as `prefill` does."""
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None,
                  new_tokens: int) -> Generation:
@@ -134,10 +138,11 @@ class PortedRunner:
     def reserve(self, new_tokens: int) -> None:
         self.engine.reserve(new_tokens)
 
-    def prefill_shared(self, prefix, suffixes):
+    def prefill_shared(self, prefix, suffixes, all_logits=False):
         """The prefix runs once (and once per distinct prefix, across calls); its cache is
         copied into every row."""
-        return self._out(self.engine.prefill_shared(prefix, *right_padded(suffixes)))
+        return self._out(self.engine.prefill_shared(prefix, *right_padded(suffixes),
+                                                    all_logits=all_logits))
 
     def release(self) -> None:
         """Free the KV cache (the next prefill allocates a new one)."""
@@ -236,15 +241,44 @@ class ReferenceRunner:
         """Drop the cache (transformers' dynamic cache is allocated per prefill anyway)."""
         self.reset()
 
-    def prefill_shared(self, prefix, suffixes):
-        """Each row whole (prefix + suffix), left-padded: transformers as lm-eval runs it."""
+    def prefill_shared(self, prefix, suffixes, all_logits=False):
+        """Each row whole (prefix + suffix), left-padded: transformers as lm-eval runs it.
+        Every suffix position's logits (cloze) come from the prefix's cache, repeated into
+        each row (transformers' own `batch_repeat_interleave`), where the model's cache has
+        it: the four choices of a question then cost about one question, not four."""
+        if all_logits and len(prefix):
+            with torch.inference_mode():
+                logits = self._continuations(prefix, suffixes)
+            if logits is not None:
+                return logits
         rows = [torch.cat([prefix, suffix]) for suffix in suffixes]
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, row in enumerate(rows):
             ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
-        return self.prefill(ids, mask)
+        logits = self.prefill(ids, mask, all_logits)
+        if not all_logits:
+            return logits
+        padded = torch.zeros(len(rows), max(len(s) for s in suffixes), logits.shape[-1])
+        for i, suffix in enumerate(suffixes):  # right-aligned rows to right-padded suffixes
+            padded[i, : len(suffix)] = logits[i, width - len(suffix):]
+        return padded
+
+    def _continuations(self, prefix: Tensor, suffixes: list[Tensor]) -> Tensor | None:
+        """(B, S, V) from the prefix's cache; None where the cache cannot be repeated."""
+        self.reset()
+        P = len(prefix)
+        self.mask = torch.ones(1, P, dtype=torch.long)
+        self._forward(prefix[None], torch.arange(P)[None], keep=1)
+        if not hasattr(self.past, "batch_repeat_interleave"):  # an older remote-code cache
+            self.reset()
+            return None
+        padded, _ = right_padded(suffixes)
+        B, S = padded.shape
+        self.past.batch_repeat_interleave(B)
+        self.mask = torch.ones(B, P + S, dtype=torch.long)
+        return self._forward(padded, (P + torch.arange(S)).expand(B, S), keep=0)
 
     @torch.inference_mode()
     def generate(self, input_ids, attention_mask, new_tokens):

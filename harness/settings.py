@@ -132,6 +132,18 @@ def check_ports(ports: PortSettings, paths: dict[str, Path], dtypes: list[str],
             raise pytest.UsageError(f"--model-path {name}: {e}") from None
 
 
+def check_cloze_ports(tasks: list[str], ports: PortSettings) -> None:
+    """Cloze scoring needs each continuation token's log-probability; a server lists the
+    next token's top-K only."""
+    cloze = [t for t in tasks if t.endswith("-cloze")]
+    served = next((s for s in ports.specs() if s.served), None)
+    if cloze and served:
+        raise pytest.UsageError(f"--task {cloze[0]}: a served port ({served.given}) gives no "
+                                "log-probability of each continuation token; cloze tasks run "
+                                "on the engine, hf and plug-in ports (letter form: --task "
+                                f"{cloze[0].removesuffix('-cloze')})")
+
+
 def check_tp(models: list[str], tp: int) -> None:
     """Every model asked for by name must split over --tp ranks."""
     for model in models:
@@ -233,6 +245,7 @@ class Settings:
             accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
             tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports)
         settings.check_lengths()
+        check_cloze_ports(settings.accuracy.tasks, ports)
         ports.check_endpoints()
         return settings
 

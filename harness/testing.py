@@ -80,8 +80,14 @@ class DummyRunner:
     def release(self):
         self.reset()
 
-    def prefill_shared(self, prefix, suffixes):
-        """Logits after each row's last token (all this runner's logits depend on)."""
+    def prefill_shared(self, prefix, suffixes, all_logits=False):
+        """Logits after each row's last token (all this runner's logits depend on); with
+        all_logits, after each suffix token (right-padded with zeros)."""
+        if all_logits:
+            padded = torch.zeros(len(suffixes), max(len(s) for s in suffixes), dtype=torch.long)
+            for row, suffix in enumerate(suffixes):
+                padded[row, : len(suffix)] = suffix
+            return torch.stack([self._logits(padded[:, t]) for t in range(padded.shape[1])], 1)
         return self.prefill(torch.stack([torch.cat([prefix, s])[-1:] for s in suffixes]))
 
     def generate(self, input_ids, attention_mask, new_tokens):

@@ -141,10 +141,11 @@ class TensorParallelRunner:
     def decode(self, next_ids):
         return self._out(self._call("decode", next_ids))
 
-    def prefill_shared(self, prefix, suffixes):
+    def prefill_shared(self, prefix, suffixes, all_logits=False):
         if self.hf:
-            return self._out(self._call("prefill_shared", prefix, suffixes))
-        return self._out(self._call("prefill_shared", prefix, *right_padded(suffixes)))
+            return self._out(self._call("prefill_shared", prefix, suffixes, all_logits))
+        return self._out(self._call("prefill_shared", prefix, *right_padded(suffixes),
+                                    all_logits))
 
     def reset(self):
         self._call("reset")

@@ -78,11 +78,13 @@ class Engine:
         self.model.release_cache()
 
     @torch.inference_mode()
-    def prefill_shared(self, prefix: Tensor, suffixes: Tensor, lengths: Tensor) -> Tensor:
+    def prefill_shared(self, prefix: Tensor, suffixes: Tensor, lengths: Tensor,
+                       all_logits: bool = False) -> Tensor:
         """Logits (B, V) after `prefix` (P,) then each row's suffix: `suffixes` (B, S) is
-        right-padded, row b's last real token at `lengths[b] - 1`. The prefix runs once per
-        distinct prefix and its cache is copied into every row; right padding is harmless
-        because causal attention never looks forward."""
+        right-padded, row b's last real token at `lengths[b] - 1`; with `all_logits`, (B, S,
+        V) at every suffix position. The prefix runs once per distinct prefix and its cache
+        is copied into every row; right padding is harmless because causal attention never
+        looks forward."""
         P, (B, S) = len(prefix), suffixes.shape
         if self._prefix is None or not torch.equal(self._prefix[0], prefix):
             self.model.allocate_cache(1, P + S)
@@ -93,6 +95,8 @@ class Engine:
             self.model.allocate_cache(B, P + S)
         self.model.load_cache_prefix(self._prefix[1])
         self.length, self.pad = 0, None
+        if all_logits:
+            return self.model(suffixes.to(self.device), P, None, all_logits=True)
         return self.model(suffixes.to(self.device), P, None,
                           last=(lengths - 1).to(self.device))
 

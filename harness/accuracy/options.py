@@ -11,14 +11,23 @@ from harness.accuracy import datasets, files
 from harness.baselines import BASELINES_DIR
 from harness.values import check_names, positive_int, split_values
 
-TASK_NAMES = ("ceval", "mmlu", "humaneval")
+TASK_NAMES = ("ceval", "mmlu", "humaneval", "ceval-cloze", "mmlu-cloze")
+DEFAULT_TASKS = ("ceval", "mmlu", "humaneval")
+
+
+def dataset_of(task: str) -> str:
+    """Whose questions a task asks: mmlu-cloze asks MMLU's."""
+    return task.removesuffix("-cloze")
 DEFAULT_BATCH = 8
 
 
 def add_options(group) -> None:
     add = group.addoption
     add("--task", action="append", metavar="TASK",
-        help="accuracy: ceval, mmlu or humaneval, repeatable or comma-separated (default: all)")
+        help="accuracy: ceval, mmlu or humaneval, repeatable or comma-separated; mmlu-cloze "
+             "and ceval-cloze score each choice's text as a continuation (lm-evaluation-"
+             "harness's mmlu_continuation; acc and acc_norm) instead of its letter "
+             "(default: ceval, mmlu, humaneval)")
     add("--dataset-path", "--dataset_path", dest="dataset_path", metavar="ROOT",
         help="accuracy: a directory holding ceval-exam/ and subject_mapping.json (C-Eval) "
              "and/or data/ (MMLU), as the source documents lay them out")
@@ -101,7 +110,7 @@ class AccuracySettings:
     @classmethod
     def from_config(cls, config: pytest.Config) -> AccuracySettings:
         opt = config.getoption
-        tasks = split_values(opt("--task"), "--task") or list(TASK_NAMES)
+        tasks = split_values(opt("--task"), "--task") or list(DEFAULT_TASKS)
         check_names("--task", tasks, TASK_NAMES)
         samples = positive_int("--samples", str(opt("--samples")))
         temperature = opt("--temperature")
@@ -124,7 +133,8 @@ class AccuracySettings:
         dataset = _path("--dataset-path", opt("dataset_path"))
         for task, marker in (("ceval", "ceval-exam"), ("mmlu", "data")):
             explicit = opt(f"--{task}-path")
-            if dataset and task in tasks and not explicit and not (dataset / marker).is_dir():
+            asked = task in map(dataset_of, tasks)
+            if dataset and asked and not explicit and not (dataset / marker).is_dir():
                 raise pytest.UsageError(f"--dataset-path {dataset}: no {marker}/ for {task}; "
                                         f"give --{task}-path, or leave {task} out of --task")
         settings = cls(
@@ -151,7 +161,7 @@ class AccuracySettings:
         reading); the shipped smoke set and the prepared MMLU are not read at start-up."""
         try:
             for task in ("ceval", "mmlu"):
-                if task in self.tasks and self.root(task) is not None:
+                if task in map(dataset_of, self.tasks) and self.root(task) is not None:
                     datasets.load_task(task, self.root(task))
             if "humaneval" in self.tasks and self.humaneval_path is not None:
                 files.load_humaneval(self.humaneval_path)
@@ -160,6 +170,7 @@ class AccuracySettings:
 
     def root(self, task: str) -> Path | None:
         """The user's dataset root for a multiple-choice task, if any."""
+        task = dataset_of(task)
         explicit = {"ceval": self.ceval_path, "mmlu": self.mmlu_path}[task]
         if explicit is not None:
             return explicit

@@ -6,7 +6,16 @@ each as "question\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:" with " X" as the an
 blank lines. C-Eval is its official script (`code/evaluator_series`): "以下是中国关于{科目}考试的
 单项选择题，请选出其中的正确答案。" then examples ending "\\n答案：X\\n\\n" and the question ending
 "\\n答案：". A question is scored by the next-token log-probabilities of the four answer
-tokens at the last position. HumanEval's prompt is the problem's own; the Codex paper's stop
+tokens at the last position.
+
+The cloze forms (`mmlu-cloze`, `ceval-cloze`) score each choice's own text as a continuation
+instead: lm-evaluation-harness's `mmlu_continuation` task ("The following are questions (with
+answers) about {subject}." then "Question: ...\\nAnswer:" with " choice" as the continuation;
+its examples end in their right choice's text). A choice's score is the sum of its tokens'
+log-probabilities; `acc` picks the highest, `acc_norm` the highest per character of the
+choice. C-Eval's cloze form follows the same shape in C-Eval's own words ("问题：...\\n答案："),
+no delimiter before the choice. Small models are measured in cloze form because in letter
+form they sit at chance. HumanEval's prompt is the problem's own; the Codex paper's stop
 sequences end a completion, which then runs as a program in the sandbox (`humaneval.py`).
 
 Changing anything that shapes a prompt must bump the task's `version`; every result carries the
@@ -34,6 +43,11 @@ class MultipleChoiceTask:
     answer_cue: str  # ends the question; the answer token follows it
     answer_prefix: str  # what precedes the letter in the answer token (" " for MMLU)
     example_end: str  # after an example's answer
+    form = "letter"
+
+    @property
+    def dataset(self) -> str:
+        return self.name
 
     @property
     def prompt_hash(self) -> str:
@@ -76,6 +90,47 @@ CEVAL = MultipleChoiceTask(
 
 
 @dataclass(frozen=True)
+class ClozeTask:
+    """A multiple-choice dataset scored in cloze form: each choice's text is a continuation."""
+
+    name: str
+    dataset: str  # whose questions: mmlu or ceval
+    version: int
+    header: str  # formatted with {subject}
+    question: str  # formatted with {question}; the choice's text follows it
+    delimiter: str  # between the question and a choice's text
+    example_end: str  # after an example's right choice
+    form = "cloze"
+
+    @property
+    def prompt_hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+    def context(self, q: Question) -> str:
+        return self.question.format(question=q.question.strip())
+
+    def continuations(self, q: Question) -> list[str]:
+        return [self.delimiter + text for text in q.choices]
+
+    def prefix(self, subject_title: str, examples: list[Question]) -> str:
+        text = self.header.format(subject=subject_title)
+        for q in examples:
+            text += (self.context(q) + self.continuations(q)[LETTERS.index(q.answer)]
+                     + self.example_end)
+        return text
+
+
+MMLU_CLOZE = ClozeTask(
+    "mmlu-cloze", "mmlu", 1,
+    header="The following are questions (with answers) about {subject}.\n\n",
+    question="Question: {question}\nAnswer:", delimiter=" ", example_end="\n\n")
+CEVAL_CLOZE = ClozeTask(
+    "ceval-cloze", "ceval", 1,
+    header="以下是中国关于{subject}考试的问题（附答案）。\n\n",
+    question="问题：{question}\n答案：", delimiter="", example_end="\n\n")
+
+
+@dataclass(frozen=True)
 class CodeTask:
     name: str
     version: int  # also bump when the program layout or its scoring change
@@ -92,4 +147,4 @@ class CodeTask:
 HUMANEVAL = CodeTask(
     "humaneval", 2, stop_sequences=("\ndef", "\nclass", "\nif", "\nprint", "\n#"),
     program="{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n")
-TASKS = {task.name: task for task in (MMLU, CEVAL, HUMANEVAL)}
+TASKS = {task.name: task for task in (MMLU, CEVAL, MMLU_CLOZE, CEVAL_CLOZE, HUMANEVAL)}

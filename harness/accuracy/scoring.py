@@ -1,10 +1,17 @@
 """Multiple-choice scoring: one forward per question, batched, the few-shot prefix computed once.
 
-Each question's answer is the letter whose token has the highest next-token log-probability at
-the end of its prompt. The prompt of every question of a subject starts with the same prefix
-(header + few-shot examples); runners that can (our engine) compute it once and copy its KV
-cache into each row, then run the right-padded question suffixes. A question whose tokens do
-not extend the prefix's tokens exactly is run whole, so reuse never changes what is scored.
+Letter form: each question's answer is the letter whose token has the highest next-token
+log-probability at the end of its prompt. The prompt of every question of a subject starts
+with the same prefix (header + few-shot examples); runners that can (our engine) compute it
+once and copy its KV cache into each row, then run the right-padded question suffixes. A
+question whose tokens do not extend the prefix's tokens exactly is run whole, so reuse never
+changes what is scored.
+
+Cloze form: each choice's text is scored as a continuation of the question (the sum of its
+tokens' log-probabilities), tokenised as lm-evaluation-harness does (`continuation_logprobs`).
+One question runs at a time: its context once, then its four continuations as four rows
+that share the context's KV cache. `acc` takes the highest sum, `acc_norm` the highest sum per
+character of the choice's text.
 
 Per-question results are appended to a JSON-lines file as each batch finishes; a rerun of the
 same case reads it and skips what is done, so a killed run loses at most one batch.
@@ -22,7 +29,7 @@ import torch
 
 from harness import jsonl
 from harness.accuracy.datasets import Question
-from harness.accuracy.prompts import LETTERS, MultipleChoiceTask
+from harness.accuracy.prompts import LETTERS, ClozeTask, MultipleChoiceTask
 from harness.stats import standard_error
 
 
@@ -40,12 +47,21 @@ class Answer:
     question: str = ""  # the text, so that a report can show a flipped question
 
 
+@dataclass
+class ClozeAnswer(Answer):
+    """logprobs: each choice's continuation log-likelihood; `*_norm` per character."""
+
+    predicted_norm: str = ""
+    correct_norm: bool = False
+
+
 def read_answers(path: Path) -> dict[str, dict]:
     """Answers (or samples) already recorded for a case, by id (the last one per id)."""
     return {row["id"]: row for row in jsonl.read(path)} if path.exists() else {}
 
 
-def _fitting_prefix(task: MultipleChoiceTask, tokenizer, title: str, examples: list[Question],
+def _fitting_prefix(task: MultipleChoiceTask | ClozeTask, tokenizer, title: str,
+                    examples: list[Question],
                     longest_question: str, limit: int) -> tuple[list[int], int]:
     """Prefix tokens with as many examples as let the longest question fit in `limit`."""
     for shots in range(len(examples), -1, -1):
@@ -56,35 +72,98 @@ def _fitting_prefix(task: MultipleChoiceTask, tokenizer, title: str, examples: l
     return ids, 0
 
 
-def score_subject(runner, tokenizer, task: MultipleChoiceTask, title: str,
+def _best(scores: list[float]) -> str:
+    return LETTERS[max(range(len(scores)), key=lambda i: scores[i])]
+
+
+def score_subject(runner, tokenizer, task: MultipleChoiceTask | ClozeTask, title: str,
                   questions: list[Question], examples: list[Question], batch: int,
                   max_positions: int, results: Path, done: dict[str, dict],
                   progress: Callable[[int], None] | None = None) -> list[dict]:
     """Score one subject's questions (skipping those in `done`); returns every answer."""
     todo = [q for q in questions if q.id not in done]
-    answer_ids = task.answer_tokens(tokenizer)
     if todo:
-        texts = {q.id: task.question_text(q) for q in todo}
+        cloze = task.form == "cloze"
+        texts = {q.id: task.context(q) + max(task.continuations(q), key=len) if cloze
+                 else task.question_text(q) for q in todo}
         longest = max(texts.values(), key=len)
         prefix_ids, shots = _fitting_prefix(task, tokenizer, title, examples, longest,
                                             max_positions)
         prefix_text = task.prefix(title, examples[:shots])
         todo.sort(key=lambda q: len(texts[q.id]))  # similar lengths batch with little padding
-        for start in range(0, len(todo), batch):
-            chunk = todo[start:start + batch]
-            logits = _logits(runner, tokenizer, prefix_text, prefix_ids,
-                             [texts[q.id] for q in chunk], max_positions)
-            answers = []
-            for q, (row_logits, truncated) in zip(chunk, logits):
-                logprobs = torch.log_softmax(row_logits.float(), -1)[answer_ids].tolist()
-                predicted = LETTERS[max(range(4), key=lambda i: logprobs[i])]
-                answers.append(Answer(q.id, q.subject, q.category, q.answer, predicted, logprobs,
-                                      predicted == q.answer, shots, truncated, q.question))
+        for start in range(0, len(todo), 1 if cloze else batch):
+            chunk = todo[start:start + (1 if cloze else batch)]
+            if cloze:
+                answers = [_cloze_answer(runner, tokenizer, task, prefix_text, q, shots,
+                                         max_positions) for q in chunk]
+            else:
+                answers = _letter_answers(runner, tokenizer, task, prefix_text, prefix_ids,
+                                          chunk, texts, shots, max_positions)
             jsonl.append(results, [asdict(a) for a in answers])
             done.update({a.id: asdict(a) for a in answers})
             if progress:
                 progress(len(chunk))
     return [done[q.id] for q in questions]
+
+
+def _letter_answers(runner, tokenizer, task: MultipleChoiceTask, prefix_text: str,
+                    prefix_ids: list[int], chunk: list[Question], texts: dict[str, str],
+                    shots: int, max_positions: int) -> list[Answer]:
+    answer_ids = task.answer_tokens(tokenizer)
+    logits = _logits(runner, tokenizer, prefix_text, prefix_ids, [texts[q.id] for q in chunk],
+                     max_positions)
+    answers = []
+    for q, (row_logits, truncated) in zip(chunk, logits):
+        logprobs = torch.log_softmax(row_logits.float(), -1)[answer_ids].tolist()
+        predicted = _best(logprobs)
+        answers.append(Answer(q.id, q.subject, q.category, q.answer, predicted, logprobs,
+                              predicted == q.answer, shots, truncated, q.question))
+    return answers
+
+
+def _cloze_answer(runner, tokenizer, task: ClozeTask, prefix_text: str, q: Question,
+                  shots: int, max_positions: int) -> ClozeAnswer:
+    continuations = task.continuations(q)
+    logprobs, truncated = continuation_logprobs(runner, tokenizer, prefix_text + task.context(q),
+                                                continuations, max_positions)
+    per_char = [lp / max(len(c), 1) for lp, c in zip(logprobs, q.choices)]
+    predicted, predicted_norm = _best(logprobs), _best(per_char)
+    return ClozeAnswer(q.id, q.subject, q.category, q.answer, predicted, logprobs,
+                       predicted == q.answer, shots, truncated, q.question, predicted_norm,
+                       predicted_norm == q.answer)
+
+
+def continuation_logprobs(runner, tokenizer, context: str, continuations: list[str],
+                          max_positions: int) -> tuple[list[float], bool]:
+    """Each continuation's log-likelihood after `context`, and whether the context was cut.
+
+    Tokenised as lm-evaluation-harness's `_encode_pair`: trailing spaces of the context move
+    into the continuations, the context is tokenised alone and each continuation's tokens
+    are what tokenising context + continuation adds after it. Every row is the context's
+    tokens then its continuation's; where the longest does not fit in `max_positions`, the
+    context loses tokens from its start (as lm-evaluation-harness cuts).
+    """
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuations = context[:-spaces], [context[-spaces:] + c
+                                                     for c in continuations]
+    ctx = tokenizer(context).input_ids
+    conts = [tokenizer(context + c).input_ids[len(ctx):] for c in continuations]
+    cut = max(0, len(ctx) + max(len(c) for c in conts) - max_positions)
+    if cut > len(ctx) - 2:
+        raise ValueError(f"a continuation of {max(len(c) for c in conts)} tokens leaves no "
+                         f"room for its context in {max_positions} positions")
+    ctx = ctx[cut:]
+    # The context's last token starts every row: its logits predict a continuation's first.
+    logits = runner.prefill_shared(torch.tensor(ctx[:-1]),
+                                   [torch.tensor(ctx[-1:] + c) for c in conts], all_logits=True)
+    runner.reset()
+    out = []
+    for row, cont in enumerate(conts):
+        logprobs = torch.log_softmax(logits[row, : len(cont)].float(), -1)
+        out.append(logprobs[torch.arange(len(cont)), torch.tensor(cont, dtype=torch.long)]
+                   .sum().item())
+    return out, cut > 0
 
 
 def _common_length(a: list[int], b: list[int]) -> int:
@@ -125,8 +204,13 @@ def accuracy(answers: list[dict]) -> dict:
     n = len(answers)
     correct = sum(a["correct"] for a in answers)
     score = correct / n if n else math.nan
-    return {"correct": correct, "total": n, "accuracy": score,
-            "stderr": standard_error(score, n) if n else math.nan}
+    out = {"correct": correct, "total": n, "accuracy": score,
+           "stderr": standard_error(score, n) if n else math.nan}
+    if answers and "correct_norm" in answers[0]:  # cloze form: acc_norm too
+        correct = sum(a["correct_norm"] for a in answers)
+        out |= {"correct_norm": correct, "accuracy_norm": correct / n,
+                "stderr_norm": standard_error(correct / n, n)}
+    return out
 
 
 def summarize(answers: list[dict]) -> dict:

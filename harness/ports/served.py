@@ -98,7 +98,11 @@ class ServedRunner:
                                 "of its own")
         return {int(i): float(v) for i, v in zip(port.ids[-1], port.logprobs[-1]) if i >= 0}
 
-    def prefill_shared(self, prefix: Tensor, suffixes: list[Tensor]) -> Tensor:
+    def prefill_shared(self, prefix: Tensor, suffixes: list[Tensor],
+                       all_logits: bool = False) -> Tensor:
+        if all_logits:
+            raise NotImplementedError(f"{self.spec.name} port: a server lists the next "
+                                      "token's top-K, not every position's logits")
         rows = [self.text(torch.cat([prefix, suffix])) for suffix in suffixes]
         listed = self._map(self.next_distribution, rows)
         out = torch.full((len(rows), self.config.vocab_size), float("-inf"))

@@ -11,5 +11,6 @@ def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_humaneval":
         cases = grid.cases(settings, "humaneval")
     else:
-        cases = grid.cases(settings, "ceval") + grid.cases(settings, "mmlu")
+        cases = [case for task in ("ceval", "mmlu", "ceval-cloze", "mmlu-cloze")
+                 for case in grid.cases(settings, task)]
     parametrize_cases(metafunc, cases)
