@@ -227,7 +227,7 @@ def test_humaneval_records_each_problem_and_resumes(tmp_path, monkeypatch):
     problems = load_humaneval()[:5]
     calls = []
 
-    def fake_complete(runner, tokenizer, prompts, max_new_tokens, sampling):
+    def fake_complete(runner, tokenizer, prompts, max_new_tokens, sampling, task=None):
         calls.append(len(prompts))
         return [("    return 'GOOD-COMPLETION'\n" if i % 2 == 0 else "    return None\n",
                  "stop_sequence", 0) for i in range(len(prompts))]

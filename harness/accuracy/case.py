@@ -72,7 +72,7 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
         lines, results = paired_gate(case.task, answers, baseline, name, acc.tolerance)
         failures += lines
         comparisons += results
-        if case.task != "humaneval" and results:  # multiple choice: every choice's logprob
+        if not case.task.startswith("humaneval") and results:  # multiple choice: choice logprobs
             by_id = {b["id"]: b for b in baseline}
             lines, result = likelihood_gate(
                 case.task, [(a, by_id[a["id"]]) for a in answers if a["id"] in by_id], name)
@@ -160,15 +160,16 @@ def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
     available = files.load_humaneval(acc.humaneval_path)
     problems = available[: acc.problems] if acc.problems else available
     results = run_dir / "accuracy" / case.id / "samples.jsonl"
-    task = TASKS["humaneval"]
+    task = TASKS[case.task]
+    template = getattr(tokenizer, "chat_template", None) if task.form == "instruct" else None
     identity = dict(task=task.name, model=case.model, task_version=task.version,
                     prompt_hash=task.prompt_hash(acc.max_new_tokens, acc.temperature,
-                                                 acc.samples))
+                                                 acc.samples, template))
     with tqdm(total=len(problems) * acc.samples, desc=case.id, disable=None,
               leave=False) as bar:
         rows = humaneval.evaluate(runner, tokenizer, problems, sandbox, results, case.batch,
                                   acc.max_new_tokens, acc.samples, acc.temperature,
-                                  progress=bar.update)
+                                  progress=bar.update, task=task)
     scores = humaneval.pass_at_k(rows, acc.samples)
     firsts = humaneval.first_samples(rows)
     summary = summarize(firsts)
@@ -184,6 +185,8 @@ def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
                 for s in ("passed", "failed", "timed_out")}
     return accuracy_verdict(failures, acc.tolerance, compared), {
         **identity, "runner": acc.runner, **scores, "accuracy": scores["pass@1"],
+        "form": task.form,
+        **({"chat_template": template is not None} if task.form == "instruct" else {}),
         "problems": len(problems), "samples": acc.samples, **statuses,
         "isolation": rows[0]["isolation"] if rows else "", "answers_file":
         str(results.relative_to(run_dir)), "comparisons": comparisons}

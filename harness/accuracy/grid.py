@@ -19,7 +19,7 @@ def cases(settings: Settings, task: str) -> list[Case]:
     if task not in acc.tasks:
         return []
     reference = acc.runner == "reference"
-    tags = ((f"n{acc.samples}",) if task == "humaneval"
+    tags = ((f"n{acc.samples}",) if task.startswith("humaneval")
             else (f"{shots_for(task, acc)}shot",)) + (("reference",) if reference else ())
     return [Case(m, h, d, b, task=task, tags=(*tags, *settings.tags), port=p.case_port)
             for m in settings.models for p in settings.ports.of(m) for h, d, b in product(

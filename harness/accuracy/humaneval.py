@@ -20,7 +20,7 @@ import torch
 
 from harness import jsonl
 from harness.accuracy.files import Problem
-from harness.accuracy.prompts import HUMANEVAL
+from harness.accuracy.prompts import HUMANEVAL, CodeTask
 from harness.accuracy.scoring import read_answers
 from models.engine import Sampling, generate
 
@@ -41,27 +41,26 @@ class Sample:
     category: str = "humaneval"
 
 
-def truncate(completion: str) -> str:
+def truncate(completion: str, task: CodeTask = HUMANEVAL) -> str:
     """The completion up to the first stop sequence."""
-    cut = min((completion.find(s) for s in HUMANEVAL.stop_sequences if s in completion),
+    cut = min((completion.find(s) for s in task.stop_sequences if s in completion),
               default=len(completion))
     return completion[:cut]
 
 
-def program(problem: Problem, completion: str) -> str:
-    return HUMANEVAL.program.format(prompt=problem.prompt, completion=completion,
-                                    test=problem.test, entry_point=problem.entry_point)
+def program(problem: Problem, completion: str, task: CodeTask = HUMANEVAL) -> str:
+    return task.program_for(problem.prompt, completion, problem.test, problem.entry_point)
 
 
 def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
-             sampling: Sampling | None) -> list[tuple[str, str, int]]:
+             sampling: Sampling | None, task: CodeTask = HUMANEVAL) -> list[tuple[str, str, int]]:
     """(completion, finish reason, non-finite steps) per prompt, one batch. A served port
     completes the text itself, with the stop sequences (its requests, its sampler)."""
     if hasattr(runner, "complete_text"):
-        done = runner.complete_text(prompts, max_new_tokens, list(HUMANEVAL.stop_sequences),
+        done = runner.complete_text(prompts, max_new_tokens, list(task.stop_sequences),
                                     sampling.temperature if sampling else 0.0,
                                     sampling.seed if sampling else None)
-        return [(truncate(text), reason, 0) for text, reason in done]
+        return [(truncate(text, task), reason, 0) for text, reason in done]
     encoded = [tokenizer(p).input_ids for p in prompts]
     width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -71,19 +70,20 @@ def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
         ids[row, width - len(tokens):], mask[row, width - len(tokens):] = torch.tensor(tokens), 1
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     result = generate(runner, ids, mask, max_new_tokens, sampling=sampling, stop_tokens=stops,
-                      stop_sequences=HUMANEVAL.stop_sequences, detokenize=tokenizer.decode)
+                      stop_sequences=task.stop_sequences, detokenize=tokenizer.decode)
     out = []
     for row, tokens in enumerate(result.tokens):
         if tokens and tokens[-1] in stops:
             tokens = tokens[:-1]
         bad = sum(1 for _, r in result.nonfinite if r == row)
-        out.append((truncate(tokenizer.decode(tokens)), result.finish_reasons[row], bad))
+        out.append((truncate(tokenizer.decode(tokens), task), result.finish_reasons[row], bad))
     return out
 
 
 def evaluate(runner, tokenizer, problems: list[Problem], sandbox, results: Path, batch: int,
              max_new_tokens: int, samples: int, temperature: float, seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> list[dict]:
+             progress: Callable[[int], None] | None = None,
+             task: CodeTask = HUMANEVAL) -> list[dict]:
     """Generate and execute every (problem, sample) not in `results` yet; returns them all."""
     done = read_answers(results)
     todo = [(p, k) for p in problems for k in range(samples)
@@ -91,10 +91,11 @@ def evaluate(runner, tokenizer, problems: list[Problem], sandbox, results: Path,
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         sampling = Sampling(temperature=temperature, seed=seed + start) if temperature else None
-        completions = complete(runner, tokenizer, [p.prompt for p, _ in chunk], max_new_tokens,
-                               sampling)
-        outcomes = sandbox.run_many([program(p, c) for (p, _), (c, _, _) in zip(chunk,
-                                                                                 completions)])
+        completions = complete(runner, tokenizer, [task.prompt(p.prompt, tokenizer)
+                                                   for p, _ in chunk], max_new_tokens, sampling,
+                               task)
+        outcomes = sandbox.run_many([program(p, c, task)
+                                     for (p, _), (c, _, _) in zip(chunk, completions)])
         scored = [Sample(f"{p.task_id}#{k}", p.task_id, k, c, o.status, o.detail, o.isolation,
                          reason, bad, o.status == "passed" and not bad)
                   for (p, k), (c, reason, bad), o in zip(chunk, completions, outcomes)]

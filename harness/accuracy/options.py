@@ -11,13 +11,14 @@ from harness.accuracy import datasets, files
 from harness.baselines import BASELINES_DIR
 from harness.values import check_names, positive_int, split_values
 
-TASK_NAMES = ("ceval", "mmlu", "humaneval", "ceval-cloze", "mmlu-cloze")
+TASK_NAMES = ("ceval", "mmlu", "humaneval", "ceval-cloze", "mmlu-cloze",
+              "humaneval-instruct")
 DEFAULT_TASKS = ("ceval", "mmlu", "humaneval")
 
 
 def dataset_of(task: str) -> str:
-    """Whose questions a task asks: mmlu-cloze asks MMLU's."""
-    return task.removesuffix("-cloze")
+    """Whose questions a task asks: mmlu-cloze asks MMLU's, humaneval-instruct HumanEval's."""
+    return task.removesuffix("-cloze").removesuffix("-instruct")
 DEFAULT_BATCH = 8
 
 
@@ -26,8 +27,9 @@ def add_options(group) -> None:
     add("--task", action="append", metavar="TASK",
         help="accuracy: ceval, mmlu or humaneval, repeatable or comma-separated; mmlu-cloze "
              "and ceval-cloze score each choice's text as a continuation (lm-evaluation-"
-             "harness's mmlu_continuation; acc and acc_norm) instead of its letter "
-             "(default: ceval, mmlu, humaneval)")
+             "harness's mmlu_continuation; acc and acc_norm) instead of its letter; "
+             "humaneval-instruct asks an instruct model in its chat template and runs the "
+             "code block it writes (default: ceval, mmlu, humaneval)")
     add("--dataset-path", "--dataset_path", dest="dataset_path", metavar="ROOT",
         help="accuracy: a directory holding ceval-exam/ and subject_mapping.json (C-Eval) "
              "and/or data/ (MMLU), as the source documents lay them out")
@@ -163,7 +165,7 @@ class AccuracySettings:
             for task in ("ceval", "mmlu"):
                 if task in map(dataset_of, self.tasks) and self.root(task) is not None:
                     datasets.load_task(task, self.root(task))
-            if "humaneval" in self.tasks and self.humaneval_path is not None:
+            if "humaneval" in map(dataset_of, self.tasks) and self.humaneval_path:
                 files.load_humaneval(self.humaneval_path)
         except datasets.DatasetError as e:
             raise pytest.UsageError(str(e)) from None

@@ -17,6 +17,8 @@ choice. C-Eval's cloze form follows the same shape in C-Eval's own words ("问�
 no delimiter before the choice. Small models are measured in cloze form because in letter
 form they sit at chance. HumanEval's prompt is the problem's own; the Codex paper's stop
 sequences end a completion, which then runs as a program in the sandbox (`humaneval.py`).
+`humaneval-instruct` asks an instruct model for the function in its chat template, as
+evalplus does, and runs the code it writes in the code block its answer opens.
 
 Changing anything that shapes a prompt must bump the task's `version`; every result carries the
 version and a hash of the templates (of HumanEval's: with the generation settings), so runs are
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from harness.accuracy.datasets import Question
@@ -130,21 +133,72 @@ CEVAL_CLOZE = ClozeTask(
     question="问题：{question}\n答案：", delimiter="", example_end="\n\n")
 
 
+# Splits a rendered chat at the point the model's answer continues (evalplus's way of
+# applying a chat template to a conversation whose last turn the model completes).
+SPLITTER = "-[[]]-the-answer-continues-here-[[]]-"
+
+
 @dataclass(frozen=True)
 class CodeTask:
+    """HumanEval in one form. completion: the model continues the problem's own prompt (base
+    models; the Codex paper). instruct: the problem is asked for in the model's chat template
+    (evalplus's instruction and response prefix, which opens a Python code block), and the
+    code is what the model writes before the block closes (instruct models)."""
+
     name: str
     version: int  # also bump when the program layout or its scoring change
     stop_sequences: tuple[str, ...]  # generation stops at one; the completion is cut there
     program: str  # formatted with {prompt}, {completion}, {test}, {entry_point}
+    form: str = "completion"
+    instruction: str = ""  # instruct: before the problem, which follows in a code block
+    response_prefix: str = ""  # instruct: how the answer starts; it opens the code block
 
-    def prompt_hash(self, max_new_tokens: int, temperature: float, samples: int) -> str:
-        """Of what shapes the samples: the stops and the generation settings."""
-        shaping = json.dumps([self.version, self.stop_sequences, max_new_tokens, temperature,
-                              samples])
-        return hashlib.sha256(shaping.encode()).hexdigest()[:12]
+    def prompt_hash(self, max_new_tokens: int, temperature: float, samples: int,
+                    chat_template: str | None = None) -> str:
+        """Of what shapes the samples: the stops and the generation settings (and, in
+        instruct form, the instruction, the response prefix and the chat template)."""
+        shaping = [self.version, self.stop_sequences, max_new_tokens, temperature, samples]
+        if self.form == "instruct":
+            shaping += [self.instruction, self.response_prefix, chat_template]
+        return hashlib.sha256(json.dumps(shaping).encode()).hexdigest()[:12]
+
+    def prompt(self, problem_prompt: str, tokenizer) -> str:
+        """What the model is given: the problem's prompt itself, or the chat (the model's
+        template where its tokenizer has one, else instruction and prefix on their own)."""
+        if self.form == "completion":
+            return problem_prompt
+        question = f"{self.instruction}\n```\n{problem_prompt.strip()}\n```\n"
+        if getattr(tokenizer, "chat_template", None) is None:
+            return f"{question}\n{self.response_prefix}"
+        chat = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question},
+             {"role": "assistant", "content": self.response_prefix + SPLITTER}],
+            tokenize=False)
+        return chat.split(SPLITTER)[0]
+
+    def program_for(self, problem_prompt: str, completion: str, test: str,
+                    entry_point: str) -> str:
+        """The program that is run. An instruct answer that defines the function runs as
+        written, after the prompt's imports (answers often leave them out); one that does
+        not is taken as the function's body, after the prompt."""
+        prompt = problem_prompt
+        if self.form == "instruct" and re.search(rf"^def {re.escape(entry_point)}\(",
+                                                 completion, re.MULTILINE):
+            prompt = "".join(line + "\n" for line in problem_prompt.splitlines()
+                             if line.startswith(("import ", "from "))) + "\n"
+        return self.program.format(prompt=prompt, completion=completion, test=test,
+                                   entry_point=entry_point)
 
 
 HUMANEVAL = CodeTask(
     "humaneval", 2, stop_sequences=("\ndef", "\nclass", "\nif", "\nprint", "\n#"),
     program="{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n")
-TASKS = {task.name: task for task in (MMLU, CEVAL, MMLU_CLOZE, CEVAL_CLOZE, HUMANEVAL)}
+HUMANEVAL_INSTRUCT = CodeTask(
+    "humaneval-instruct", 1, stop_sequences=("```",),
+    program="{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n", form="instruct",
+    instruction="Please provide a self-contained Python script that solves the following "
+                "problem in a markdown code block:",
+    response_prefix="Below is a Python script with a self-contained function that solves the "
+                    "problem and passes corresponding tests:\n```python\n")
+TASKS = {task.name: task for task in (MMLU, CEVAL, MMLU_CLOZE, CEVAL_CLOZE, HUMANEVAL,
+                                      HUMANEVAL_INSTRUCT)}

@@ -9,7 +9,8 @@ def pytest_generate_tests(metafunc):
         return
     settings = metafunc.config.stash[LLMGATE].settings
     if metafunc.function.__name__ == "test_humaneval":
-        cases = grid.cases(settings, "humaneval")
+        cases = [case for task in ("humaneval", "humaneval-instruct")
+                 for case in grid.cases(settings, task)]
     else:
         cases = [case for task in ("ceval", "mmlu", "ceval-cloze", "mmlu-cloze")
                  for case in grid.cases(settings, task)]
