@@ -187,10 +187,17 @@ class LlmgatePlugin:
                 "outcome": outcome, "passed": outcome == "passed", "reason": reason,
                 "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
                 "batch": case.batch, "seqlen": case.seqlen, "out": case.out, "task": case.task,
-                "port": case.port or "engine",
+                "port": case.port or "engine", "port_kind": self._port_kind(case),
                 "session": self.session, "worker": self.worker}
         measured = {**fields, **state.get("metrics", {})}
         self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
+
+    def _port_kind(self, case: Case) -> str:
+        """engine, hf, openai, llama-cpp or plugin."""
+        try:
+            return self.settings.port(case).kind
+        except StopIteration:  # a case no port of this session runs
+            return "engine" if not case.port else ""
 
     def pytest_runtest_logreport(self, report):
         if report.when == "setup":

@@ -98,6 +98,11 @@ def rows(pytester, run_id):
     (["--run-id=.."], "--run-id '..': expected a name of letters*"),
     (["--run-id", ""], "--run-id '': expected a name of letters*"),
     (["--run-id", "latest"], "--run-id 'latest': reserved for the link to the newest run*"),
+    (["--port-profile", "8bit"], "--port-profile '8bit' is unknown; valid: auto, *"),
+    (["--accuracy-runner", "gpu"], "--accuracy-runner 'gpu' is unknown; valid: ported, "
+                                   "reference"),
+    (["--assume-unit", "s"], "--assume-unit 's' is unknown; valid: ms, tokens/s"),
+    (["--task", "mmlu-clozed"], "--task 'mmlu-clozed' is unknown; valid: *mmlu-cloze*"),
     (["--model", "falcon-tiny", "--seqlen", "508"],
      "falcon-tiny has 512 positions; --seqlen 508 + --decode-steps 8 = 516 tokens do not fit"),
     (["--model", "starcoder-tiny", "--seqlen", "32,600", "--dtype", "bf16"],
@@ -111,6 +116,7 @@ def test_bad_options_are_usage_errors(suite, args, message):
     result = suite.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}*"])
+    assert "usage:" not in result.stderr.str()  # one line, not argparse's usage text
 
 
 def test_a_model_path_needs_its_model_selected(suite, make_tiny):

@@ -174,6 +174,7 @@ def test_one_model_on_two_ports_runs_side_by_side_in_one_run(suites, model_dir):
     assert rows["engine"]["case"] == f"{MODEL}-cpu-fp32-bs1-in16-out8"
     assert rows["openai"]["case"] == f"{MODEL}-cpu-16bit-bs1-in16-out8-openai"
     assert rows["openai"]["endpoint"] == url and "endpoint" not in rows["engine"]
+    assert (rows["engine"]["port_kind"], rows["openai"]["port_kind"]) == ("engine", "openai")
 
 
 def test_a_port_given_twice_for_a_model_is_a_start_up_error(suites):
@@ -211,7 +212,7 @@ def test_hf_port_of_a_plain_directory_passes_numerics(suites):
     result.assert_outcomes(passed=3)
     rows = records(suites, "hf")
     assert {r["case"].rsplit("-", 1)[-1] for r in rows} == {"hf"}
-    assert {r["port"] for r in rows} == {"hf"}
+    assert {(r["port"], r["port_kind"]) for r in rows} == {("hf", "hf")}
     assert by_test(rows)["test_teacher_forced"]["max_abs_diff"] <= 1e-5
 
 
@@ -287,6 +288,7 @@ def test_a_plug_in_runner_by_import_path_and_by_entry_point(suites, monkeypatch)
     by_path.assert_outcomes(passed=1)
     (row,) = records(suites, "path")
     assert row["port"] == "make" and row["case"].endswith("-make")
+    assert row["port_kind"] == "plugin"
     dist = suites.path / "team_runner-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: team-runner\nVersion: 1.0\n")

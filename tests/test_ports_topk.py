@@ -167,3 +167,18 @@ def test_nothing_to_compare_fails():
     empty = TopK(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3, dtype=torch.float64))
     result = topk_verdict(torch.zeros(0, 10, dtype=torch.float64), empty, **LIMITS)
     assert not result.passed and result.metrics["positions"] == 0
+
+
+def test_a_tail_far_below_the_slack_says_there_is_no_upper_bound():
+    """A port that puts nearly all its mass on its top-5: its tail is far more than the tail
+    slack below the reference's, so the upper bound's assumption fails (it would read below
+    the lower bound)."""
+    reference = prompt_distributions()
+    values, ids = reference.topk(5, dim=-1)
+    port = TopK(ids, (values.log_softmax(-1).exp() * (1 - 1e-9)).log())
+    result = topk_verdict(reference, port, **LIMITS)
+    assert result.metrics["tail_slack_violated"] == 12
+    assert math.isnan(result.metrics["kl_upper"])
+    assert any(f.endswith(f"(no upper bound: at 12 positions the port's tail is more than the "
+                          f"tail slack of {LIMITS['tail_slack']:g} nats below the reference's)")
+               for f in result.failures)

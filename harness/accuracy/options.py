@@ -58,7 +58,7 @@ def add_options(group) -> None:
     add("--allow-unsandboxed", action="store_true", default=False,
         help="accuracy: run HumanEval programs with rlimits only where bubblewrap cannot run "
              "(default: refuse)")
-    add("--accuracy-runner", choices=("ported", "reference"), default="ported",
+    add("--accuracy-runner", default="ported", metavar="RUNNER",
         help="accuracy: score our engine, or transformers on the CPU (what baselines of ours "
              "are made from) (default: ported)")
     add("--accuracy-tolerance", type=float, default=0.99, metavar="F",
@@ -120,6 +120,7 @@ class AccuracySettings:
             raise pytest.UsageError(f"--temperature {temperature}: expected > 0 with --samples "
                                     f"{samples} (several greedy samples would be identical), "
                                     "and never negative")
+        check_names("--accuracy-runner", [opt("--accuracy-runner")], ("ported", "reference"))
         tolerance = opt("--accuracy-tolerance")
         if not 0 < tolerance <= 1:
             raise pytest.UsageError(f"--accuracy-tolerance {tolerance}: expected a fraction "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.values import MAX_BATCH, int_list, positive_int, split_values
+from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values
 
 DEFAULT_BATCHES = [1, 8]
 DEFAULT_PAIRS = [(32, 32), (128, 32)]
@@ -55,7 +55,7 @@ def add_options(group) -> None:
         help="perf: stored baselines to compare with, repeatable: a seed table's file stem, "
              "a name saved by `llmgate baseline save`, or none (default: every one that "
              "matches a case)")
-    add("assume-unit", choices=("ms", "tokens/s"),
+    add("assume-unit", metavar="UNIT",
         help="perf: the unit to read baseline rows whose unit is ambiguous in their source "
              "(default: such rows are not used)")
     add("concurrency", action="append", metavar="N",
@@ -166,6 +166,8 @@ class PerfSettings:
                                         "--max-batch")
         if next_ms is not None and next_ms <= 0:
             raise pytest.UsageError(f"--max-next-token-ms {next_ms}: expected a time > 0")
+        if opt("--assume-unit") is not None:
+            check_names("--assume-unit", [opt("--assume-unit")], ("ms", "tokens/s"))
         return cls(
             batches=batches or DEFAULT_BATCHES, pairs=list(dict.fromkeys(pairs)),
             repeats=positive_int("--repeats", str(opt("--repeats"))),

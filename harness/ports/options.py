@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.values import check_names
+
 KINDS = ("engine", "hf", "openai", "llama-cpp")
 SERVED = ("openai", "llama-cpp")
 ENTRY_POINTS = "llmgate.runners"
@@ -110,6 +112,7 @@ class PortSettings:
                        api_key_env=opt("--endpoint-api-key-env"),
                        profile=opt("--port-profile"), fix_echo_shift=opt("--fix-echo-shift"),
                        trust_remote_code=opt("--trust-remote-code"))
+        check_names("--port-profile", [settings.profile], ("auto", *PROFILES))
         timeout = opt("--endpoint-timeout")
         if not timeout > 0:
             raise pytest.UsageError(f"--endpoint-timeout {timeout:g}: expected seconds > 0")
@@ -214,7 +217,7 @@ def add_options(group) -> None:
     group.addoption("--endpoint-logprobs", type=int, default=20, metavar="K",
                     help="served ports: top-K log-probabilities asked per position "
                          "(default: 20)")
-    group.addoption("--port-profile", choices=("auto", *PROFILES), default="auto",
+    group.addoption("--port-profile", default="auto", metavar="PROFILE",
                     help="served ports: the thresholds profile; auto: 4bit where the served "
                          "model's or GGUF file's name says 4-bit weights (default: auto)")
     group.addoption("--fix-echo-shift", action="store_true", default=False,
