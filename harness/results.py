@@ -115,6 +115,7 @@ SUMMARY_COLUMNS = {
              "pct_of_floor": ("% floor", "{:.0f}"), "ratio_next_token": ("next vs HF", "{:.2f}"),
              "baselines_compared": ("baselines", "{}"), "max_batch": ("max batch", "{}")},
     "accuracy": {"accuracy": ("accuracy", "{:.4f}"), "stderr": ("stderr", "{:.4f}"),
+                 "accuracy_norm": ("acc_norm", "{:.4f}"),
                  "questions": ("questions", "{}"), "problems": ("problems", "{}"),
                  "isolation": ("isolation", "{}"), "baselines_compared": ("baselines", "{}")},
 }
