@@ -275,3 +275,50 @@ def test_stored_weights_must_match_the_dtype_and_the_tp(suites, quantized, split
     wrong_tp.stderr.fnmatch_lines(["*part_model is split for 2 ranks; run it with --tp 2, "
                                    "not --tp 1*"])
     assert wrong_dtype.ret == wrong_tp.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_handle_weights_command_lines_run_as_the_bloom_document_writes_them(tmp_path, ids):
+    """quant, then cut_quant, and cut_float: the same files as `weights quant|cut`."""
+    source = str(tiny_checkpoint("bloom-tiny"))
+
+    def handle(kind, src, out):
+        return main(["weights", "--input-path", str(src), "--output-path", str(tmp_path / out),
+                     "--handle-type", kind])
+
+    assert handle("quant", source, "bloom_quant") == 0
+    config = json.loads((tmp_path / "bloom_quant" / "config.json").read_text())
+    assert config["quantization_config"]["scheme"] == "w8a8"  # the document's W8A8
+    assert handle("cut_quant", tmp_path / "bloom_quant", "bloom_quant_cut") == 0
+    assert handle("cut_float", source, "bloom_cut") == 0
+    for out in ("bloom_cut", "bloom_quant_cut"):
+        assert sorted(p.name for p in (tmp_path / out / "part_model").iterdir()) == ["0", "1"]
+    check_parts(tmp_path / "bloom_quant_cut", 2)
+    whole = logits(load_model(tmp_path / "bloom_quant"), ids)
+    assert torch.equal(logits(build_model(source, Precision.of("w8a8")), ids), whole)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--handle-type", "cut_quant", "--output-path", "OUT"],
+     "missing --input-path"),
+    (["--handle-type", "cut_quant", "--input-path", "FLOAT", "--output-path", "OUT"],
+     "--handle-type cut_quant: * holds float weights; cut_float splits them, or quantize "
+     "first with --handle-type quant"),
+    (["--input-path", "FLOAT", "quant", "FLOAT", "OUT", "--scheme", "w8a8"],
+     "--input-path is handle_weights.py's form; give `weights quant IN OUT` or that form, "
+     "not both"),
+])
+def test_handle_weights_mistakes_are_one_line_errors(args, message, tmp_path, capsys):
+    from fnmatch import fnmatch
+
+    args = [str(tiny_checkpoint("bloom-tiny")) if a == "FLOAT" else
+            str(tmp_path / "o") if a == "OUT" else a for a in args]
+    assert main(["weights", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and fnmatch(err, f"llmgate weights*{message}*"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cut_float_of_quantized_weights_is_refused(quantized, tmp_path, capsys):
+    assert main(["weights", "--handle-type", "cut_float", "--input-path", str(quantized),
+                 "--output-path", str(tmp_path / "o")]) == 2
+    assert "holds w8a8 weights; cut_quant splits quantized ones" in capsys.readouterr().err

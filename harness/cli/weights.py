@@ -3,6 +3,15 @@ cut_quant) for any registered family.
 
     llmgate weights quant IN OUT --scheme w8a8        int8 weights + scales, loadable as is
     llmgate weights cut IN OUT --world-size 2         OUT/part_model/{0,1}/, float or quantized
+
+The documents' own command line works too, with their meaning (the Bloom document's W8A8
+weights, split over its two chips):
+
+    llmgate weights --input-path IN --output-path OUT --handle-type cut_float   # = cut, 2 ranks
+    llmgate weights --input-path IN --output-path OUT --handle-type quant       # = quant, w8a8
+    llmgate weights --input-path IN --output-path OUT --handle-type cut_quant   # = cut, 2 ranks
+
+cut_float takes float weights and cut_quant quantized ones, as the documents use them.
 """
 
 from __future__ import annotations
@@ -21,12 +30,19 @@ from models.parallel import SplitError, check_world_size
 from models.precision import DTYPE_NAMES, DTYPES, Precision
 from models.quant import SCHEMES, quantized_modules
 
+HANDLE_TYPES = ("cut_float", "quant", "cut_quant")
+
 
 def add_parser(sub) -> None:
     weights = sub.add_parser("weights", help="quantize or split a checkpoint (handle_weights)",
                              formatter_class=argparse.RawDescriptionHelpFormatter,
                              epilog=__doc__.split("\n\n", 1)[1])
-    actions = weights.add_subparsers(dest="action", required=True)
+    weights.add_argument("--handle-type", choices=HANDLE_TYPES,
+                         help="the source documents' handle_weights.py: cut_float or cut_quant "
+                              "split over --world-size ranks (default 2), quant writes w8a8")
+    weights.add_argument("--input-path", type=Path, metavar="IN")
+    weights.add_argument("--output-path", type=Path, metavar="OUT")
+    actions = weights.add_subparsers(dest="action")
     quant = actions.add_parser("quant", help="write an int8 checkpoint (per-channel weights)")
     quant.add_argument("--scheme", choices=tuple(SCHEMES), required=True,
                        help="w8a16: int8 weights, 16-bit activations; w8a8: int8 weights and "
@@ -45,8 +61,40 @@ def add_parser(sub) -> None:
                                  "torch_dtype, else fp32)")
 
 
+def from_handle_type(args: argparse.Namespace) -> argparse.Namespace:
+    """The documents' --handle-type command line as the quant or cut command it means."""
+    given = [name for name in ("handle_type", "input_path", "output_path")
+             if getattr(args, name) is not None]
+    if args.action is not None:
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} is handle_weights.py's form; "
+                             f"give `weights {args.action} IN OUT` or that form, not both")
+        return args
+    missing = [f"--{n.replace('_', '-')}" for n in ("handle_type", "input_path", "output_path")
+               if n not in given]
+    if missing:
+        raise ValueError("expected `weights quant|cut IN OUT`, or handle_weights.py's "
+                         "--input-path IN --output-path OUT --handle-type "
+                         f"{'|'.join(HANDLE_TYPES)} (missing {', '.join(missing)})")
+    quantized = (args.input_path / "config.json").is_file() and ported.scheme_of(
+        read_json(args.input_path / "config.json"))
+    if args.handle_type == "cut_float" and quantized:
+        raise ValueError(f"--handle-type cut_float: {args.input_path} holds {quantized} "
+                         "weights; cut_quant splits quantized ones")
+    if args.handle_type == "cut_quant" and (args.input_path / "config.json").is_file() \
+            and not quantized:
+        raise ValueError(f"--handle-type cut_quant: {args.input_path} holds float weights; "
+                         "cut_float splits them, or quantize first with --handle-type quant")
+    common = dict(input=args.input_path, output=args.output_path, force=False, dtype=None)
+    if args.handle_type == "quant":
+        return argparse.Namespace(action="quant", scheme="w8a8", quantize_lm_head=False,
+                                  **common)
+    return argparse.Namespace(action="cut", world_size=2, **common)
+
+
 def main(args: argparse.Namespace) -> int:
     try:
+        args = from_handle_type(args)
         if args.input.exists() and not args.input.is_dir():
             raise ValueError(f"{args.input}: not a checkpoint directory")
         dtype = DTYPES[args.dtype] if args.dtype else _input_dtype(args.input)
@@ -63,7 +111,8 @@ def main(args: argparse.Namespace) -> int:
         follow_umask(out)
         return code
     except (CheckpointError, SplitError, ValueError) as e:
-        print(f"llmgate weights {args.action}: {e}", file=sys.stderr)
+        print(f"llmgate weights{' ' + args.action if args.action else ''}: {e}",
+              file=sys.stderr)
         return 2
 
 
