@@ -50,7 +50,7 @@ class PerfRow:
     hardware: str
     device: str
     dtype: str
-    batch: int
+    batch: int | None  # None only in a row of a table the source left empty
     input_len: int | None
     output_len: int | None
     grid: tuple[range, range] | None
@@ -139,7 +139,7 @@ def read_perf_table(file: Path) -> list[PerfRow]:
                                     "not a positive number")
         rows.append(PerfRow(
             file.stem, line, r["source"], r["table"], r["model"], r["hardware"], r["device"],
-            r["dtype"], _int(file, line, "batch", r["batch"]),
+            r["dtype"], _int(file, line, "batch", r["batch"], optional=r["unit"] == "none"),
             _int(file, line, "input_len", r["input_len"], optional=True),
             _int(file, line, "output_len", r["output_len"], optional=True),
             _grid(file, line, r["grid"]), r["metric"], value, r["unit"], r["note"]))
