@@ -19,6 +19,7 @@ import torch
 from tabulate import tabulate
 
 from harness import jsonl
+from harness.provenance import provenance
 
 RESULTS_DIR = "reports"  # the default results root, under the project's (pytest's) root
 RECORD_GLOB = "records-*.jsonl"
@@ -36,7 +37,8 @@ def new_run_id() -> str:
 
 def environment() -> dict:
     """Machine and code provenance written next to the records. torch_npu and CANN are
-    reported only where torch_npu was imported by this run (importing it elsewhere breaks)."""
+    reported only where torch_npu was imported by this run (importing it elsewhere breaks);
+    the tuning variables, CPU governor and Ascend versions come from `harness.provenance`."""
     import sys
 
     import transformers
@@ -54,7 +56,7 @@ def environment() -> dict:
     if "torch_npu" in sys.modules:
         info["torch_npu"] = getattr(sys.modules["torch_npu"], "__version__", "")
         info["cann"] = os.environ.get("ASCEND_TOOLKIT_HOME", "")
-    return info
+    return {**info, **provenance()}
 
 
 class ResultsStore:
