@@ -36,7 +36,7 @@ from harness.ports.hf import check_remote_code, enter_rank
 from harness.ports.options import PortSettings, PortSpec
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
-from models.checkpoint import CheckpointError, read_json
+from models.checkpoint import CheckpointError, check_not_modelslim, read_json
 from models.config import EMBEDDED_MODELS, REGISTRY, get_config
 from models.parallel import SplitError, check_world_size
 from models.ported import check_parts, part_dirs, tensor_parallel_of
@@ -70,6 +70,7 @@ def model_paths(items: list[str] | None, ports: PortSettings | None = None) -> d
         if not directory.is_dir():
             raise pytest.UsageError(f"--model-path {name}={path}: directory not found")
         try:
+            check_not_modelslim(directory)  # whatever the port: never read as floats
             if ports is None or any(s.kind == "engine" for s in ports.of(name)):
                 rank_directory(name, path, directory)
                 verify_checkpoint(name, directory)

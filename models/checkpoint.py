@@ -32,6 +32,49 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be read as the model it claims to be."""
 
 
+# What Ascend's msModelSlim (the quantizer behind the Bloom document's `handle_weights.py
+# --handle-type quant`) writes: int8 weights with per-channel scales and offsets, and for
+# W8A8 static activation scales and offsets, made for one device (the document: 310 and 910
+# weights are not interchangeable). Either layout, whole or under part_model/{rank}/.
+MODELSLIM_FILES = ("quant_model_description.json", "quant_model_weight.safetensors",
+                   "quant_weight.npy", "weight_scale.npy", "weight_offset.npy", "deq_scale.npy",
+                   "quant_bias.npy", "input_scale.npy", "input_offset.npy",
+                   "float_layers_weights.pt")
+
+
+def modelslim_files(path: Path) -> list[str]:
+    """The msModelSlim files in a directory (or its first part_model rank), by name."""
+    path = Path(path)
+    ranks = sorted((path / "part_model").glob("*/")) if (path / "part_model").is_dir() else []
+    where = [path, *ranks[:1]]
+    return [str(d.relative_to(path) / name) if d != path else name
+            for d in where for name in MODELSLIM_FILES if (d / name).is_file()]
+
+
+def check_not_modelslim(path: Path) -> None:
+    """Refuse an msModelSlim directory, saying what was found: never read it as floats."""
+    found = modelslim_files(path)
+    if not found:
+        return
+    description = next((Path(path) / f for f in found
+                        if f.endswith("quant_model_description.json")), None)
+    kinds = ""
+    if description is not None:
+        try:
+            layers = json.loads(description.read_text())
+            counts: dict[str, int] = {}
+            for kind in layers.values() if isinstance(layers, dict) else []:
+                counts[str(kind)] = counts.get(str(kind), 0) + 1
+            kinds = " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            kinds = " (unreadable)"
+    raise CheckpointError(
+        f"{path}: an msModelSlim quantized directory ({', '.join(found)}{kinds}): its int8 "
+        "weights, scales and offsets are made for one Ascend device and llmgate does not read "
+        "them; give the float checkpoint with --dtype w8a8, or quantize it with `llmgate "
+        "weights --handle-type quant`")
+
+
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -117,6 +160,7 @@ class Checkpoint:
 
     def _index(self) -> dict[str, Path]:
         """Map every tensor name to the file that holds it."""
+        check_not_modelslim(self.path)
         for index_name in INDEX_FILES:
             index_path = self.path / index_name
             if index_path.exists():

@@ -275,3 +275,69 @@ def test_a_wrong_head_count_is_named_as_such(make_tiny, name, heads):
                                                   rf"num_attention_heads x {width}") as e:
             load(path)
         one_line(e)
+
+
+def _modelslim(source, out, layout):
+    """A directory in msModelSlim's layout, written from a float checkpoint: W8A8 linear
+    layers (int8 weight, per-channel scale and offset, static input scale and offset), the
+    rest FLOAT, as the Bloom document's `handle_weights.py --handle-type quant` leaves it."""
+    import numpy as np
+
+    out.mkdir()
+    shutil.copy(source / "config.json", out / "config.json")
+    state = load_file(source / "model.safetensors")
+    quantized, floats, description = {}, {}, {}
+    for name, tensor in state.items():
+        if name.endswith(".weight") and tensor.dim() == 2 and ".h." in name:
+            layer = name.removesuffix(".weight")
+            scale = tensor.abs().amax(1, keepdim=True) / 127
+            quantized[name] = (tensor / scale).round().to(torch.int8)
+            quantized[f"{layer}.weight_scale"] = scale.squeeze(1)
+            quantized[f"{layer}.weight_offset"] = torch.zeros(len(scale))
+            quantized[f"{layer}.input_scale"] = torch.ones(1)
+            quantized[f"{layer}.input_offset"] = torch.zeros(1)
+            for key in (name, f"{layer}.weight_scale", f"{layer}.weight_offset",
+                        f"{layer}.input_scale", f"{layer}.input_offset"):
+                description[key] = "W8A8"
+        else:
+            floats[name] = tensor
+            description[name] = "FLOAT"
+    if layout == "safetensors":
+        save_file({**quantized, **floats}, out / "quant_model_weight.safetensors")
+        (out / "quant_model_description.json").write_text(json.dumps(description))
+    else:  # the older numpy layout
+        np.save(out / "quant_weight.npy", {k: v.numpy() for k, v in quantized.items()
+                                           if k.endswith(".weight")})
+        np.save(out / "weight_scale.npy", {k: v.numpy() for k, v in quantized.items()
+                                           if k.endswith("weight_scale")})
+        torch.save(floats, out / "float_layers_weights.pt")
+    return out
+
+
+@pytest.mark.parametrize("layout, found", [
+    ("safetensors", r"quant_model_description\.json, quant_model_weight\.safetensors "
+                    r"\(\d+ FLOAT, \d+ W8A8\)"),
+    ("numpy", r"quant_weight\.npy, weight_scale\.npy, float_layers_weights\.pt"),
+])
+def test_an_msmodelslim_directory_is_refused_saying_what_was_found(make_tiny, tmp_path, capsys,
+                                                                   layout, found):
+    from harness.settings import model_paths
+
+    path = _modelslim(make_tiny(get_config("bloom-tiny")), tmp_path / "bloom_quant", layout)
+    message = rf"an msModelSlim quantized directory \({found}\): its int8 weights"
+    _refused_everywhere("bloom-tiny", path, message)
+    with pytest.raises(pytest.UsageError, match=r"--model-path bloom-tiny: .*" + message):
+        model_paths([f"bloom-tiny={path}"])
+    from harness.cli import main
+
+    assert main(["weights", "--handle-type", "cut_quant", "--input-path", str(path),
+                 "--output-path", str(tmp_path / "o")]) == 2  # not taken for float weights
+    assert "an msModelSlim quantized directory" in capsys.readouterr().err
+    # split for two chips (cut_quant): found in its first rank
+    cut = tmp_path / "bloom_quant_cut" / "part_model"
+    cut.mkdir(parents=True)
+    shutil.copytree(path, cut / "0")
+    shutil.copytree(path, cut / "1")
+    with pytest.raises(pytest.UsageError, match=r"msModelSlim quantized directory \(part_model/0"
+                                                r"/"):
+        model_paths([f"bloom-tiny={cut.parent}"])

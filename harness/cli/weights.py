@@ -24,7 +24,7 @@ import torch
 
 from harness.cache import follow_umask
 from models import ported
-from models.checkpoint import CheckpointError, read_config, read_json
+from models.checkpoint import CheckpointError, check_not_modelslim, read_config, read_json
 from models.loading import build_model, model_config
 from models.parallel import SplitError, check_world_size
 from models.precision import DTYPE_NAMES, DTYPES, Precision
@@ -94,6 +94,9 @@ def from_handle_type(args: argparse.Namespace) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        for path in (args.input_path, getattr(args, "input", None)):
+            if path is not None and Path(path).is_dir():
+                check_not_modelslim(path)
         args = from_handle_type(args)
         if args.input.exists() and not args.input.is_dir():
             raise ValueError(f"{args.input}: not a checkpoint directory")
