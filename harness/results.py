@@ -56,6 +56,8 @@ def environment() -> dict:
     if "torch_npu" in sys.modules:
         info["torch_npu"] = getattr(sys.modules["torch_npu"], "__version__", "")
         info["cann"] = os.environ.get("ASCEND_TOOLKIT_HOME", "")
+    if os.environ.get("LLMGATE_ZOO_COMMAND"):  # the seed command line `llmgate zoo` ran
+        info["zoo_command"] = os.environ["LLMGATE_ZOO_COMMAND"]
     return {**info, **provenance()}
 
 

@@ -7,6 +7,7 @@
     llmgate history [--case ID]         key metrics over the stored runs
     llmgate baseline save|list|show     store a run as a baseline; list and show baselines
     llmgate weights quant|cut           quantize a checkpoint (int8) or split it per rank
+    llmgate zoo python3 main.py ...     a source document's command line, as written
     llmgate prepare                     build or verify the embedded checkpoints and datasets
     llmgate models                      list the registered models and their weights
     llmgate devices                     say which hardware is usable here, and why not
@@ -24,6 +25,7 @@ from tabulate import tabulate
 from harness.cli import baseline as baseline_commands
 from harness.cli import runs as run_commands
 from harness.cli import weights as weights_commands
+from harness.cli import zoo as zoo_commands
 from harness.results import results_root
 from models.config import EMBEDDED_MODELS, REGISTRY
 
@@ -182,6 +184,9 @@ def _fraction(value: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["zoo"] and argv[1:2] not in (["-h"], ["--help"]):
+        return zoo_commands.main(argv[1:])  # a seed command line, its flags as they are
     parser = argparse.ArgumentParser(prog="llmgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -241,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("devices", help="which hardware is usable here")
     baseline_commands.add_parser(sub)
     weights_commands.add_parser(sub)
+    sub.add_parser("zoo", help="run a source document's main.py or handle_weights.py command "
+                               "line as written",
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   usage="llmgate zoo [VAR=value ...] [python3 | torchrun OPTIONS] "
+                         "main.py|handle_weights.py FLAGS [-- PYTEST ARGS]",
+                   description=zoo_commands.__doc__)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         args.suite = []

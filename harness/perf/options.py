@@ -17,6 +17,23 @@ from harness.values import MAX_BATCH, check_names, int_list, positive_int, split
 DEFAULT_BATCHES = [1, 8]
 DEFAULT_PAIRS = [(32, 32), (128, 32)]
 DEFAULT_OUT = 32  # new tokens per --seqlen prompt length, when no perf pairs are given
+
+_LENGTHS_5_10 = [2**e for e in range(5, 11)]
+# The source documents' own default grids, (batch sizes, (in, out) pairs): a run on their
+# weights with one of these meets every stored row of that document's tables. The Alpaca
+# document states no grid (its one row has no lengths), so it has no preset.
+SEED_GRIDS = {
+    # 000 and 001: "测试结果为2^5~2^10数据平均值", batch 1; 001's range flags are closed
+    # intervals (`--seqlen_in_range 5 6` is 32, 64), so this is `5 10` x `5 10`.
+    "falcon-seed": ([1], [(i, o) for i in _LENGTHS_5_10 for o in _LENGTHS_5_10]),
+    "bloom-seed": ([1], [(i, o) for i in _LENGTHS_5_10 for o in _LENGTHS_5_10]),
+    # 003: its 910B3 and 310P3 tables, in = out 256..2048 at batches 1, 2, 4, 8.
+    "qwen-seed": ([1, 2, 4, 8], [(n, n) for n in (256, 512, 1024, 2048)]),
+    # 004: run.sh's multi_batch_size [1,4,8,16,32] over its 36 cases; its range [5,11]
+    # excludes the end ("默认输入长度从2^5到2^10").
+    "starcoder-seed": ([1, 4, 8, 16, 32], [(i, o) for i in _LENGTHS_5_10
+                                           for o in _LENGTHS_5_10]),
+}
 MIN_MEMORY = 2**20  # below this --memory-limit is a number missing its unit
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
          "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -36,6 +53,11 @@ def add_options(group) -> None:
              "--seqlen-out-range (e.g. 5 10: 32..1024)")
     add("seqlen-out-range", nargs=2, metavar=("START", "END"),
         help="perf: new-token counts 2^START..2^END inclusive")
+    add("grid", metavar="NAME",
+        help="perf: a source document's own default grid of batches and lengths: "
+             "falcon-seed, bloom-seed (batch 1, 2^5..2^10 x 2^5..2^10), qwen-seed (batches "
+             "1,2,4,8, in = out 256..2048), starcoder-seed (batches 1,4,8,16,32 over 2^5..2^10 "
+             "x 2^5..2^10); --batch replaces its batches (default: none)")
     add("repeats", type=int, default=5, metavar="N",
         help="perf: measured requests per case; every sample is kept (default: 5)")
     add("warmup", type=int, default=1, metavar="N",
@@ -135,7 +157,16 @@ class PerfSettings:
         if in_pair and in_range:
             raise pytest.UsageError("give either --seqlen-in-pair/--seqlen-out-pair or "
                                     "--seqlen-in-range/--seqlen-out-range, not both")
-        if in_range:
+        grid = opt("--grid")
+        if grid is not None:
+            check_names("--grid", [grid], SEED_GRIDS)
+            if in_pair or in_range:
+                raise pytest.UsageError(f"--grid {grid} gives the lengths; leave out the "
+                                        "--seqlen-*-pair and --seqlen-*-range flags")
+            batches = batches or SEED_GRIDS[grid][0]
+        if grid is not None:
+            pairs = SEED_GRIDS[grid][1]
+        elif in_range:
             pairs = [(i, o) for i in _power_range("--seqlen-in-range", in_range)
                      for o in _power_range("--seqlen-out-range", out_range)]
         else:

@@ -1,0 +1,460 @@
+"""`llmgate zoo`: the source documents' command lines, pasted as they are written.
+
+    llmgate zoo python3 main.py --model_path DIR --device 0 --mode precision --dataset-path ./
+    llmgate zoo torchrun --nproc_per_node 2 --master_port 39682 main.py --model_path DIR \\
+        --device 0 1 --data_dtype fp16 --hardware 310
+    llmgate zoo RETURN_PERF_DETAIL=1 python main.py --task performance    # reads ./config.ini
+    llmgate zoo python3 handle_weights.py --input-path IN --output-path OUT --handle-type quant
+
+Each line runs the matching suite on the model directory (perf for `--mode performance` /
+`--task performance`, accuracy for precision, numerics for `--task inference`), prints the
+equivalent `pytest` command, and writes the documents' own files beside llmgate's run:
+the perf CSV (`--performance_output_file`, else `performance_test_npu_<model_name>_<run>.csv`)
+and the precision files under `test_result/` (`cache0.csv`, `result_0_classes_acc.json`,
+`result_0_subject_acc.json`, `device0.log`, and Bloom's `result_classes_acc.json`; one copy
+per rank on a multi-device run, as the Qwen document shows).
+
+Where the documents leave something to their `config.ini` (Alpaca, Qwen: atb_speed_sdk's
+[model] model_path and device_ids, [precision] mode, work_dir, shot and batch, [performance]
+model_name, batch_size, min_len_exp, max_len_exp and case_pair), it is read from
+./config.ini. Where they disagree, each document is followed for its own model:
+`--seqlen_in_range 5 6` is the closed interval 2^5..2^6 (the Bloom document), StarCoder's
+`[5,11]` the half-open 2^5..2^10; pairs are zipped (StarCoder: 4 pairs, 4 cases). A perf run
+with no lengths given takes the model's document grid (`--grid <family>-seed`), less the
+cases its positions (or MAX_SEQ_LEN) cannot hold. After `--`, arguments go to pytest as
+they are (e.g. `-- --questions-per-subject 2`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models import ported
+from models.checkpoint import CheckpointError, check_not_modelslim, read_json
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHERS = re.compile(r"(python[0-9.]*|torchrun)$")
+ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
+# Which document, grid and precision task each registered family comes from.
+FAMILY = {"falcon": ("000", "falcon-seed", "mmlu"), "bloom": ("001", "bloom-seed", "ceval"),
+          "llama": ("002", None, "ceval"), "qwen": ("003", "qwen-seed", "ceval"),
+          "starcoder": ("004", "starcoder-seed", "humaneval")}
+
+
+class ZooError(ValueError):
+    """A seed command line llmgate cannot run as written; the message says why."""
+
+
+@dataclass
+class SeedCommand:
+    env: dict[str, str] = field(default_factory=dict)
+    nproc: int | None = None  # torchrun's --nproc_per_node
+    script: str = "main.py"
+    args: list[str] = field(default_factory=list)
+    pytest_args: list[str] = field(default_factory=list)  # after "--"
+
+
+def parse_command(tokens: list[str]) -> SeedCommand:
+    """Split `VAR=value ... [python3 | torchrun OPTIONS] main.py FLAGS [-- PYTEST ARGS]`."""
+    tokens = list(tokens)
+    command = SeedCommand()
+    if "--" in tokens:
+        cut = tokens.index("--")
+        tokens, command.pytest_args = tokens[:cut], tokens[cut + 1:]
+    while tokens and (match := ENV.match(tokens[0])) and not tokens[0].startswith("-"):
+        command.env[match.group(1)] = match.group(2)
+        tokens.pop(0)
+    if tokens and LAUNCHERS.match(Path(tokens[0]).name):
+        launcher = Path(tokens.pop(0)).name
+        while tokens and tokens[0].startswith("-"):
+            option = tokens.pop(0)
+            name, _, value = option.partition("=")
+            if not value and tokens and not tokens[0].endswith(".py"):
+                value = tokens.pop(0)
+            if launcher != "torchrun":
+                raise ZooError(f"{launcher} {option}: only a script follows python here")
+            key = name.lstrip("-").replace("-", "_")
+            if key == "nproc_per_node":
+                if not value.isdigit() or int(value) < 1:
+                    raise ZooError(f"torchrun {name} {value!r}: expected a number of "
+                                   "processes >= 1")
+                command.nproc = int(value)
+            elif key == "nnodes" and value not in ("1", "1:1"):
+                raise ZooError(f"torchrun {name} {value}: llmgate runs its ranks on one node")
+    if tokens and tokens[0].endswith(".py"):
+        command.script = Path(tokens.pop(0)).name
+    if command.script not in ("main.py", "handle_weights.py"):
+        raise ZooError(f"{command.script}: expected main.py or handle_weights.py, the source "
+                       "documents' scripts")
+    command.args = tokens
+    return command
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ZooError(f"main.py: {message}")
+
+
+def main_parser() -> argparse.ArgumentParser:
+    """main.py's flags as the documents spell them, and the few of llmgate's own."""
+    parser = _Parser(prog="main.py", add_help=False, allow_abbrev=False)
+    add = parser.add_argument
+    add("--model_path")
+    add("--device", nargs="+", type=int, help="device ids; two or more run tensor parallel")
+    add("--mode", choices=("performance", "precision"))
+    add("--task", choices=("inference", "precision", "performance"))
+    add("--data_dtype", choices=("fp16", "int8"))
+    add("--is_quant", type=int, choices=(0, 1))
+    add("--hardware", choices=("310", "910"))
+    add("--batch", type=int)
+    add("--set_case_pair", nargs="?", type=int, const=1, default=None)
+    add("--seqlen_in_pair", nargs="+", type=int)
+    add("--seqlen_out_pair", nargs="+", type=int)
+    add("--seqlen_in_range", nargs=2, type=int)
+    add("--seqlen_out_range", nargs=2, type=int)
+    add("--performance_output_file")
+    add("--dataset_path", "--dataset-path", dest="dataset_path")
+    # llmgate's: which registered model the directory is, where to run, print only
+    add("--model", dest="llmgate_model")
+    add("--backend", choices=("cpu", "cuda", "npu"))
+    add("--print-only", action="store_true")
+    return parser
+
+
+def read_config_ini(cwd: Path) -> configparser.ConfigParser:
+    """atb_speed_sdk's config.ini in the working directory, if there is one."""
+    ini = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
+    path = cwd / "config.ini"
+    if path.is_file():
+        try:
+            ini.read(path, encoding="utf-8")
+        except configparser.Error as e:
+            raise ZooError(f"{path}: not a valid config.ini ({e.message.splitlines()[0]})") \
+                from None
+    return ini
+
+
+@dataclass
+class Plan:
+    suite: str
+    model: str
+    pytest_args: list[str]
+    notes: list[str]
+    perf_file: Path | None = None
+    result_dir: Path | None = None  # test_result/ of a precision run
+    world_size: int = 1
+    bloom_style: bool = False  # the Bloom document's result_classes_acc.json too
+    run_id: str = ""
+
+
+def _ini(ini, section: str, key: str) -> str | None:
+    value = ini.get(section, key, fallback=None)
+    return value.strip() if value and value.strip() else None
+
+
+def identify(path: Path, given: str | None) -> str:
+    """The registered model a directory holds: --model, else the one whose structure its
+    config has."""
+    from harness.checkpoints import verify_checkpoint
+    from models.config import REGISTRY
+
+    if given:
+        if given not in REGISTRY:
+            raise ZooError(f"--model {given!r} is unknown; valid: {', '.join(REGISTRY)}")
+        return given
+    for name in REGISTRY:
+        try:
+            verify_checkpoint(name, path)
+            return name
+        except (CheckpointError, ValueError, KeyError):
+            continue
+    raise ZooError(f"{path}: no registered model has this structure; give --model NAME "
+                   "(llmgate models lists them)")
+
+
+def _config_of(path: Path) -> dict:
+    first = sorted((path / "part_model").glob("*/config.json"))
+    return read_json(first[0] if first and not (path / "config.json").is_file()
+                     else path / "config.json")
+
+
+def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
+    """What a main.py command line means: the suite, its pytest options, the files to write."""
+    from models.config import get_config
+
+    args = main_parser().parse_args(command.args)
+    ini = read_config_ini(cwd)
+    notes = []
+    model_path = args.model_path or _ini(ini, "model", "model_path")
+    if not model_path:
+        raise ZooError("main.py: no --model_path, and no [model] model_path in "
+                       f"{cwd / 'config.ini'}")
+    path = (cwd / model_path).expanduser().resolve()
+    if not path.is_dir():
+        raise ZooError(f"--model_path {model_path}: directory not found")
+    try:
+        check_not_modelslim(path)
+    except CheckpointError as e:
+        raise ZooError(str(e)) from None
+    model = identify(path, args.llmgate_model)
+    family = get_config(model).family
+    document, grid, precision_task = FAMILY[family]
+
+    devices = args.device
+    if devices is None and (ids := _ini(ini, "model", "device_ids")):
+        devices = [int(d) for d in re.split(r"[,\s]+", ids) if d]
+    world = len(devices) if devices else (command.nproc or 1)
+    if command.nproc and devices and command.nproc != len(devices):
+        raise ZooError(f"torchrun --nproc_per_node {command.nproc} with --device "
+                       f"{' '.join(map(str, devices))}: expected one process per device")
+
+    suite = {"performance": "perf", "precision": "accuracy", "inference": "numerics"}[
+        args.task or args.mode or "performance"]
+    if args.task and args.mode:
+        raise ZooError("main.py: --mode (Falcon, Bloom) and --task (Alpaca, Qwen) both given; "
+                       "each document uses one")
+
+    int8 = args.data_dtype == "int8" or args.is_quant == 1 or (
+        args.data_dtype is None and args.is_quant is None and family == "bloom")
+    if family == "bloom" and args.data_dtype is None and args.is_quant is None:
+        notes.append("--data_dtype defaults to int8 in the Bloom document")
+    try:
+        config = _config_of(path)
+    except CheckpointError as e:
+        raise ZooError(str(e)) from None
+    port = "engine" if ported.is_ported(config) or int8 else "hf"
+    if port == "hf" and "auto_map" not in config and not _transformers_knows(config):
+        port = "engine"
+        notes.append(f"transformers has no {config.get('model_type')!r} model and the "
+                     "directory no remote code (auto_map): the engine runs it")
+    dtype = "w8a8" if int8 else "fp16"
+    backend = args.backend or _default_backend(backend_usable)
+    if backend == "cpu" and not int8:
+        dtype = "fp32"  # fp16 is the NPU's; the CPU runs float32
+    if backend == "cpu":
+        notes.append(f"no NPU here: run on the CPU in {dtype} (--backend npu on an Ascend "
+                     "machine)")
+    pytest_args = [f"suites/{suite}", "--model", model, "--model-path", f"{model}={path}",
+                   "--hardware", backend, "--dtype", dtype]
+    if port == "hf":
+        pytest_args += ["--port", f"{model}=hf"]
+        if "auto_map" in config:
+            pytest_args.append("--trust-remote-code")
+    if world > 1:
+        pytest_args += ["--tp", str(world)]
+    if args.hardware:
+        notes.append(f"--hardware {args.hardware}: the Ascend chip ({args.hardware}P/B); "
+                     "recorded, and --backend picks where to run")
+
+    result = Plan(suite, model, pytest_args, notes, world_size=world)
+    if suite == "perf":
+        _perf(args, ini, command, model, grid, cwd, result)
+    elif suite == "accuracy":
+        _precision(args, ini, precision_task, cwd, document, result)
+    else:
+        result.pytest_args += ["--batch", str(args.batch or 1)]
+    for name in ("TIMEIT", "RETURN_PERF_DETAIL"):
+        if name in command.env:
+            notes.append(f"{name}={command.env[name]}: llmgate times every phase always")
+    return result
+
+
+def _transformers_knows(config: dict) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return config.get("model_type") in CONFIG_MAPPING_NAMES
+
+
+def _default_backend(usable) -> str:
+    from harness.devices import get_backend
+
+    usable = usable or (lambda name: get_backend(name).available)
+    return next((name for name in ("npu", "cuda") if usable(name)), "cpu")
+
+
+def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
+    from harness.perf.options import SEED_GRIDS
+    from models.config import get_config
+
+    batches, preset = [args.batch] if args.batch else None, False
+    if (size := _ini(ini, "performance", "batch_size")) and not batches:
+        batches = [int(size)]
+    if args.seqlen_in_pair or args.seqlen_out_pair:
+        if not args.set_case_pair:
+            result.notes.append("--seqlen_in_pair without --set_case_pair: the pairs are used")
+        if len(args.seqlen_in_pair or []) != len(args.seqlen_out_pair or []):
+            raise ZooError("main.py: --seqlen_in_pair and --seqlen_out_pair need one output "
+                           "length per input length (the pairs are zipped)")
+        pairs = list(zip(args.seqlen_in_pair, args.seqlen_out_pair))
+    elif args.seqlen_in_range or args.seqlen_out_range:
+        if not (args.seqlen_in_range and args.seqlen_out_range):
+            raise ZooError("main.py: --seqlen_in_range and --seqlen_out_range go together")
+        (a, b), (c, d) = args.seqlen_in_range, args.seqlen_out_range
+        pairs = [(2**i, 2**o) for i in range(a, b + 1) for o in range(c, d + 1)]  # closed
+    elif case_pair := _ini(ini, "performance", "case_pair"):
+        try:
+            pairs = [tuple(map(int, p)) for p in json.loads(case_pair)]
+        except (ValueError, TypeError):
+            raise ZooError(f"{cwd / 'config.ini'}: [performance] case_pair {case_pair!r}: "
+                           "expected [[in, out], ...]") from None
+    elif (low := _ini(ini, "performance", "min_len_exp")) and \
+            (high := _ini(ini, "performance", "max_len_exp")):
+        pairs = [(2**e, 2**e) for e in range(int(low), int(high) + 1)]
+    elif grid:
+        seed_batches, pairs = SEED_GRIDS[grid]
+        batches, preset = batches or seed_batches, True
+        result.notes.append(f"no lengths given: the document's grid (--grid {grid})")
+    else:
+        pairs = [(32, 32), (128, 32)]
+        result.notes.append("the Alpaca document states no grid: llmgate's default lengths")
+    limit = get_config(model).max_positions
+    if "MAX_SEQ_LEN" in command.env:
+        if not command.env["MAX_SEQ_LEN"].isdigit():
+            raise ZooError(f"MAX_SEQ_LEN={command.env['MAX_SEQ_LEN']!r}: expected a number of "
+                           "tokens")
+        limit = min(limit, int(command.env["MAX_SEQ_LEN"]))
+    fitting = [(i, o) for i, o in pairs if i + o <= limit]
+    if len(fitting) < len(pairs):
+        result.notes.append(f"{len(pairs) - len(fitting)} of {len(pairs)} length pairs do not "
+                            f"fit in {limit} positions ({model}'s or MAX_SEQ_LEN's): left out")
+    if not fitting:
+        raise ZooError(f"no length pair fits in {limit} positions")
+    if preset and len(fitting) == len(pairs):  # the native form of the same grid
+        result.pytest_args += ["--grid", grid] + (["--batch", str(args.batch)]
+                                                  if args.batch else [])
+    else:
+        result.pytest_args += ["--batch", ",".join(map(str, batches or [1])),
+                               "--seqlen-in-pair", *(str(i) for i, _ in fitting),
+                               "--seqlen-out-pair", *(str(o) for _, o in fitting)]
+    name = args.performance_output_file or _ini(ini, "performance", "save_file_name")
+    model_name = _ini(ini, "performance", "model_name") or model
+    result.perf_file = cwd / name if name else cwd / f"performance_test_npu_{model_name}_RUN.csv"
+
+
+def _precision(args, ini, task, cwd, document, result: Plan) -> None:
+    task = _ini(ini, "precision", "mode") or task
+    if task not in ("ceval", "mmlu", "humaneval"):
+        raise ZooError(f"{cwd / 'config.ini'}: [precision] mode {task!r}: expected ceval or mmlu")
+    work = args.dataset_path or _ini(ini, "precision", "work_dir")
+    result.pytest_args += ["--task", task, "--questions-per-subject", "0"]
+    if task == "humaneval":
+        result.pytest_args += ["--humaneval-problems", "0"]
+    if work:
+        root = (cwd / work).resolve()
+        if not root.is_dir():
+            raise ZooError(f"--dataset_path {work}: directory not found")
+        if task != "humaneval":
+            result.pytest_args += [f"--{task}-path", str(root)]
+        result.result_dir = root / "test_result"
+    else:
+        result.result_dir = cwd / "test_result"
+        result.notes.append(f"no --dataset_path: {task} from llmgate's default data")
+    if shot := _ini(ini, "precision", "shot"):
+        result.pytest_args += ["--shots", shot]
+    if batch := args.batch or _ini(ini, "precision", "batch"):
+        result.pytest_args += ["--batch", str(batch)]
+    result.bloom_style = document == "001"
+
+
+def pytest_command(plan_: Plan, extra: list[str]) -> list[str]:
+    return [*plan_.pytest_args, "--run-id", plan_.run_id, *extra]
+
+
+def write_seed_files(plan_: Plan, run_dir: Path, log: str) -> list[Path]:
+    """The documents' files from a finished run's own."""
+    written = []
+    if plan_.perf_file is not None:
+        sources = sorted(run_dir.glob("performance_*.csv"))
+        if sources:
+            target = Path(str(plan_.perf_file).replace("RUN", plan_.run_id))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if len(sources) == 1:
+                shutil.copyfile(sources[0], target)
+            else:  # one file of every hardware x dtype the run measured
+                import pandas as pd
+
+                pd.concat([pd.read_csv(s) for s in sources]).to_csv(target, index=False)
+            written.append(target)
+    if plan_.result_dir is not None:
+        cases = sorted(p.parent for p in run_dir.glob("accuracy/*/result_0_classes_acc.json"))
+        if cases:
+            out = plan_.result_dir
+            out.mkdir(parents=True, exist_ok=True)
+            for rank in range(plan_.world_size):  # each rank's copy, as the documents show
+                for name in ("cache0.csv", "result_0_classes_acc.json",
+                             "result_0_subject_acc.json"):
+                    target = out / name.replace("0", str(rank), 1)
+                    shutil.copyfile(cases[0] / name, target)
+                    written.append(target)
+                (out / f"device{rank}.log").write_text(log)
+                written.append(out / f"device{rank}.log")
+            if plan_.bloom_style:
+                shutil.copyfile(cases[0] / "result_0_classes_acc.json",
+                                out / "result_classes_acc.json")
+                written.append(out / "result_classes_acc.json")
+    return written
+
+
+def main(argv: list[str], cwd: Path | None = None) -> int:
+    cwd = Path(cwd or os.getcwd())
+    try:
+        command = parse_command(argv)
+        if command.script == "handle_weights.py":
+            from harness.cli import weights
+
+            parser = argparse.ArgumentParser(prog="llmgate weights")
+            sub = parser.add_subparsers(dest="command")
+            weights.add_parser(sub)
+            args = parser.parse_args(["weights", *command.args])
+            for name in ("input_path", "output_path"):
+                if getattr(args, name) is not None:
+                    setattr(args, name, cwd / getattr(args, name))
+            print(f"equivalent: llmgate weights {shlex.join(command.args)}")
+            return weights.main(args)
+        result = plan(command, cwd)
+    except ZooError as e:
+        print(f"llmgate zoo: {e}", file=sys.stderr)
+        return 2
+    from harness.results import new_run_id
+
+    result.run_id = f"zoo-{new_run_id()}"
+    extra = command.pytest_args
+    argv_ = pytest_command(result, extra)
+    for note in result.notes:
+        print(f"note: {note}")
+    env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in command.env.items())
+    print(f"equivalent, from {ROOT}: {env_prefix + ' ' if env_prefix else ''}pytest "
+          f"{shlex.join(argv_)}")
+    if "--print-only" in argv:
+        return 0
+    env = {**os.environ, **command.env,
+           "LLMGATE_ZOO_COMMAND": shlex.join(argv)}
+    process = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                              *argv_], cwd=ROOT, env=env, capture_output=True, text=True)
+    sys.stdout.write(process.stdout)
+    sys.stderr.write(process.stderr)
+    from harness.results import results_root
+
+    run_dir = results_root(_results_dir(extra), ROOT) / result.run_id
+    for path in write_seed_files(result, run_dir, process.stdout + process.stderr):
+        print(f"wrote {path}")
+    return process.returncode
+
+
+def _results_dir(extra: list[str]) -> str | None:
+    for i, arg in enumerate(extra):
+        if arg.startswith("--results-dir="):
+            return arg.split("=", 1)[1]
+        if arg == "--results-dir" and i + 1 < len(extra):
+            return extra[i + 1]
+    return None
