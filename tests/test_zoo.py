@@ -234,6 +234,19 @@ def test_config_ini_performance_writes_performance_test_npu(workspace, tmp_path,
         "--is_quant 1" in line) or "LD_PRELOAD" in line
 
 
+def test_a_run_over_several_batches_writes_multibatch_performance(workspace, tmp_path):
+    """003's grid (batches 1, 2, 4, 8) when config.ini names no case: StarCoder's
+    multibatch_performance_<model_name>_<device>.csv beside the perf CSV."""
+    cwd = config_ini(tmp_path / "qwen", workspace / "qwen", "qwen_7b")
+    ini = (cwd / "config.ini").read_text()
+    (cwd / "config.ini").write_text(ini.replace("batch_size=1\n", "").replace(
+        "case_pair=[[32,32]]\n", ""))
+    records, _ = run(workspace, "python main.py --task performance", *SMALL_PERF, cwd=cwd)
+    assert sorted(r["batch"] for r in records) == [1, 2, 4, 8]  # in = out = 256 alone fits
+    rows = perf_rows(cwd / "multibatch_performance_qwen_7b_0.csv")
+    assert sorted(int(r["batch_size"]) for r in rows) == [1, 2, 4, 8]
+
+
 # -- what llmgate zoo refuses ----------------------------------------------------------------
 
 @pytest.mark.parametrize("line, message", [

@@ -9,7 +9,8 @@
 Each line runs the matching suite on the model directory (perf for `--mode performance` /
 `--task performance`, accuracy for precision, numerics for `--task inference`), prints the
 equivalent `pytest` command, and writes the documents' own files beside llmgate's run:
-the perf CSV (`--performance_output_file`, else `performance_test_npu_<model_name>_<run>.csv`)
+the perf CSV (`--performance_output_file`, else `performance_test_npu_<model_name>_<run>.csv`;
+over several batches also StarCoder's `multibatch_performance_<model_name>_<device>.csv`)
 and the precision files under `test_result/` (`cache0.csv`, `result_0_classes_acc.json`,
 `result_0_subject_acc.json`, `device0.log`, and Bloom's `result_classes_acc.json`; one copy
 per rank on a multi-device run, as the Qwen document shows).
@@ -151,6 +152,7 @@ class Plan:
     pytest_args: list[str]
     notes: list[str]
     perf_file: Path | None = None
+    multibatch_file: Path | None = None  # StarCoder's name for a run over several batches
     result_dir: Path | None = None  # test_result/ of a precision run
     world_size: int = 1
     bloom_style: bool = False  # the Bloom document's result_classes_acc.json too
@@ -339,6 +341,9 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
     name = args.performance_output_file or _ini(ini, "performance", "save_file_name")
     model_name = _ini(ini, "performance", "model_name") or model
     result.perf_file = cwd / name if name else cwd / f"performance_test_npu_{model_name}_RUN.csv"
+    if len(batches or [1]) > 1:
+        device = (args.device or [0])[0]
+        result.multibatch_file = cwd / f"multibatch_performance_{model_name}_{device}.csv"
 
 
 def _precision(args, ini, task, cwd, document, result: Plan) -> None:
@@ -376,15 +381,18 @@ def write_seed_files(plan_: Plan, run_dir: Path, log: str) -> list[Path]:
     if plan_.perf_file is not None:
         sources = sorted(run_dir.glob("performance_*.csv"))
         if sources:
-            target = Path(str(plan_.perf_file).replace("RUN", plan_.run_id))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if len(sources) == 1:
-                shutil.copyfile(sources[0], target)
-            else:  # one file of every hardware x dtype the run measured
-                import pandas as pd
+            targets = [Path(str(plan_.perf_file).replace("RUN", plan_.run_id))]
+            if plan_.multibatch_file is not None:
+                targets.append(plan_.multibatch_file)
+            for target in targets:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if len(sources) == 1:
+                    shutil.copyfile(sources[0], target)
+                else:  # one file of every hardware x dtype the run measured
+                    import pandas as pd
 
-                pd.concat([pd.read_csv(s) for s in sources]).to_csv(target, index=False)
-            written.append(target)
+                    pd.concat([pd.read_csv(s) for s in sources]).to_csv(target, index=False)
+                written.append(target)
     if plan_.result_dir is not None:
         cases = sorted(p.parent for p in run_dir.glob("accuracy/*/result_0_classes_acc.json"))
         if cases:
