@@ -2,14 +2,16 @@
 that must pass: McNemar, the 99% rule and the paired likelihood gate, against the transformers
 reference on the same questions.
 
-    .venv/bin/python benchmarks/planted_degradations.py [--per-subject 5] [--out DIR]
+    .venv/bin/python benchmarks/planted_degradations.py [--task mmlu-cloze] [--per-subject 5]
+        [--out DIR]
 
-Runs, on smollm2-135m, MMLU letter form, 0-shot, the first --per-subject questions of each of
-the 57 subjects:
+Runs, on smollm2-135m, MMLU in letter form (--task mmlu, the default) or cloze form (--task
+mmlu-cloze), 0-shot, the first --per-subject questions of each of the 57 subjects:
   - the reference (transformers, CPU fp32), saved as baseline `reference`;
   - runs that must pass: our engine in fp32, bf16 and w8a16;
   - planted degradations (benchmarks/planted.py): weight noise at 5/10/20%, a mis-scaled int8
-    layer, a dropped layer; and llama.cpp's Q4_1 port where it is built;
+    layer, a dropped layer; and llama.cpp's Q4_1 port where it is built (letter form only: a
+    served port gives no continuation log-probabilities);
 each through the numerics suite (teacher forcing, 128-token prompts) and the accuracy suite.
 Then, from the answer files, for n = 10, 20, ... questions (one fixed shuffle, the same for
 every run), the smallest n at which each gate fails the run ("-": not within the questions
@@ -70,7 +72,8 @@ def pairs(candidate: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]
     return [(by_id[b["id"]], b) for b in baseline if b["id"] in by_id]
 
 
-def questions_to_fail(candidate: list[dict], baseline: list[dict], step: int) -> dict:
+def questions_to_fail(candidate: list[dict], baseline: list[dict], step: int,
+                      task: str = "mmlu") -> dict:
     """Per gate: the smallest number of questions (in steps of `step`, one fixed shuffle) at
     which it fails the candidate, or None."""
     order = sorted(a["id"] for a in baseline)
@@ -81,11 +84,11 @@ def questions_to_fail(candidate: list[dict], baseline: list[dict], step: int) ->
         ids = set(order[:n])
         base = [a for a in baseline if a["id"] in ids]
         cand = [by_id[a["id"]] for a in base]
-        _, results = paired_gate("mmlu", cand, base, "reference", 0.99)
+        _, results = paired_gate(task, cand, base, "reference", 0.99)
         overall = results[0]
         failed = {"McNemar": overall["rule"].startswith("McNemar"),
                   "99% rule": overall["candidate"] < 0.99 * overall["reference"],
-                  "likelihood": bool(likelihood_gate("mmlu", list(zip(cand, base)),
+                  "likelihood": bool(likelihood_gate(task, list(zip(cand, base)),
                                                      "reference")[0])}
         for gate, now in failed.items():
             if now and found[gate] is None:
@@ -95,6 +98,7 @@ def questions_to_fail(candidate: list[dict], baseline: list[dict], step: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("mmlu", "mmlu-cloze"), default="mmlu")
     parser.add_argument("--per-subject", type=int, default=5)
     parser.add_argument("--step", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="runs' directory (default: temp)")
@@ -107,7 +111,7 @@ def main() -> None:
     baselines = out / "baselines"
     (baselines / "accuracy").mkdir(parents=True, exist_ok=True)
     common = ("--model", MODEL, "--results-dir", str(out), "--baselines-dir", str(baselines))
-    accuracy = ("suites/accuracy", "--task", "mmlu", "--questions-per-subject",
+    accuracy = ("suites/accuracy", "--task", args.task, "--questions-per-subject",
                 str(args.per_subject), "--shots", "0", *common)
     pytest(*accuracy, "--accuracy-runner", "reference", "--accuracy-baseline", "none",
            "--run-id", "reference")
@@ -120,7 +124,7 @@ def main() -> None:
                   for name, (port, dtype) in MUST_PASS.items()}
     candidates |= {name: ("--port", f"{MODEL}={factory}", "--dtype", "fp32")
                    for name, factory in PLANTED.items()}
-    if availability()[0]:
+    if availability()[0] and args.task == "mmlu":
         candidates["llama.cpp Q4_1"] = ("--port", f"{MODEL}=llama-cpp", "--fix-echo-shift")
     lines = ["| run | must | numerics | accuracy | McNemar p | gold log-prob change (95% "
              "low) | choice KL (95% high) | questions to fail: McNemar | 99% rule | "
@@ -133,17 +137,22 @@ def main() -> None:
         row = accuracy_row(out / slug)
         overall = next(c for c in row["comparisons"] if c["category"] == "overall")
         candidate = read_answers_file(out / slug / row["answers_file"])
-        like = likelihood_gate("mmlu", pairs(candidate, baseline), "reference")[1]
-        need = questions_to_fail(candidate, baseline, args.step)
+        like = likelihood_gate(args.task, pairs(candidate, baseline), "reference")[1]
+        need = questions_to_fail(candidate, baseline, args.step, args.task)
         must = "pass" if name in MUST_PASS else "port" if name.startswith("llama") else "fail"
         lines.append(
             f"| {name} | {must} | {numerics_verdict(out / f'{slug}-numerics')} | "
-            f"{row['accuracy']:.4f} | {overall['p_value']:.3g} | "
+            f"{row['accuracy']:.4f}"
+            + (f" / {row['accuracy_norm']:.4f}" if "accuracy_norm" in row else "")
+            + f" | {overall['p_value']:.3g} | "
             f"{like['gold_logprob_diff']:+.4f} ({like['gold_logprob_diff_low']:+.4f}) | "
             f"{like['choice_kl']:.4f} ({like['choice_kl_high']:.4f}) | "
             + " | ".join("-" if need[g] is None else str(need[g]) for g in need) + " |")
         print(lines[-1], flush=True)
-    print(f"\nreference accuracy {accuracy_row(out / 'reference')['accuracy']:.4f} on "
+    reference = accuracy_row(out / "reference")
+    norm = (f", acc_norm {reference['accuracy_norm']:.4f}" if "accuracy_norm" in reference
+            else "")
+    print(f"\n{args.task}: reference accuracy {reference['accuracy']:.4f}{norm} on "
           f"{len(baseline)} questions; runs in {out}\n")
     print("\n".join(lines))
 
