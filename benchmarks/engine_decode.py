@@ -17,7 +17,7 @@ import time
 import torch
 
 from harness.checkpoints import embedded_checkpoint
-from harness.devices import get_backend
+from harness.devices import cpu_description, describe_cpu, get_backend
 from harness.reference import load_reference
 from harness.runners import PortedRunner
 
@@ -58,8 +58,9 @@ def main() -> None:
     path = embedded_checkpoint(args.model)
     ids = torch.randint(3, 49152, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
-    figures = {"model": args.model, "prompt": args.prompt, "new_tokens": args.new,
-               "threads": torch.get_num_threads()}
+    machine = cpu_description()
+    print(f"machine: {describe_cpu(machine)}")
+    figures = {**machine, "model": args.model, "prompt": args.prompt, "new_tokens": args.new}
 
     for label, compiled in (("ours_eager", False), ("ours", True)):
         runner = PortedRunner(path, compile=compiled)

@@ -19,7 +19,7 @@ import torch
 from engine_decode import per_token_ms, transformers_ms  # this directory
 
 from harness.checkpoints import embedded_checkpoint
-from harness.devices import get_backend
+from harness.devices import cpu_description, describe_cpu, get_backend
 from harness.runners import PortedRunner
 from models.precision import Precision
 
@@ -55,8 +55,9 @@ def main() -> None:
     cpu = get_backend("cpu")
     ids = torch.randint(3, 49152, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
-    figures = {"model": args.model, "prompt": args.prompt, "new_tokens": args.new,
-               "threads": torch.get_num_threads()}
+    machine = cpu_description()
+    print(f"machine: {describe_cpu(machine)}")
+    figures = {**machine, "model": args.model, "prompt": args.prompt, "new_tokens": args.new}
     bandwidth = cpu.copy_bandwidth()
     figures["copy_bandwidth_gbs"] = bandwidth / 1e9
 

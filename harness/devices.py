@@ -204,6 +204,21 @@ BACKENDS = {"cpu": CpuBackend, "cuda": CudaBackend, "npu": NpuBackend}
 
 
 @cache
+def cpu_description() -> dict:
+    """What a CPU figure depends on: the vector extensions torch's kernels use (AVX2 or
+    AVX-512 machines differ), the model, the cores and the threads torch runs."""
+    import os
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_model": CpuBackend().device_name(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads()}
+
+
+def describe_cpu(info: dict) -> str:
+    return (f"{info['cpu_model']}, {info['cpu_capability']}, {info['cores']} cores, "
+            f"{info['threads']} threads")
+
+
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"unknown hardware {name!r}; valid: {', '.join(BACKENDS)}")

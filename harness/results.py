@@ -52,6 +52,7 @@ def environment() -> dict:
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "load_1m": os.getloadavg()[0],
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "command": " ".join(sys.argv)}
     if "torch_npu" in sys.modules:
         info["torch_npu"] = getattr(sys.modules["torch_npu"], "__version__", "")

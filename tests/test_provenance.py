@@ -55,3 +55,15 @@ def test_every_run_records_them_and_the_report_shows_them(monkeypatch, tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"run_id": "r", **env}))
     publish(tmp_path, load_records(tmp_path))
     assert "<code>HCCL_BUFFSIZE=110</code>" in (tmp_path / "index.html").read_text()
+
+
+def test_cpu_figures_name_the_vector_extensions_they_ran_with():
+    import torch
+
+    from harness.devices import cpu_description, describe_cpu
+
+    info = cpu_description()
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["cores"] >= 1 and info["threads"] >= 1 and info["cpu_model"]
+    assert info["cpu_capability"] in describe_cpu(info)
+    assert environment()["cpu_capability"] == info["cpu_capability"]
