@@ -47,8 +47,9 @@ def _key_values(path: Path) -> dict[str, str]:
 
 
 def ascend_versions(root: Path | None = None, npu_smi: str | None = "npu-smi") -> dict:
-    """CANN toolkit and NPU driver versions from their install files under the Ascend root
-    (ASCEND_HOME_PATH's parent or /usr/local/Ascend), and npu-smi's where it runs."""
+    """CANN toolkit, NPU driver and ATB versions from their install files under the Ascend
+    root (two levels above ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH, which name
+    .../ascend-toolkit/latest; else /usr/local/Ascend), and npu-smi's where it runs."""
     if root is None:
         home = os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH")
         root = Path(home).resolve().parent.parent if home else Path("/usr/local/Ascend")

@@ -77,7 +77,7 @@ class Runner(Protocol):
         for each row b: multiple-choice scoring, where every choice shares the question.
         With `all_logits`, (B, S, V) at every position of each suffix, S the longest (a row's
         positions past its own length are padding): cloze scoring, where each choice's
-        text continues the question. Starts a batch, as `prefill` does."""
+        text continues the question. A `decode` does not follow it."""
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None,
                  new_tokens: int) -> Generation:
@@ -278,7 +278,9 @@ class ReferenceRunner:
         B, S = padded.shape
         self.past.batch_repeat_interleave(B)
         self.mask = torch.ones(B, P + S, dtype=torch.long)
-        return self._forward(padded, (P + torch.arange(S)).expand(B, S), keep=0)
+        logits = self._forward(padded, (P + torch.arange(S)).expand(B, S), keep=0)
+        self.reset()  # right-padded rows: nothing to decode after them
+        return logits
 
     @torch.inference_mode()
     def generate(self, input_ids, attention_mask, new_tokens):

@@ -84,9 +84,9 @@ class DummyRunner:
         """Logits after each row's last token (all this runner's logits depend on); with
         all_logits, after each suffix token (right-padded with zeros)."""
         if all_logits:
-            padded = torch.zeros(len(suffixes), max(len(s) for s in suffixes), dtype=torch.long)
-            for row, suffix in enumerate(suffixes):
-                padded[row, : len(suffix)] = suffix
+            from harness.runners import right_padded
+
+            padded, _ = right_padded(suffixes)
             return torch.stack([self._logits(padded[:, t]) for t in range(padded.shape[1])], 1)
         return self.prefill(torch.stack([torch.cat([prefix, s])[-1:] for s in suffixes]))
 

@@ -56,33 +56,38 @@ def test_the_code_ends_where_its_block_closes():
     assert humaneval.truncate(text, HUMANEVAL_INSTRUCT) == "def total(xs):\n    return sum(xs)\n"
 
 
-def test_an_answer_defining_the_function_runs_after_the_prompts_imports():
+def test_an_answer_defining_the_function_runs_after_the_whole_prompt():
+    """Its imports and helpers (HumanEval/38's encode_cyclic) stay; the stub is redefined."""
     program = HUMANEVAL_INSTRUCT.program_for(PROBLEM, "def total(xs):\n    return sum(xs)\n",
                                              "def check(f): assert f([1]) == 1", "total")
-    assert program.startswith("from typing import List\n\ndef total(xs):\n")
-    assert PROBLEM not in program and program.endswith("check(total)\n")
+    assert program.startswith(PROBLEM.rstrip() + "\n\n\ndef total(xs):\n    return sum(xs)\n")
+    assert program.endswith("check(total)\n")
     body = HUMANEVAL_INSTRUCT.program_for(PROBLEM, "    return sum(xs)\n", "", "total")
     assert body.startswith(PROBLEM + "    return sum(xs)\n")  # a body continues the prompt
 
 
 @pytest.mark.skipif(not bwrap_status()[0], reason=f"bwrap cannot run here: {bwrap_status()[1]}")
 def test_a_right_answer_passes_and_a_wrong_one_fails_in_the_sandbox(tmp_path):
-    problems = load_humaneval()[:2]
+    problems = [load_humaneval()[i] for i in (0, 38, 1)]
+
+    def whole_function(problem):
+        """The canonical solution written as a whole function, as an instruct answer is;
+        HumanEval/38's calls the prompt's own helper, encode_cyclic."""
+        signature = problem.prompt[problem.prompt.index(f"def {problem.entry_point}("):]
+        return signature.split("\n")[0] + "\n" + problem.canonical_solution
 
     class Answers:
-        """A port that completes text: the canonical solution, written as a whole function,
-        for the first problem; a wrong one for the second."""
+        """A port that completes text: right answers for the first two, a wrong third."""
 
         def complete_text(self, prompts, max_new_tokens, stop, temperature, seed):
             assert stop == ["```"] and all(p.endswith("```python\n") for p in prompts)
-            first = problems[0]
-            header = first.prompt[first.prompt.index(f"def {first.entry_point}("):]
-            return [(header + first.canonical_solution + "```\nDone.", "stop"),
-                    (f"def {problems[1].entry_point}(*args):\n    return None\n", "stop")]
+            return [(whole_function(problems[0]) + "```\nDone.", "stop"),
+                    (whole_function(problems[1]), "stop"),
+                    (f"def {problems[2].entry_point}(*args):\n    return None\n", "stop")]
 
     rows = humaneval.evaluate(Answers(), tokenizer(), problems, Sandbox(Limits(timeout_s=5)),
-                              tmp_path / "s.jsonl", 2, 64, 1, 0.0, task=HUMANEVAL_INSTRUCT)
-    assert [r["status"] for r in rows] == ["passed", "failed"]
+                              tmp_path / "s.jsonl", 3, 64, 1, 0.0, task=HUMANEVAL_INSTRUCT)
+    assert [r["status"] for r in rows] == ["passed", "passed", "failed"]
 
 
 def test_the_suite_runs_the_instruct_form(suites):

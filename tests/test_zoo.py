@@ -229,9 +229,10 @@ def test_config_ini_performance_writes_performance_test_npu(workspace, tmp_path,
     (path,) = cwd.glob(f"performance_test_npu_{model_name}_zoo-*.csv")
     assert len(perf_rows(path)) == 1
     env = json.loads((run_dir / "run.json").read_text())
-    variable = line.split("=", 1)[0]
-    assert variable in env["tuning_env"] and env["zoo_command"].endswith("--is_quant 1") == (
-        "--is_quant 1" in line) or "LD_PRELOAD" in line
+    for assignment in line.split(" python ")[0].split():  # the line's VAR=value prefixes
+        name, value = assignment.split("=", 1)
+        assert env["tuning_env"][name] == value
+    assert env["zoo_command"].startswith(line)
 
 
 def test_a_run_over_several_batches_writes_multibatch_performance(workspace, tmp_path):
@@ -247,6 +248,25 @@ def test_a_run_over_several_batches_writes_multibatch_performance(workspace, tmp
     assert sorted(int(r["batch_size"]) for r in rows) == [1, 2, 4, 8]
 
 
+def test_config_ini_batch_size_holds_under_the_documents_grid(workspace, tmp_path, capsys):
+    """qwen-7b's positions hold the whole Qwen grid: --grid qwen-seed, at config.ini's
+    batch_size only."""
+    cwd = config_ini(tmp_path / "qwen", workspace / "qwen", "qwen_7b")
+    (cwd / "config.ini").write_text((cwd / "config.ini").read_text().replace(
+        "case_pair=[[32,32]]\n", ""))
+    assert zoo.main("python main.py --task performance --model qwen-7b --print-only".split(),
+                    cwd=cwd) == 0
+    assert " --grid qwen-seed --batch 1 " in capsys.readouterr().out
+
+
+def test_a_relative_results_dir_is_the_callers(workspace):
+    line = ("python3 main.py --model_path falcon7b --device 0 --seqlen_in_pair 32 "
+            "--seqlen_out_pair 32 --performance_output_file mine.csv")
+    assert zoo.main([*line.split(), "--", "--results-dir=rel", *SMALL_PERF],
+                    cwd=workspace) == 0
+    assert (workspace / "mine.csv").is_file() and list((workspace / "rel").glob("zoo-*"))
+
+
 # -- what llmgate zoo refuses ----------------------------------------------------------------
 
 @pytest.mark.parametrize("line, message", [
@@ -259,6 +279,8 @@ def test_a_run_over_several_batches_writes_multibatch_performance(workspace, tmp
     ("python3 run.py --model_path falcon7b", "run.py: expected main.py or handle_weights.py"),
     ("MAX_SEQ_LEN=16 python3 main.py --model_path falcon7b",
      "no length pair fits in 16 positions"),
+    ("torchrun --standalone --nproc_per_node 3 main.py --model_path falcon7b --device 0 1",
+     "torchrun --nproc_per_node 3 with --device 0 1: expected one process per device"),
 ])
 def test_mistakes_are_one_line_errors(workspace, capsys, line, message):
     assert zoo.main([*line.split(), "--print-only"], cwd=workspace) == 2
@@ -289,3 +311,25 @@ def test_the_documents_grids_are_perf_presets(suites):
     unknown = suites.runpytest("copied_suites/perf", "--grid", "alpaca2-seed", "--collect-only")
     unknown.stderr.fnmatch_lines(["*--grid 'alpaca2-seed' is unknown; valid: falcon-seed, "
                                   "bloom-seed, qwen-seed, starcoder-seed*"])
+
+
+@pytest.mark.parametrize("ini, message", [
+    ("[model]\nmodel_path=falcon7b\ndevice_ids=0,x\n", "[model] device_ids '0,x': expected "
+                                                       "device numbers"),
+    ("[model]\nmodel_path=falcon7b\n[performance]\nbatch_size=eight\n",
+     "[performance] batch_size 'eight': expected a whole number"),
+    ("[model]\nmodel_path=falcon7b\n[performance]\ncase_pair=[[1,2,3]]\n",
+     "[performance] case_pair '[[1,2,3]]': expected [[in, out], ...]"),
+])
+def test_a_bad_config_ini_is_a_one_line_error(workspace, tmp_path, capsys, ini, message):
+    (tmp_path / "config.ini").write_text(ini)
+    (tmp_path / "falcon7b").symlink_to(workspace / "falcon7b")
+    assert zoo.main("python main.py --task performance --print-only".split(),
+                    cwd=tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_a_bad_handle_weights_line_is_an_error_not_a_traceback(workspace, capsys):
+    assert zoo.main("python3 handle_weights.py --input-path bloom --handle-type "
+                    "slice".split(), cwd=workspace) == 2

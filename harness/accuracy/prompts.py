@@ -178,14 +178,14 @@ class CodeTask:
 
     def program_for(self, problem_prompt: str, completion: str, test: str,
                     entry_point: str) -> str:
-        """The program that is run. An instruct answer that defines the function runs as
-        written, after the prompt's imports (answers often leave them out); one that does
-        not is taken as the function's body, after the prompt."""
+        """The program that is run. An instruct answer that defines the function runs after
+        the whole prompt (its imports and helper functions, which answers often leave out;
+        the prompt's docstring-only stub is redefined by the answer); one that does not is
+        taken as the function's body, after the prompt."""
         prompt = problem_prompt
         if self.form == "instruct" and re.search(rf"^def {re.escape(entry_point)}\(",
                                                  completion, re.MULTILINE):
-            prompt = "".join(line + "\n" for line in problem_prompt.splitlines()
-                             if line.startswith(("import ", "from "))) + "\n"
+            prompt = problem_prompt.rstrip() + "\n\n\n"
         return self.program.format(prompt=prompt, completion=completion, test=test,
                                    entry_point=entry_point)
 

@@ -137,18 +137,21 @@ def continuation_logprobs(runner, tokenizer, context: str, continuations: list[s
                           max_positions: int) -> tuple[list[float], bool]:
     """Each continuation's log-likelihood after `context`, and whether the context was cut.
 
-    Tokenised as lm-evaluation-harness's `_encode_pair`: trailing spaces of the context move
-    into the continuations, the context is tokenised alone and each continuation's tokens
-    are what tokenising context + continuation adds after it. Every row is the context's
-    tokens then its continuation's; where the longest does not fit in `max_positions`, the
-    context loses tokens from its start (as lm-evaluation-harness cuts).
+    Tokenised as lm-evaluation-harness's `_encode_pair` for a causal model (no special
+    tokens): trailing spaces of the context move into the continuations, the context is
+    tokenised alone and each continuation's tokens are what tokenising context +
+    continuation adds after it. Every row is the context's tokens then its continuation's;
+    where the longest does not fit in `max_positions`, every row loses the same tokens from
+    the context's start (lm-evaluation-harness cuts each row on its own; the rows share the
+    context's cache here).
     """
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuations = context[:-spaces], [context[-spaces:] + c
                                                      for c in continuations]
-    ctx = tokenizer(context).input_ids
-    conts = [tokenizer(context + c).input_ids[len(ctx):] for c in continuations]
+    ctx = tokenizer(context, add_special_tokens=False).input_ids
+    conts = [tokenizer(context + c, add_special_tokens=False).input_ids[len(ctx):]
+             for c in continuations]
     cut = max(0, len(ctx) + max(len(c) for c in conts) - max_positions)
     if cut > len(ctx) - 2:
         raise ValueError(f"a continuation of {max(len(c) for c in conts)} tokens leaves no "

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
                              epilog=__doc__.split("\n\n", 1)[1])
     weights.add_argument("--handle-type", choices=HANDLE_TYPES,
                          help="the source documents' handle_weights.py: cut_float or cut_quant "
-                              "split over --world-size ranks (default 2), quant writes w8a8")
+                              "split over their two chips, quant writes w8a8")
     weights.add_argument("--input-path", type=Path, metavar="IN")
     weights.add_argument("--output-path", type=Path, metavar="OUT")
     actions = weights.add_subparsers(dest="action")

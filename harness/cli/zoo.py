@@ -46,6 +46,8 @@ from models.checkpoint import CheckpointError, check_not_modelslim, read_json
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = re.compile(r"(python[0-9.]*|torchrun)$")
 ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
+TORCHRUN_SWITCHES = {"--standalone", "--no-python", "--no_python", "--run-path", "--run_path",
+                     "--module", "-m"}  # torchrun options that take no value
 # Which document, grid and precision task each registered family comes from.
 FAMILY = {"falcon": ("000", "falcon-seed", "mmlu"), "bloom": ("001", "bloom-seed", "ceval"),
           "llama": ("002", None, "ceval"), "qwen": ("003", "qwen-seed", "ceval"),
@@ -72,7 +74,7 @@ def parse_command(tokens: list[str]) -> SeedCommand:
     if "--" in tokens:
         cut = tokens.index("--")
         tokens, command.pytest_args = tokens[:cut], tokens[cut + 1:]
-    while tokens and (match := ENV.match(tokens[0])) and not tokens[0].startswith("-"):
+    while tokens and (match := ENV.match(tokens[0])):
         command.env[match.group(1)] = match.group(2)
         tokens.pop(0)
     if tokens and LAUNCHERS.match(Path(tokens[0]).name):
@@ -80,7 +82,8 @@ def parse_command(tokens: list[str]) -> SeedCommand:
         while tokens and tokens[0].startswith("-"):
             option = tokens.pop(0)
             name, _, value = option.partition("=")
-            if not value and tokens and not tokens[0].endswith(".py"):
+            if not value and name not in TORCHRUN_SWITCHES and tokens and \
+                    not tokens[0].startswith("-") and not tokens[0].endswith(".py"):
                 value = tokens.pop(0)
             if launcher != "torchrun":
                 raise ZooError(f"{launcher} {option}: only a script follows python here")
@@ -151,7 +154,8 @@ class Plan:
     model: str
     pytest_args: list[str]
     notes: list[str]
-    perf_file: Path | None = None
+    perf_file: Path | None = None  # named by the command line or config.ini
+    perf_default: Path | None = None  # else this, with the run id and .csv added
     multibatch_file: Path | None = None  # StarCoder's name for a run over several batches
     result_dir: Path | None = None  # test_result/ of a precision run
     world_size: int = 1
@@ -162,6 +166,13 @@ class Plan:
 def _ini(ini, section: str, key: str) -> str | None:
     value = ini.get(section, key, fallback=None)
     return value.strip() if value and value.strip() else None
+
+
+def _ini_int(ini, section: str, key: str) -> int | None:
+    value = _ini(ini, section, key)
+    if value is not None and not value.isdigit():
+        raise ZooError(f"config.ini: [{section}] {key} {value!r}: expected a whole number")
+    return None if value is None else int(value)
 
 
 def identify(path: Path, given: str | None) -> str:
@@ -201,7 +212,7 @@ def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
     if not model_path:
         raise ZooError("main.py: no --model_path, and no [model] model_path in "
                        f"{cwd / 'config.ini'}")
-    path = (cwd / model_path).expanduser().resolve()
+    path = (cwd / Path(model_path).expanduser()).resolve()
     if not path.is_dir():
         raise ZooError(f"--model_path {model_path}: directory not found")
     try:
@@ -214,7 +225,10 @@ def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
 
     devices = args.device
     if devices is None and (ids := _ini(ini, "model", "device_ids")):
-        devices = [int(d) for d in re.split(r"[,\s]+", ids) if d]
+        if not re.fullmatch(r"[0-9]+([,\s]+[0-9]+)*", ids):
+            raise ZooError(f"config.ini: [model] device_ids {ids!r}: expected device numbers "
+                           "separated by commas")
+        devices = [int(d) for d in re.split(r"[,\s]+", ids)]
     world = len(devices) if devices else (command.nproc or 1)
     if command.nproc and devices and command.nproc != len(devices):
         raise ZooError(f"torchrun --nproc_per_node {command.nproc} with --device "
@@ -288,9 +302,9 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
     from harness.perf.options import SEED_GRIDS
     from models.config import get_config
 
-    batches, preset = [args.batch] if args.batch else None, False
-    if (size := _ini(ini, "performance", "batch_size")) and not batches:
-        batches = [int(size)]
+    size = _ini_int(ini, "performance", "batch_size")
+    batches = [args.batch] if args.batch else [size] if size else None
+    given, preset = batches, False
     if args.seqlen_in_pair or args.seqlen_out_pair:
         if not args.set_case_pair:
             result.notes.append("--seqlen_in_pair without --set_case_pair: the pairs are used")
@@ -305,13 +319,13 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
         pairs = [(2**i, 2**o) for i in range(a, b + 1) for o in range(c, d + 1)]  # closed
     elif case_pair := _ini(ini, "performance", "case_pair"):
         try:
-            pairs = [tuple(map(int, p)) for p in json.loads(case_pair)]
+            pairs = [(int(i), int(o)) for i, o in json.loads(case_pair)]
         except (ValueError, TypeError):
             raise ZooError(f"{cwd / 'config.ini'}: [performance] case_pair {case_pair!r}: "
                            "expected [[in, out], ...]") from None
-    elif (low := _ini(ini, "performance", "min_len_exp")) and \
-            (high := _ini(ini, "performance", "max_len_exp")):
-        pairs = [(2**e, 2**e) for e in range(int(low), int(high) + 1)]
+    elif (low := _ini_int(ini, "performance", "min_len_exp")) is not None and \
+            (high := _ini_int(ini, "performance", "max_len_exp")) is not None:
+        pairs = [(2**e, 2**e) for e in range(low, high + 1)]
     elif grid:
         seed_batches, pairs = SEED_GRIDS[grid]
         batches, preset = batches or seed_batches, True
@@ -332,15 +346,16 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
     if not fitting:
         raise ZooError(f"no length pair fits in {limit} positions")
     if preset and len(fitting) == len(pairs):  # the native form of the same grid
-        result.pytest_args += ["--grid", grid] + (["--batch", str(args.batch)]
-                                                  if args.batch else [])
+        result.pytest_args += ["--grid", grid] + (["--batch", ",".join(map(str, given))]
+                                                  if given else [])
     else:
         result.pytest_args += ["--batch", ",".join(map(str, batches or [1])),
                                "--seqlen-in-pair", *(str(i) for i, _ in fitting),
                                "--seqlen-out-pair", *(str(o) for _, o in fitting)]
     name = args.performance_output_file or _ini(ini, "performance", "save_file_name")
     model_name = _ini(ini, "performance", "model_name") or model
-    result.perf_file = cwd / name if name else cwd / f"performance_test_npu_{model_name}_RUN.csv"
+    result.perf_file = cwd / Path(name).expanduser() if name else None
+    result.perf_default = cwd / f"performance_test_npu_{model_name}"  # + _<run id>.csv
     if len(batches or [1]) > 1:
         device = (args.device or [0])[0]
         result.multibatch_file = cwd / f"multibatch_performance_{model_name}_{device}.csv"
@@ -349,13 +364,14 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
 def _precision(args, ini, task, cwd, document, result: Plan) -> None:
     task = _ini(ini, "precision", "mode") or task
     if task not in ("ceval", "mmlu", "humaneval"):
-        raise ZooError(f"{cwd / 'config.ini'}: [precision] mode {task!r}: expected ceval or mmlu")
+        raise ZooError(f"{cwd / 'config.ini'}: [precision] mode {task!r}: expected ceval, mmlu "
+                       "or humaneval")
     work = args.dataset_path or _ini(ini, "precision", "work_dir")
     result.pytest_args += ["--task", task, "--questions-per-subject", "0"]
     if task == "humaneval":
         result.pytest_args += ["--humaneval-problems", "0"]
     if work:
-        root = (cwd / work).resolve()
+        root = (cwd / Path(work).expanduser()).resolve()
         if not root.is_dir():
             raise ZooError(f"--dataset_path {work}: directory not found")
         if task != "humaneval":
@@ -378,10 +394,11 @@ def pytest_command(plan_: Plan, extra: list[str]) -> list[str]:
 def write_seed_files(plan_: Plan, run_dir: Path, log: str) -> list[Path]:
     """The documents' files from a finished run's own."""
     written = []
-    if plan_.perf_file is not None:
+    if plan_.perf_default is not None:
         sources = sorted(run_dir.glob("performance_*.csv"))
         if sources:
-            targets = [Path(str(plan_.perf_file).replace("RUN", plan_.run_id))]
+            targets = [plan_.perf_file or plan_.perf_default.with_name(
+                f"{plan_.perf_default.name}_{plan_.run_id}.csv")]
             if plan_.multibatch_file is not None:
                 targets.append(plan_.multibatch_file)
             for target in targets:
@@ -418,51 +435,69 @@ def main(argv: list[str], cwd: Path | None = None) -> int:
     try:
         command = parse_command(argv)
         if command.script == "handle_weights.py":
-            from harness.cli import weights
-
-            parser = argparse.ArgumentParser(prog="llmgate weights")
-            sub = parser.add_subparsers(dest="command")
-            weights.add_parser(sub)
-            args = parser.parse_args(["weights", *command.args])
-            for name in ("input_path", "output_path"):
-                if getattr(args, name) is not None:
-                    setattr(args, name, cwd / getattr(args, name))
-            print(f"equivalent: llmgate weights {shlex.join(command.args)}")
-            return weights.main(args)
+            return _handle_weights(command, cwd)
         result = plan(command, cwd)
     except ZooError as e:
         print(f"llmgate zoo: {e}", file=sys.stderr)
         return 2
-    from harness.results import new_run_id
+    from harness.results import new_run_id, results_root
 
     result.run_id = f"zoo-{new_run_id()}"
-    extra = command.pytest_args
+    extra, results = _absolute_results_dir(command.pytest_args, cwd)
     argv_ = pytest_command(result, extra)
     for note in result.notes:
         print(f"note: {note}")
     env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in command.env.items())
     print(f"equivalent, from {ROOT}: {env_prefix + ' ' if env_prefix else ''}pytest "
-          f"{shlex.join(argv_)}")
-    if "--print-only" in argv:
+          f"{shlex.join(argv_)}", flush=True)
+    if main_parser().parse_args(command.args).print_only:
         return 0
-    env = {**os.environ, **command.env,
-           "LLMGATE_ZOO_COMMAND": shlex.join(argv)}
-    process = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                              *argv_], cwd=ROOT, env=env, capture_output=True, text=True)
-    sys.stdout.write(process.stdout)
-    sys.stderr.write(process.stderr)
-    from harness.results import results_root
-
-    run_dir = results_root(_results_dir(extra), ROOT) / result.run_id
-    for path in write_seed_files(result, run_dir, process.stdout + process.stderr):
+    env = {**os.environ, **command.env, "LLMGATE_ZOO_COMMAND": shlex.join(argv)}
+    # pytest's output as it comes (a run may last hours), kept for the documents' device logs
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                                *argv_], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    log = []
+    for line in process.stdout:
+        sys.stdout.write(line)
+        log.append(line)
+    code = process.wait()
+    written = write_seed_files(result, results_root(results, ROOT) / result.run_id, "".join(log))
+    for path in written:
         print(f"wrote {path}")
-    return process.returncode
+    if not written and code == 0 and (result.perf_default or result.result_dir):
+        print("llmgate zoo: the run measured nothing the documents' files could hold",
+              file=sys.stderr)
+        return 1
+    return code
 
 
-def _results_dir(extra: list[str]) -> str | None:
+def _handle_weights(command: SeedCommand, cwd: Path) -> int:
+    """handle_weights.py's line as `llmgate weights` with the same flags, paths from cwd."""
+    from harness.cli import weights
+
+    parser = _Parser(prog="handle_weights.py", add_help=False)
+    sub = parser.add_subparsers(dest="command")
+    weights.add_parser(sub)
+    try:
+        args = parser.parse_args(["weights", *command.args])
+    except SystemExit:  # a subparser's own error, printed already
+        return 2
+    for name in ("input_path", "output_path"):
+        if getattr(args, name) is not None:
+            setattr(args, name, cwd / getattr(args, name).expanduser())
+    print(f"equivalent: llmgate weights {shlex.join(command.args)}")
+    return weights.main(args)
+
+
+def _absolute_results_dir(extra: list[str], cwd: Path) -> tuple[list[str], str | None]:
+    """pytest's arguments with a relative --results-dir made absolute from `cwd` (pytest runs
+    in the project); and that directory, if given."""
+    extra, found = list(extra), None
     for i, arg in enumerate(extra):
         if arg.startswith("--results-dir="):
-            return arg.split("=", 1)[1]
-        if arg == "--results-dir" and i + 1 < len(extra):
-            return extra[i + 1]
-    return None
+            found = str(cwd / Path(arg.split("=", 1)[1]).expanduser())
+            extra[i] = f"--results-dir={found}"
+        elif arg == "--results-dir" and i + 1 < len(extra):
+            found = extra[i + 1] = str(cwd / Path(extra[i + 1]).expanduser())
+    return extra, found

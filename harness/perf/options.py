@@ -57,7 +57,8 @@ def add_options(group) -> None:
         help="perf: a source document's own default grid of batches and lengths: "
              "falcon-seed, bloom-seed (batch 1, 2^5..2^10 x 2^5..2^10), qwen-seed (batches "
              "1,2,4,8, in = out 256..2048), starcoder-seed (batches 1,4,8,16,32 over 2^5..2^10 "
-             "x 2^5..2^10); --batch replaces its batches (default: none)")
+             "x 2^5..2^10); --batch replaces its batches; --seqlen still sets the numerics "
+             "suite's lengths (default: none)")
     add("repeats", type=int, default=5, metavar="N",
         help="perf: measured requests per case; every sample is kept (default: 5)")
     add("warmup", type=int, default=1, metavar="N",
@@ -78,8 +79,8 @@ def add_options(group) -> None:
              "a name saved by `llmgate baseline save`, or none (default: every one that "
              "matches a case)")
     add("assume-unit", metavar="UNIT",
-        help="perf: the unit to read baseline rows whose unit is ambiguous in their source "
-             "(default: such rows are not used)")
+        help="perf: ms or tokens/s, the unit to read baseline rows whose unit is ambiguous in "
+             "their source (default: such rows are not used)")
     add("concurrency", action="append", metavar="N",
         help="perf, served ports: concurrent streaming clients, each level its own case, "
              "repeatable or comma-separated (default: 1,4)")
@@ -163,9 +164,7 @@ class PerfSettings:
             if in_pair or in_range:
                 raise pytest.UsageError(f"--grid {grid} gives the lengths; leave out the "
                                         "--seqlen-*-pair and --seqlen-*-range flags")
-            batches = batches or SEED_GRIDS[grid][0]
-        if grid is not None:
-            pairs = SEED_GRIDS[grid][1]
+            batches, pairs = batches or SEED_GRIDS[grid][0], SEED_GRIDS[grid][1]
         elif in_range:
             pairs = [(i, o) for i in _power_range("--seqlen-in-range", in_range)
                      for o in _power_range("--seqlen-out-range", out_range)]

@@ -218,8 +218,9 @@ def add_options(group) -> None:
                     help="served ports: top-K log-probabilities asked per position "
                          "(default: 20)")
     group.addoption("--port-profile", default="auto", metavar="PROFILE",
-                    help="served ports: the thresholds profile; auto: 4bit where the served "
-                         "model's or GGUF file's name says 4-bit weights (default: auto)")
+                    help="served ports: the thresholds profile, auto or "
+                         f"{' or '.join(PROFILES)}; auto: 4bit where the served model's or "
+                         "GGUF file's name says 4-bit weights (default: auto)")
     group.addoption("--fix-echo-shift", action="store_true", default=False,
                     help="served ports: realign echoed prompt log-probabilities that a server "
                          "reports one position late (llama.cpp's); records say so "
