@@ -28,43 +28,21 @@ they are (e.g. `-- --questions-per-subject 2`).
 
 from __future__ import annotations
 
-import argparse
-import configparser
-import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from models import ported
-from models.checkpoint import CheckpointError, check_not_modelslim, read_json
+from harness.cli.zoo_plan import Plan, SeedCommand, SeedParser, ZooError, main_parser, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = re.compile(r"(python[0-9.]*|torchrun)$")
 ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 TORCHRUN_SWITCHES = {"--standalone", "--no-python", "--no_python", "--run-path", "--run_path",
                      "--module", "-m"}  # torchrun options that take no value
-# Which document, grid and precision task each registered family comes from.
-FAMILY = {"falcon": ("000", "falcon-seed", "mmlu"), "bloom": ("001", "bloom-seed", "ceval"),
-          "llama": ("002", None, "ceval"), "qwen": ("003", "qwen-seed", "ceval"),
-          "starcoder": ("004", "starcoder-seed", "humaneval")}
-
-
-class ZooError(ValueError):
-    """A seed command line llmgate cannot run as written; the message says why."""
-
-
-@dataclass
-class SeedCommand:
-    env: dict[str, str] = field(default_factory=dict)
-    nproc: int | None = None  # torchrun's --nproc_per_node
-    script: str = "main.py"
-    args: list[str] = field(default_factory=list)
-    pytest_args: list[str] = field(default_factory=list)  # after "--"
 
 
 def parse_command(tokens: list[str]) -> SeedCommand:
@@ -102,289 +80,6 @@ def parse_command(tokens: list[str]) -> SeedCommand:
                        "documents' scripts")
     command.args = tokens
     return command
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ZooError(f"main.py: {message}")
-
-
-def main_parser() -> argparse.ArgumentParser:
-    """main.py's flags as the documents spell them, and the few of llmgate's own."""
-    parser = _Parser(prog="main.py", add_help=False, allow_abbrev=False)
-    add = parser.add_argument
-    add("--model_path")
-    add("--device", nargs="+", type=int, help="device ids; two or more run tensor parallel")
-    add("--mode", choices=("performance", "precision"))
-    add("--task", choices=("inference", "precision", "performance"))
-    add("--data_dtype", choices=("fp16", "int8"))
-    add("--is_quant", type=int, choices=(0, 1))
-    add("--hardware", choices=("310", "910"))
-    add("--batch", type=int)
-    add("--set_case_pair", nargs="?", type=int, const=1, default=None)
-    add("--seqlen_in_pair", nargs="+", type=int)
-    add("--seqlen_out_pair", nargs="+", type=int)
-    add("--seqlen_in_range", nargs=2, type=int)
-    add("--seqlen_out_range", nargs=2, type=int)
-    add("--performance_output_file")
-    add("--dataset_path", "--dataset-path", dest="dataset_path")
-    # llmgate's: which registered model the directory is, where to run, print only
-    add("--model", dest="llmgate_model")
-    add("--backend", choices=("cpu", "cuda", "npu"))
-    add("--print-only", action="store_true")
-    return parser
-
-
-def read_config_ini(cwd: Path) -> configparser.ConfigParser:
-    """atb_speed_sdk's config.ini in the working directory, if there is one."""
-    ini = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
-    path = cwd / "config.ini"
-    if path.is_file():
-        try:
-            ini.read(path, encoding="utf-8")
-        except configparser.Error as e:
-            raise ZooError(f"{path}: not a valid config.ini ({e.message.splitlines()[0]})") \
-                from None
-    return ini
-
-
-@dataclass
-class Plan:
-    suite: str
-    model: str
-    pytest_args: list[str]
-    notes: list[str]
-    perf_file: Path | None = None  # named by the command line or config.ini
-    perf_default: Path | None = None  # else this, with the run id and .csv added
-    multibatch_file: Path | None = None  # StarCoder's name for a run over several batches
-    result_dir: Path | None = None  # test_result/ of a precision run
-    world_size: int = 1
-    bloom_style: bool = False  # the Bloom document's result_classes_acc.json too
-    run_id: str = ""
-
-
-def _ini(ini, section: str, key: str) -> str | None:
-    value = ini.get(section, key, fallback=None)
-    return value.strip() if value and value.strip() else None
-
-
-def _ini_int(ini, section: str, key: str) -> int | None:
-    value = _ini(ini, section, key)
-    if value is not None and not value.isdigit():
-        raise ZooError(f"config.ini: [{section}] {key} {value!r}: expected a whole number")
-    return None if value is None else int(value)
-
-
-def identify(path: Path, given: str | None) -> str:
-    """The registered model a directory holds: --model, else the one whose structure its
-    config has."""
-    from harness.checkpoints import verify_checkpoint
-    from models.config import REGISTRY
-
-    if given:
-        if given not in REGISTRY:
-            raise ZooError(f"--model {given!r} is unknown; valid: {', '.join(REGISTRY)}")
-        return given
-    for name in REGISTRY:
-        try:
-            verify_checkpoint(name, path)
-            return name
-        except (CheckpointError, ValueError, KeyError):
-            continue
-    raise ZooError(f"{path}: no registered model has this structure; give --model NAME "
-                   "(llmgate models lists them)")
-
-
-def _config_of(path: Path) -> dict:
-    first = sorted((path / "part_model").glob("*/config.json"))
-    return read_json(first[0] if first and not (path / "config.json").is_file()
-                     else path / "config.json")
-
-
-def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
-    """What a main.py command line means: the suite, its pytest options, the files to write."""
-    from models.config import get_config
-
-    args = main_parser().parse_args(command.args)
-    ini = read_config_ini(cwd)
-    notes = []
-    model_path = args.model_path or _ini(ini, "model", "model_path")
-    if not model_path:
-        raise ZooError("main.py: no --model_path, and no [model] model_path in "
-                       f"{cwd / 'config.ini'}")
-    path = (cwd / Path(model_path).expanduser()).resolve()
-    if not path.is_dir():
-        raise ZooError(f"--model_path {model_path}: directory not found")
-    try:
-        check_not_modelslim(path)
-    except CheckpointError as e:
-        raise ZooError(str(e)) from None
-    model = identify(path, args.llmgate_model)
-    family = get_config(model).family
-    document, grid, precision_task = FAMILY[family]
-
-    devices = args.device
-    if devices is None and (ids := _ini(ini, "model", "device_ids")):
-        if not re.fullmatch(r"[0-9]+([,\s]+[0-9]+)*", ids):
-            raise ZooError(f"config.ini: [model] device_ids {ids!r}: expected device numbers "
-                           "separated by commas")
-        devices = [int(d) for d in re.split(r"[,\s]+", ids)]
-    world = len(devices) if devices else (command.nproc or 1)
-    if command.nproc and devices and command.nproc != len(devices):
-        raise ZooError(f"torchrun --nproc_per_node {command.nproc} with --device "
-                       f"{' '.join(map(str, devices))}: expected one process per device")
-
-    suite = {"performance": "perf", "precision": "accuracy", "inference": "numerics"}[
-        args.task or args.mode or "performance"]
-    if args.task and args.mode:
-        raise ZooError("main.py: --mode (Falcon, Bloom) and --task (Alpaca, Qwen) both given; "
-                       "each document uses one")
-
-    int8 = args.data_dtype == "int8" or args.is_quant == 1 or (
-        args.data_dtype is None and args.is_quant is None and family == "bloom")
-    if family == "bloom" and args.data_dtype is None and args.is_quant is None:
-        notes.append("--data_dtype defaults to int8 in the Bloom document")
-    try:
-        config = _config_of(path)
-    except CheckpointError as e:
-        raise ZooError(str(e)) from None
-    port = "engine" if ported.is_ported(config) or int8 else "hf"
-    if port == "hf" and "auto_map" not in config and not _transformers_knows(config):
-        port = "engine"
-        notes.append(f"transformers has no {config.get('model_type')!r} model and the "
-                     "directory no remote code (auto_map): the engine runs it")
-    dtype = "w8a8" if int8 else "fp16"
-    backend = args.backend or _default_backend(backend_usable)
-    if backend == "cpu" and not int8:
-        dtype = "fp32"  # fp16 is the NPU's; the CPU runs float32
-    if backend == "cpu":
-        notes.append(f"no NPU here: run on the CPU in {dtype} (--backend npu on an Ascend "
-                     "machine)")
-    pytest_args = [f"suites/{suite}", "--model", model, "--model-path", f"{model}={path}",
-                   "--hardware", backend, "--dtype", dtype]
-    if port == "hf":
-        pytest_args += ["--port", f"{model}=hf"]
-        if "auto_map" in config:
-            pytest_args.append("--trust-remote-code")
-    if world > 1:
-        pytest_args += ["--tp", str(world)]
-    if args.hardware:
-        notes.append(f"--hardware {args.hardware}: the Ascend chip ({args.hardware}P/B); "
-                     "recorded, and --backend picks where to run")
-
-    result = Plan(suite, model, pytest_args, notes, world_size=world)
-    if suite == "perf":
-        _perf(args, ini, command, model, grid, cwd, result)
-    elif suite == "accuracy":
-        _precision(args, ini, precision_task, cwd, document, result)
-    else:
-        result.pytest_args += ["--batch", str(args.batch or 1)]
-    for name in ("TIMEIT", "RETURN_PERF_DETAIL"):
-        if name in command.env:
-            notes.append(f"{name}={command.env[name]}: llmgate times every phase always")
-    return result
-
-
-def _transformers_knows(config: dict) -> bool:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    return config.get("model_type") in CONFIG_MAPPING_NAMES
-
-
-def _default_backend(usable) -> str:
-    from harness.devices import get_backend
-
-    usable = usable or (lambda name: get_backend(name).available)
-    return next((name for name in ("npu", "cuda") if usable(name)), "cpu")
-
-
-def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
-    from harness.perf.options import SEED_GRIDS
-    from models.config import get_config
-
-    size = _ini_int(ini, "performance", "batch_size")
-    batches = [args.batch] if args.batch else [size] if size else None
-    given, preset = batches, False
-    if args.seqlen_in_pair or args.seqlen_out_pair:
-        if not args.set_case_pair:
-            result.notes.append("--seqlen_in_pair without --set_case_pair: the pairs are used")
-        if len(args.seqlen_in_pair or []) != len(args.seqlen_out_pair or []):
-            raise ZooError("main.py: --seqlen_in_pair and --seqlen_out_pair need one output "
-                           "length per input length (the pairs are zipped)")
-        pairs = list(zip(args.seqlen_in_pair, args.seqlen_out_pair))
-    elif args.seqlen_in_range or args.seqlen_out_range:
-        if not (args.seqlen_in_range and args.seqlen_out_range):
-            raise ZooError("main.py: --seqlen_in_range and --seqlen_out_range go together")
-        (a, b), (c, d) = args.seqlen_in_range, args.seqlen_out_range
-        pairs = [(2**i, 2**o) for i in range(a, b + 1) for o in range(c, d + 1)]  # closed
-    elif case_pair := _ini(ini, "performance", "case_pair"):
-        try:
-            pairs = [(int(i), int(o)) for i, o in json.loads(case_pair)]
-        except (ValueError, TypeError):
-            raise ZooError(f"{cwd / 'config.ini'}: [performance] case_pair {case_pair!r}: "
-                           "expected [[in, out], ...]") from None
-    elif (low := _ini_int(ini, "performance", "min_len_exp")) is not None and \
-            (high := _ini_int(ini, "performance", "max_len_exp")) is not None:
-        pairs = [(2**e, 2**e) for e in range(low, high + 1)]
-    elif grid:
-        seed_batches, pairs = SEED_GRIDS[grid]
-        batches, preset = batches or seed_batches, True
-        result.notes.append(f"no lengths given: the document's grid (--grid {grid})")
-    else:
-        pairs = [(32, 32), (128, 32)]
-        result.notes.append("the Alpaca document states no grid: llmgate's default lengths")
-    limit = get_config(model).max_positions
-    if "MAX_SEQ_LEN" in command.env:
-        if not command.env["MAX_SEQ_LEN"].isdigit():
-            raise ZooError(f"MAX_SEQ_LEN={command.env['MAX_SEQ_LEN']!r}: expected a number of "
-                           "tokens")
-        limit = min(limit, int(command.env["MAX_SEQ_LEN"]))
-    fitting = [(i, o) for i, o in pairs if i + o <= limit]
-    if len(fitting) < len(pairs):
-        result.notes.append(f"{len(pairs) - len(fitting)} of {len(pairs)} length pairs do not "
-                            f"fit in {limit} positions ({model}'s or MAX_SEQ_LEN's): left out")
-    if not fitting:
-        raise ZooError(f"no length pair fits in {limit} positions")
-    if preset and len(fitting) == len(pairs):  # the native form of the same grid
-        result.pytest_args += ["--grid", grid] + (["--batch", ",".join(map(str, given))]
-                                                  if given else [])
-    else:
-        result.pytest_args += ["--batch", ",".join(map(str, batches or [1])),
-                               "--seqlen-in-pair", *(str(i) for i, _ in fitting),
-                               "--seqlen-out-pair", *(str(o) for _, o in fitting)]
-    name = args.performance_output_file or _ini(ini, "performance", "save_file_name")
-    model_name = _ini(ini, "performance", "model_name") or model
-    result.perf_file = cwd / Path(name).expanduser() if name else None
-    result.perf_default = cwd / f"performance_test_npu_{model_name}"  # + _<run id>.csv
-    if len(batches or [1]) > 1:
-        device = (args.device or [0])[0]
-        result.multibatch_file = cwd / f"multibatch_performance_{model_name}_{device}.csv"
-
-
-def _precision(args, ini, task, cwd, document, result: Plan) -> None:
-    task = _ini(ini, "precision", "mode") or task
-    if task not in ("ceval", "mmlu", "humaneval"):
-        raise ZooError(f"{cwd / 'config.ini'}: [precision] mode {task!r}: expected ceval, mmlu "
-                       "or humaneval")
-    work = args.dataset_path or _ini(ini, "precision", "work_dir")
-    result.pytest_args += ["--task", task, "--questions-per-subject", "0"]
-    if task == "humaneval":
-        result.pytest_args += ["--humaneval-problems", "0"]
-    if work:
-        root = (cwd / Path(work).expanduser()).resolve()
-        if not root.is_dir():
-            raise ZooError(f"--dataset_path {work}: directory not found")
-        if task != "humaneval":
-            result.pytest_args += [f"--{task}-path", str(root)]
-        result.result_dir = root / "test_result"
-    else:
-        result.result_dir = cwd / "test_result"
-        result.notes.append(f"no --dataset_path: {task} from llmgate's default data")
-    if shot := _ini(ini, "precision", "shot"):
-        result.pytest_args += ["--shots", shot]
-    if batch := args.batch or _ini(ini, "precision", "batch"):
-        result.pytest_args += ["--batch", str(batch)]
-    result.bloom_style = document == "001"
 
 
 def pytest_command(plan_: Plan, extra: list[str]) -> list[str]:
@@ -476,7 +171,7 @@ def _handle_weights(command: SeedCommand, cwd: Path) -> int:
     """handle_weights.py's line as `llmgate weights` with the same flags, paths from cwd."""
     from harness.cli import weights
 
-    parser = _Parser(prog="handle_weights.py", add_help=False)
+    parser = SeedParser(prog="handle_weights.py", add_help=False)
     sub = parser.add_subparsers(dest="command")
     weights.add_parser(sub)
     try:
