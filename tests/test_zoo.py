@@ -279,6 +279,10 @@ def test_a_relative_results_dir_is_the_callers(workspace):
     ("python3 run.py --model_path falcon7b", "run.py: expected main.py or handle_weights.py"),
     ("MAX_SEQ_LEN=16 python3 main.py --model_path falcon7b",
      "no length pair fits in 16 positions"),
+    ("bash cut_model_and_run.sh precision", "cut_model_and_run.sh: a shell wrapper llmgate "
+                                            "zoo does not read; paste the main.py line"),
+    ("python3 main.py --model_path falcon7b --devices 0",
+     "main.py: unrecognized arguments: --devices 0"),
     ("torchrun --standalone --nproc_per_node 3 main.py --model_path falcon7b --device 0 1",
      "torchrun --nproc_per_node 3 with --device 0 1: expected one process per device"),
 ])

@@ -48,6 +48,9 @@ TORCHRUN_SWITCHES = {"--standalone", "--no-python", "--no_python", "--run-path",
 def parse_command(tokens: list[str]) -> SeedCommand:
     """Split `VAR=value ... [python3 | torchrun OPTIONS] main.py FLAGS [-- PYTEST ARGS]`."""
     tokens = list(tokens)
+    if not tokens:
+        raise ZooError("expected a source document's command line, e.g. `llmgate zoo python3 "
+                       "main.py --model_path DIR --device 0` (llmgate zoo --help)")
     command = SeedCommand()
     if "--" in tokens:
         cut = tokens.index("--")
@@ -55,6 +58,11 @@ def parse_command(tokens: list[str]) -> SeedCommand:
     while tokens and (match := ENV.match(tokens[0])):
         command.env[match.group(1)] = match.group(2)
         tokens.pop(0)
+    if tokens and Path(tokens[0]).name in ("bash", "sh") or tokens and tokens[0].endswith(".sh"):
+        script = next((t for t in tokens if t.endswith(".sh")), tokens[0])
+        raise ZooError(f"{Path(script).name}: a shell wrapper llmgate zoo does not read; paste "
+                       "the main.py line it runs (e.g. `python main.py --task precision`, with "
+                       "--device 0 1 for two chips)")
     if tokens and LAUNCHERS.match(Path(tokens[0]).name):
         launcher = Path(tokens.pop(0)).name
         while tokens and tokens[0].startswith("-"):
