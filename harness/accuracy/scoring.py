@@ -84,6 +84,7 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask | ClozeTask, title
     todo = [q for q in questions if q.id not in done]
     if todo:
         cloze = task.form == "cloze"
+        answer_ids = None if cloze else task.answer_tokens(tokenizer)
         texts = {q.id: task.context(q) + max(task.continuations(q), key=len) if cloze
                  else task.question_text(q) for q in todo}
         longest = max(texts.values(), key=len)
@@ -97,8 +98,8 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask | ClozeTask, title
                 answers = [_cloze_answer(runner, tokenizer, task, prefix_text, q, shots,
                                          max_positions) for q in chunk]
             else:
-                answers = _letter_answers(runner, tokenizer, task, prefix_text, prefix_ids,
-                                          chunk, texts, shots, max_positions)
+                answers = _letter_answers(runner, tokenizer, answer_ids, prefix_text,
+                                          prefix_ids, chunk, texts, shots, max_positions)
             jsonl.append(results, [asdict(a) for a in answers])
             done.update({a.id: asdict(a) for a in answers})
             if progress:
@@ -106,10 +107,9 @@ def score_subject(runner, tokenizer, task: MultipleChoiceTask | ClozeTask, title
     return [done[q.id] for q in questions]
 
 
-def _letter_answers(runner, tokenizer, task: MultipleChoiceTask, prefix_text: str,
+def _letter_answers(runner, tokenizer, answer_ids: list[int], prefix_text: str,
                     prefix_ids: list[int], chunk: list[Question], texts: dict[str, str],
                     shots: int, max_positions: int) -> list[Answer]:
-    answer_ids = task.answer_tokens(tokenizer)
     logits = _logits(runner, tokenizer, prefix_text, prefix_ids, [texts[q.id] for q in chunk],
                      max_positions)
     answers = []

@@ -36,7 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.cli.zoo_plan import Plan, SeedCommand, SeedParser, ZooError, main_parser, plan
+from harness.cli.zoo_plan import Plan, SeedCommand, SeedParser, ZooError, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = re.compile(r"(python[0-9.]*|torchrun)$")
@@ -153,7 +153,7 @@ def main(argv: list[str], cwd: Path | None = None) -> int:
     env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in command.env.items())
     print(f"equivalent, from {ROOT}: {env_prefix + ' ' if env_prefix else ''}pytest "
           f"{shlex.join(argv_)}", flush=True)
-    if main_parser().parse_args(command.args).print_only:
+    if result.print_only:
         return 0
     env = {**os.environ, **command.env, "LLMGATE_ZOO_COMMAND": shlex.join(argv)}
     # pytest's output as it comes (a run may last hours), kept for the documents' device logs

@@ -93,6 +93,7 @@ class Plan:
     world_size: int = 1
     bloom_style: bool = False  # the Bloom document's result_classes_acc.json too
     run_id: str = ""
+    print_only: bool = False
 
 
 def _ini(ini, section: str, key: str) -> str | None:
@@ -128,9 +129,9 @@ def identify(path: Path, given: str | None) -> str:
 
 
 def _config_of(path: Path) -> dict:
-    first = sorted((path / "part_model").glob("*/config.json"))
-    return read_json(first[0] if first and not (path / "config.json").is_file()
-                     else path / "config.json")
+    """config.json of the directory, or of its first rank's where it is split."""
+    parts = ported.part_dirs(path)
+    return read_json((parts[0] if parts else path) / "config.json")
 
 
 def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
@@ -204,7 +205,8 @@ def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
         notes.append(f"--hardware {args.hardware}: the Ascend chip ({args.hardware}P/B); "
                      "recorded, and --backend picks where to run")
 
-    result = Plan(suite, model, pytest_args, notes, world_size=world)
+    result = Plan(suite, model, pytest_args, notes, world_size=world,
+                  print_only=args.print_only)
     if suite == "perf":
         _perf(args, ini, command, model, grid, cwd, result)
     elif suite == "accuracy":
