@@ -1,31 +1,44 @@
-"""Decode speed of the ported engine vs transformers `generate`, and vs the bandwidth floor.
+"""Decode speed of the ported engine in fp32, W8A16 and W8A8 beside transformers `generate`
+and llama.cpp's server on the same model, each against its bandwidth floor, in one process.
 
-Default: smollm2-135m, CPU, fp32, batch 1, 128-token prompt, 64 new tokens. Per-token time is
+Default: smollm2-135m, CPU, batch 1, 128-token prompt, 64 new tokens. Per-token decode time is
 (time to generate N tokens - time to generate 1 token) / (N - 1), so prefill cancels out;
-each figure is the best of --repeats runs, all measured in this one process. The floor is the
-time to stream every weight byte once at the measured copy bandwidth.
+prefill speed is prompt tokens / time to the first new token. Each figure is the best of
+--repeats runs. The floor of an engine is the time to stream the bytes one decode step reads
+(its weights as it stores them; embedding rows it only gathers excepted) once at the measured
+copy bandwidth. llama.cpp runs as the `llama-cpp` port's server (llama-cpp-python, started
+here, `--logits_all false`) on the shipped Q4_1 GGUF and on F16 and F32 files its own
+quantizer writes from it; it is timed through HTTP from this process, which stays idle.
 
-    .venv/bin/python benchmarks/engine_decode.py
+    .venv/bin/python benchmarks/engine_decode.py [--llama q4_1,f16,f32 | --llama none]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from tabulate import tabulate
 
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import cpu_description, describe_cpu, get_backend
 from harness.reference import load_reference
 from harness.runners import PortedRunner
+from models.precision import Precision
+
+LLAMA_TYPES = ("q4_1", "f16", "f32")
 
 
-def per_token_ms(run, new_tokens: int, repeats: int) -> float:
-    """Best-of-repeats decode time per token of `run(n)`, which generates n tokens."""
+def measure(run, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(best decode ms per token, best seconds to the first token) of `run(n)`, which
+    generates n tokens."""
     run(2)  # warm up (and compile, where the engine compiles)
-    best = float("inf")
+    best, first = float("inf"), float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         run(1)
@@ -34,16 +47,92 @@ def per_token_ms(run, new_tokens: int, repeats: int) -> float:
         run(new_tokens)
         many = time.perf_counter() - start
         best = min(best, (many - one) / (new_tokens - 1) * 1e3)
-    return best
+        first = min(first, one)
+    return best, first
+
+
+def per_token_ms(run, new_tokens: int, repeats: int) -> float:
+    """Best-of-repeats decode time per token of `run(n)`."""
+    return measure(run, new_tokens, repeats)[0]
 
 
 def transformers_ms(path, ids, mask, new_tokens: int, repeats: int) -> float:
     """`transformers` fp32 `generate`, per new token, measured as `per_token_ms` does."""
+    return transformers_figures(path, ids, mask, new_tokens, repeats)[0]
+
+
+def transformers_figures(path, ids, mask, new_tokens: int, repeats: int):
+    """(decode ms/token, seconds to the first token, bytes a decode step streams)."""
     reference = load_reference(path)
-    return per_token_ms(
+    ms, first = measure(
         lambda n: reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
                                      min_new_tokens=n, do_sample=False, pad_token_id=0),
         new_tokens, repeats)
+    embedding = reference.get_input_embeddings()
+    shared = reference.get_output_embeddings().weight is embedding.weight
+    params = sum(p.numel() * p.element_size() for p in reference.parameters())
+    return ms, first, params - (0 if shared else embedding.weight.nbytes)
+
+
+def gguf_bytes(path: Path) -> int:
+    """Bytes of the tensors a GGUF file holds (SmolLM2's LM head is its embedding table, so a
+    decode step streams all of them)."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
+
+
+def convert_gguf(source: Path, kind: str, directory: Path) -> Path:
+    """`source` re-encoded as `kind` (f16 or f32) by llama.cpp's own quantizer; its per-tensor
+    log goes to a file beside the output."""
+    import llama_cpp
+
+    target = directory / f"{source.stem}-{kind}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+                    "f32": llama_cpp.LLAMA_FTYPE_ALL_F32}[kind]
+    params.allow_requantize = True
+    log = target.with_suffix(".log")
+    with open(log, "w") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)  # the C library writes to stderr itself
+        try:
+            failed = llama_cpp.llama_model_quantize(str(source).encode(),
+                                                    str(target).encode(), params)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    if failed:
+        raise RuntimeError(f"llama.cpp could not write {target} from {source} (log: {log})")
+    return target
+
+
+def llama_figures(gguf: Path, prompt: str, new_tokens: int, repeats: int, threads: int,
+                  log: Path) -> tuple[float, float, int]:
+    """(decode ms/token, seconds to the first token, prompt tokens) of llama.cpp's server.
+    Decode repeats one prompt (the server reuses its evaluated prefix, so both requests of a
+    pair skip the prompt alike); the first-token time takes a prompt it has not seen."""
+    from harness.ports.llama_server import LlamaServer
+    from harness.ports.openai import EndpointError, OpenAIClient
+
+    with LlamaServer(gguf, log, threads=threads, logits_all=False) as server:
+        client = OpenAIClient(server.url, server.alias, timeout=600)
+
+        def run(n: int, text: str = prompt) -> int:
+            data = client.completion({"prompt": text, "max_tokens": n, "min_tokens": n,
+                                      "temperature": 0})
+            usage = data.get("usage") or {}
+            if usage.get("completion_tokens") != n:
+                raise EndpointError(f"{server.url}: asked for {n} tokens, usage says {usage}")
+            return usage["prompt_tokens"]
+
+        ms, _ = measure(run, new_tokens, repeats)
+        first = float("inf")
+        for attempt in range(repeats):
+            start = time.perf_counter()
+            prompt_tokens = run(1, f"{attempt}. {prompt}")  # a new first token: no reuse
+            first = min(first, time.perf_counter() - start)
+    return ms, first, prompt_tokens
 
 
 def main() -> None:
@@ -52,39 +141,75 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--llama", default=",".join(LLAMA_TYPES),
+                        help="llama.cpp weight types to time (q4_1, f16, f32), or none")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    kinds = [] if args.llama == "none" else args.llama.split(",")
+    if unknown := sorted(set(kinds) - set(LLAMA_TYPES)):
+        parser.error(f"--llama: unknown type(s) {', '.join(unknown)}; valid: "
+                     f"{', '.join(LLAMA_TYPES)} or none")
+    if kinds and args.model != "smollm2-135m":
+        parser.error("--llama: a GGUF ships for smollm2-135m only; pass --llama none")
 
     path = embedded_checkpoint(args.model)
+    cpu = get_backend("cpu")
     ids = torch.randint(3, 49152, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     machine = cpu_description()
-    print(f"machine: {describe_cpu(machine)}")
-    figures = {**machine, "model": args.model, "prompt": args.prompt, "new_tokens": args.new}
+    print(f"machine: {describe_cpu(machine)}", flush=True)
+    bandwidth = cpu.copy_bandwidth()
+    figures = {**machine, "model": args.model, "prompt": args.prompt, "new_tokens": args.new,
+               "copy_bandwidth_gbs": bandwidth / 1e9, "rows": []}
 
-    for label, compiled in (("ours_eager", False), ("ours", True)):
-        runner = PortedRunner(path, compile=compiled)
-        figures[f"{label}_ms"] = per_token_ms(lambda n, r=runner: r.generate(ids, mask, n),
-                                              args.new, args.repeats)
-        weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    def row(engine: str, ms: float, first_s: float, prompt_tokens: int, streamed: int) -> None:
+        floor = streamed / bandwidth * 1e3
+        figures["rows"].append({"engine": engine, "ms_per_token": ms,
+                                "prefill_tokens_per_s": prompt_tokens / first_s,
+                                "streamed_mb": streamed / 1e6, "floor_ms": floor,
+                                "pct_of_floor": 100 * floor / ms})
+        print(f"  {engine}: {ms:.1f} ms/token", flush=True)
+
+    ms, first, streamed = transformers_figures(path, ids, mask, args.new, args.repeats)
+    row("transformers fp32", ms, first, args.prompt, streamed)
+    for label, dtype, compiled in (("ours fp32 eager", "fp32", False),
+                                   ("ours fp32", "fp32", True),
+                                   ("ours w8a16", "w8a16", True), ("ours w8a8", "w8a8", True)):
+        runner = PortedRunner(path, Precision.of(dtype), hardware=cpu, compile=compiled)
+        ms, first = measure(lambda n, r=runner: r.generate(ids, mask, n), args.new,
+                            args.repeats)
+        row(label, ms, first, args.prompt, runner.streamed_weight_bytes())
         del runner
 
-    figures["transformers_ms"] = transformers_ms(path, ids, mask, args.new, args.repeats)
+    if kinds:
+        from transformers import AutoTokenizer
 
-    bandwidth = get_backend("cpu").copy_bandwidth()
-    floor_ms = weight_bytes / bandwidth * 1e3
-    figures.update(weight_mb=weight_bytes / 1e6, copy_bandwidth_gbs=bandwidth / 1e9,
-                   floor_ms=floor_ms, ratio=figures["ours_ms"] / figures["transformers_ms"],
-                   eager_ratio=figures["ours_eager_ms"] / figures["transformers_ms"],
-                   pct_of_floor=100 * floor_ms / figures["ours_ms"])
-    print(f"{args.model} cpu fp32 bs1 in{args.prompt} out{args.new}: "
-          f"ours {figures['ours_ms']:.1f} ms/token "
-          f"(compiled; eager {figures['ours_eager_ms']:.1f}), "
-          f"transformers {figures['transformers_ms']:.1f} ms/token, "
-          f"ratio {figures['ratio']:.2f} (eager {figures['eager_ratio']:.2f}; target <= 0.75), "
-          f"copy bandwidth {figures['copy_bandwidth_gbs']:.1f} GB/s, "
-          f"floor {floor_ms:.1f} ms/token for {figures['weight_mb']:.0f} MB, "
-          f"ours at {figures['pct_of_floor']:.0f}% of the floor (target >= 75%)")
+        from harness.ports.llama_server import shipped_gguf
+
+        text = AutoTokenizer.from_pretrained(path).decode(ids[0])
+        with tempfile.TemporaryDirectory() as scratch:
+            for kind in kinds:
+                gguf = shipped_gguf()
+                if kind != "q4_1":
+                    gguf = convert_gguf(gguf, kind, Path(scratch))
+                ms, first, prompt_tokens = llama_figures(
+                    gguf, text, args.new, args.repeats, machine["threads"],
+                    Path(scratch) / f"server-{kind}.log")
+                row(f"llama.cpp {kind}", ms, first, prompt_tokens, gguf_bytes(gguf))
+
+    rows = figures["rows"]
+    hf = rows[0]["ms_per_token"]
+    ours = next(r["ms_per_token"] for r in rows if r["engine"] == "ours fp32")
+    for r in rows:
+        r["x_transformers"], r["x_ours_fp32"] = hf / r["ms_per_token"], ours / r["ms_per_token"]
+    print(f"{args.model} cpu bs1 in{args.prompt} out{args.new}, copy bandwidth "
+          f"{figures['copy_bandwidth_gbs']:.1f} GB/s")
+    print(tabulate([[r["engine"], r["ms_per_token"], r["prefill_tokens_per_s"],
+                     r["streamed_mb"], r["floor_ms"], r["pct_of_floor"], r["x_transformers"],
+                     r["x_ours_fp32"]] for r in rows],
+                   headers=["engine", "ms/token", "prefill tok/s", "MB/token", "floor ms",
+                            "% of floor", "x transformers", "x ours fp32"],
+                   floatfmt=("", ".1f", ".0f", ".0f", ".1f", ".0f", ".2f", ".2f")))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

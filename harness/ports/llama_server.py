@@ -3,7 +3,8 @@
 A genuine port nobody here wrote (its own kernels, Q4_1 weights, quantized activations),
 started on 127.0.0.1 at a free port, health-checked through the same client the suites use,
 stopped at the end; its output goes to a log file kept with the run. `--logits_all true`
-keeps every position's logits so that echoed prompt log-probabilities come back.
+keeps every position's logits so that echoed prompt log-probabilities come back (the speed
+benchmark turns it off: it computes the LM head at every prompt position).
 
 The server runs under the Python that has `llama_cpp` installed: $LLMGATE_LLAMA_PYTHON, else
 this interpreter. `availability()` says why it cannot run, for a skip reason.
@@ -69,11 +70,13 @@ def free_port() -> int:
 
 class LlamaServer:
     """`with LlamaServer(gguf, log) as server:` serves at `server.url` (…/v1) until the block
-    ends. `alias` is the served model name; `threads` the CPU threads it may use."""
+    ends. `alias` is the served model name; `threads` the CPU threads it may use;
+    `logits_all` whether every prompt position's logits are kept (echoed log-probabilities)."""
 
     def __init__(self, gguf: str | Path, log_path: str | Path, *, alias: str = "smollm2-135m",
                  python: str | None = None, port: int | None = None, threads: int = 2,
-                 n_ctx: int = 2048, startup_timeout: float = 180.0, env: dict | None = None):
+                 n_ctx: int = 2048, startup_timeout: float = 180.0, env: dict | None = None,
+                 logits_all: bool = True):
         self.gguf, self.log_path, self.alias = Path(gguf), Path(log_path), alias
         self.python = python or server_python()
         self.port = port or free_port()
@@ -81,7 +84,7 @@ class LlamaServer:
         self.startup_timeout = startup_timeout
         self.command = [self.python, "-m", "llama_cpp.server", "--model", str(self.gguf),
                         "--model_alias", alias, "--host", "127.0.0.1", "--port", str(self.port),
-                        "--logits_all", "true", "--n_ctx", str(n_ctx),
+                        "--logits_all", str(logits_all).lower(), "--n_ctx", str(n_ctx),
                         "--n_threads", str(threads), "--n_threads_batch", str(threads),
                         # by default a new request cuts the running stream short: queue it
                         "--interrupt_requests", "false"]

@@ -124,7 +124,7 @@ class OpenAIClient:
                                 f"{self.last_request}, got {type(data).__name__}")
         return data
 
-    def _completion(self, body: dict) -> dict:
+    def completion(self, body: dict) -> dict:
         data = self._json("POST", "/v1/completions", {"model": self.model, **body})
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -163,7 +163,7 @@ class OpenAIClient:
     def prompt_logprobs(self, prompt: str | list[int], k: int) -> list[Position]:
         """The echoed prompt, one Position per prompt token, with the top `k` log-probabilities
         of the distribution the server reports there."""
-        data = self._completion({"prompt": prompt, "echo": True, "logprobs": k,
+        data = self.completion({"prompt": prompt, "echo": True, "logprobs": k,
                                  "max_tokens": 1, "temperature": 0})
         logprobs = data["choices"][0].get("logprobs")
         if not isinstance(logprobs, dict) or not logprobs.get("tokens"):
@@ -193,7 +193,7 @@ class OpenAIClient:
         servers take it) keeps a server from generating EOS there, which some answer with
         no log-probabilities at all; the values listed are those of the model's distribution
         (llama.cpp: equal to its echo's)."""
-        data = self._completion({"prompt": prompt, "max_tokens": 1, "min_tokens": 1,
+        data = self.completion({"prompt": prompt, "max_tokens": 1, "min_tokens": 1,
                                  "logprobs": k, "temperature": 0})
         logprobs = data["choices"][0].get("logprobs")
         tops = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
@@ -214,7 +214,7 @@ class OpenAIClient:
             body["stop"] = stop
         if tokens:
             body["logprobs"] = 1
-        choice = self._completion(body)["choices"][0]
+        choice = self.completion(body)["choices"][0]
         listed = (choice.get("logprobs") or {}).get("tokens") if tokens else None
         return Completion(choice.get("text", ""), listed, choice.get("finish_reason"))
 
