@@ -111,27 +111,33 @@ def llama_figures(gguf: Path, prompt: str, new_tokens: int, repeats: int, thread
                   log: Path) -> tuple[float, float, int]:
     """(decode ms/token, seconds to the first token, prompt tokens) of llama.cpp's server.
     Decode repeats one prompt (the server reuses its evaluated prefix, so both requests of a
-    pair skip the prompt alike); the first-token time takes a prompt it has not seen."""
+    pair skip the prompt alike) and divides by the tokens its usage counts; the first-token
+    time takes a prompt it has not seen."""
     from harness.ports.llama_server import LlamaServer
     from harness.ports.openai import EndpointError, OpenAIClient
 
     with LlamaServer(gguf, log, threads=threads, logits_all=False) as server:
         client = OpenAIClient(server.url, server.alias, timeout=600)
 
-        def run(n: int, text: str = prompt) -> int:
+        def run(n: int, text: str = prompt) -> tuple[float, int, int]:
+            """(seconds, tokens generated, prompt tokens) of one request for n tokens."""
+            start = time.perf_counter()
             data = client.completion({"prompt": text, "max_tokens": n, "min_tokens": n,
                                       "temperature": 0})
+            seconds = time.perf_counter() - start
             usage = data.get("usage") or {}
-            if usage.get("completion_tokens") != n:
+            if not usage.get("completion_tokens", 0) >= n:
                 raise EndpointError(f"{server.url}: asked for {n} tokens, usage says {usage}")
-            return usage["prompt_tokens"]
+            return seconds, usage["completion_tokens"], usage["prompt_tokens"]
 
-        ms, _ = measure(run, new_tokens, repeats)
-        first = float("inf")
+        run(2)
+        ms, first = float("inf"), float("inf")
         for attempt in range(repeats):
-            start = time.perf_counter()
-            prompt_tokens = run(1, f"{attempt}. {prompt}")  # a new first token: no reuse
-            first = min(first, time.perf_counter() - start)
+            one, one_tokens, _ = run(1)
+            many, many_tokens, _ = run(new_tokens)  # its usage may count one more
+            ms = min(ms, (many - one) / (many_tokens - one_tokens) * 1e3)
+            seconds, _, prompt_tokens = run(1, f"{attempt}. {prompt}")  # new first token
+            first = min(first, seconds)
     return ms, first, prompt_tokens
 
 
