@@ -18,7 +18,7 @@ from harness.accuracy.gate import accuracy_verdict, not_the_benchmark, paired_ga
 from harness.accuracy.likelihood import likelihood_gate
 from harness.accuracy.mmlu_prepare import prepare_mmlu
 from harness.accuracy.options import AccuracySettings, dataset_of
-from harness.accuracy.prompts import TASKS
+from harness.accuracy.prompts import TASKS, is_code
 from harness.accuracy.scoring import read_answers, score_subject, summarize, write_seed_files
 from harness.baselines import accuracy_tables, ours_baselines
 from harness.cases import Case
@@ -72,7 +72,7 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
         lines, results = paired_gate(case.task, answers, baseline, name, acc.tolerance)
         failures += lines
         comparisons += results
-        if not case.task.startswith("humaneval") and results:  # multiple choice: choice logprobs
+        if not is_code(case.task) and results:  # multiple choice: choice logprobs
             by_id = {b["id"]: b for b in baseline}
             lines, result = likelihood_gate(
                 case.task, [(a, by_id[a["id"]]) for a in answers if a["id"] in by_id], name)

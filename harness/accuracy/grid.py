@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from harness.accuracy.case import shots_for
 from harness.accuracy.options import DEFAULT_BATCH
+from harness.accuracy.prompts import is_code
 from harness.cases import Case
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ def cases(settings: Settings, task: str) -> list[Case]:
     if task not in acc.tasks:
         return []
     reference = acc.runner == "reference"
-    tags = ((f"n{acc.samples}",) if task.startswith("humaneval")
+    tags = ((f"n{acc.samples}",) if is_code(task)
             else (f"{shots_for(task, acc)}shot",)) + (("reference",) if reference else ())
     return [Case(m, h, d, b, task=task, tags=(*tags, *settings.tags), port=p.case_port)
             for m in settings.models for p in settings.ports.of(m) for h, d, b in product(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.accuracy import datasets, files
+from harness.accuracy.prompts import TASKS
 from harness.baselines import BASELINES_DIR
 from harness.values import check_names, positive_int, split_values
 
@@ -18,7 +19,7 @@ DEFAULT_TASKS = ("ceval", "mmlu", "humaneval")
 
 def dataset_of(task: str) -> str:
     """Whose questions a task asks: mmlu-cloze asks MMLU's, humaneval-instruct HumanEval's."""
-    return task.removesuffix("-cloze").removesuffix("-instruct")
+    return TASKS[task].dataset
 
 
 DEFAULT_BATCH = 8

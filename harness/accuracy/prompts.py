@@ -152,6 +152,7 @@ class CodeTask:
     form: str = "completion"
     instruction: str = ""  # instruct: before the problem, which follows in a code block
     response_prefix: str = ""  # instruct: how the answer starts; it opens the code block
+    dataset = "humaneval"  # whose problems
 
     def prompt_hash(self, max_new_tokens: int, temperature: float, samples: int,
                     chat_template: str | None = None) -> str:
@@ -202,3 +203,8 @@ HUMANEVAL_INSTRUCT = CodeTask(
                     "problem and passes corresponding tests:\n```python\n")
 TASKS = {task.name: task for task in (MMLU, CEVAL, MMLU_CLOZE, CEVAL_CLOZE, HUMANEVAL,
                                       HUMANEVAL_INSTRUCT)}
+
+
+def is_code(task: str) -> bool:
+    """Whether the task named `task` runs code (HumanEval) rather than asking multiple choice."""
+    return isinstance(TASKS[task], CodeTask)
