@@ -157,6 +157,12 @@ def main() -> None:
                      f"{', '.join(LLAMA_TYPES)} or none")
     if kinds and args.model != "smollm2-135m":
         parser.error("--llama: a GGUF ships for smollm2-135m only; pass --llama none")
+    if kinds:
+        from harness.ports.llama_server import availability
+
+        usable, why = availability()
+        if not usable:
+            parser.error(f"--llama: {why}; or pass --llama none")
 
     path = embedded_checkpoint(args.model)
     cpu = get_backend("cpu")
