@@ -27,8 +27,7 @@ from tabulate import tabulate
 
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import cpu_description, describe_cpu, get_backend
-from harness.reference import load_reference
-from harness.runners import PortedRunner
+from harness.runners import PortedRunner, ReferenceRunner
 from models.precision import Precision
 
 LLAMA_TYPES = ("q4_1", "f16", "f32")
@@ -63,15 +62,9 @@ def transformers_ms(path, ids, mask, new_tokens: int, repeats: int) -> float:
 
 def transformers_figures(path, ids, mask, new_tokens: int, repeats: int):
     """(decode ms/token, seconds to the first token, bytes a decode step streams)."""
-    reference = load_reference(path)
-    ms, first = measure(
-        lambda n: reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n,
-                                     min_new_tokens=n, do_sample=False, pad_token_id=0),
-        new_tokens, repeats)
-    embedding = reference.get_input_embeddings()
-    shared = reference.get_output_embeddings().weight is embedding.weight
-    params = sum(p.numel() * p.element_size() for p in reference.parameters())
-    return ms, first, params - (0 if shared else embedding.weight.nbytes)
+    reference = ReferenceRunner(path)
+    ms, first = measure(lambda n: reference.generate(ids, mask, n), new_tokens, repeats)
+    return ms, first, reference.streamed_weight_bytes()
 
 
 def gguf_bytes(path: Path) -> int:
