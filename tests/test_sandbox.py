@@ -83,12 +83,30 @@ HOSTILE = {
 @needs_bwrap
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_programs_are_contained(box, name):
+    if name == "fork bomb" and sandbox.pids_cgroups() is None:
+        pytest.skip("no pids cgroup can be made here: a fork bomb would fill memory until "
+                    "its timeout")
     body, status = HOSTILE[name]
     program, marker = hostile(body)
     outcome = box.run(program)
     assert outcome.status in ({status} if status != "timed_out" else {"timed_out", "failed"})
     assert processes_with(marker) == []  # run() returns only once nothing is left
     assert box.run("print('next')").status == "passed"  # and the next program runs
+
+
+@needs_bwrap
+@pytest.mark.skipif(sandbox.pids_cgroups() is None, reason="no pids cgroup can be made here")
+def test_the_number_of_processes_is_capped():
+    program = ("import os, time\nn = 0\nfor _ in range(200):\n    try:\n"
+               "        pid = os.fork()\n    except OSError:\n        break\n"
+               "    if pid == 0:\n        time.sleep(5)\n        os._exit(0)\n    n += 1\n"
+               "raise RuntimeError(f'forked {n}')\n")
+    outcome = Sandbox(Limits(timeout_s=4.0, processes=16)).run(program)
+    assert outcome.status == "failed" and outcome.detail.startswith("RuntimeError: forked ")
+    assert 0 < int(outcome.detail.split()[-1]) < 16
+    leftovers = [p for p in sandbox.pids_cgroups().iterdir() if p.name.startswith(
+        f"llmgate-sandbox-{os.getpid()}-")]
+    assert leftovers == []  # each run's cgroup is removed after it
 
 
 @needs_bwrap

@@ -12,8 +12,11 @@ Each program runs in its own bubblewrap (`bwrap`) sandbox:
     open files, no core dumps; plus a wall-clock timeout;
   - stdout and stderr go to files in its directory (bounded by the file-size limit), so a
     program that floods them cannot fill memory or block on a pipe.
-As root, RLIMIT_NPROC is not enforced, so the pid namespace (and the timeout) is what
-contains a fork bomb. `run` returns only once no process of the sandbox is left.
+As root, RLIMIT_NPROC is not enforced, so the number of processes is capped by a pids
+cgroup of each run's own where the kernel lets this process make one (`pids_cgroups()`; as
+root on cgroup v1 or v2): a fork bomb stops at `Limits.processes` instead of filling memory
+until its timeout. Without one, the pid namespace and the timeout are what contain it.
+`run` returns only once no process of the sandbox is left.
 
 A program passes only when it ran to its end: exit status 0 *and* a random marker, new for
 each run, written to stdout by a wrapper after the program's last statement returned
@@ -74,6 +77,7 @@ class Limits:
     file_bytes: int = 16 << 20
     open_files: int = 64
     output_bytes: int = 64 << 10  # of stderr kept for the failure detail
+    processes: int = 64  # in the run's pids cgroup, where there is one
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,74 @@ def _mounts() -> list[str]:
     return args
 
 
-def _set_limits(limits: Limits):
+@cache
+def pids_cgroups() -> Path | None:
+    """A directory in which this process may make pids cgroups (the root of the pids
+    hierarchy: cgroup v1's pids mount, or cgroup v2's with the pids controller enabled for
+    its children), or None."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        root, kind, options = Path(fields[1]), fields[2], fields[3].split(",")
+        if kind == "cgroup" and "pids" in options:
+            pass
+        elif kind == "cgroup2" and "pids" in _read(root / "cgroup.subtree_control").split():
+            pass
+        else:
+            continue
+        probe = root / f"llmgate-sandbox-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError:
+            continue
+        return root
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _new_pids_cgroup(limits: Limits) -> Path | None:
+    """A pids cgroup capped at `limits.processes` for one run, or None where none can be made."""
+    root = pids_cgroups()
+    if root is None:
+        return None
+    group = root / f"llmgate-sandbox-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        group.mkdir()
+        (group / "pids.max").write_text(str(limits.processes))
+    except OSError:
+        _remove_cgroup(group)
+        return None
+    return group
+
+
+def _remove_cgroup(group: Path, limit_s: float = 5.0) -> None:
+    """Remove a run's cgroup once its last process has left it (kept if it never empties)."""
+    deadline = time.monotonic() + limit_s
+    while group.exists():
+        try:
+            group.rmdir()
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+
+def _set_limits(limits: Limits, cgroup: Path | None = None):
     def apply():
+        if cgroup is not None:  # before anything else runs: every child is counted
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         cpu = int(limits.timeout_s) + 1
         for name, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS,
                                                          limits.memory_bytes),
@@ -179,11 +249,17 @@ class Sandbox:
         stdin_read, stdin_write = os.pipe()
         os.write(stdin_write, f"{marker}\n".encode())  # fits the pipe's buffer: never blocks
         os.close(stdin_write)
-        with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
-            process = subprocess.Popen(
-                command, cwd=work, stdin=stdin_read, stdout=out, stderr=err,
-                start_new_session=True, preexec_fn=_set_limits(self.limits),
-                pass_fds=(info_write,), env={"PATH": "/usr/bin:/bin", "HOME": str(work)})
+        cgroup = _new_pids_cgroup(self.limits)
+        try:
+            with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
+                process = subprocess.Popen(
+                    command, cwd=work, stdin=stdin_read, stdout=out, stderr=err,
+                    start_new_session=True, preexec_fn=_set_limits(self.limits, cgroup),
+                    pass_fds=(info_write,), env={"PATH": "/usr/bin:/bin", "HOME": str(work)})
+        except BaseException:
+            if cgroup is not None:
+                _remove_cgroup(cgroup)
+            raise
         os.close(stdin_read)
         os.close(info_write)
         namespace = _namespace(info_read) if self.isolation == "bwrap" else None
@@ -196,6 +272,8 @@ class Sandbox:
             _kill_group(process)
             if namespace:
                 _wait_for_namespace(namespace)
+            if cgroup is not None:
+                _remove_cgroup(cgroup)
 
     def run_many(self, programs: list[str], workers: int | None = None,
                  progress=None) -> list[Outcome]:
