@@ -6,8 +6,10 @@ Default: smollm2-135m, CPU, batch 1, 128-token prompt, 64 new tokens. Per-token 
 prefill speed is prompt tokens / time to the first new token. Each figure is the best of
 --repeats runs. The floor of an engine is the time to stream the bytes one decode step reads
 (its weights as it stores them; embedding rows it only gathers excepted) once at the measured
-copy bandwidth. llama.cpp runs as the `llama-cpp` port's server (llama-cpp-python, started
-here, `--logits_all false`) on the shipped Q4_1 GGUF and on F16 and F32 files its own
+copy bandwidth. "ours fp32 F.linear" is the compiled fp32 engine with its dense layers left on
+`F.linear` (MKL) instead of packed for oneDNN, to show what the packing gives. llama.cpp runs
+as the `llama-cpp` port's server (llama-cpp-python, started here, `--logits_all false`) on
+the shipped Q4_1 GGUF and on F16 and F32 files its own
 quantizer writes from it; it is timed through HTTP from this process, which stays idle.
 
     .venv/bin/python benchmarks/engine_decode.py [--llama q4_1,f16,f32 | --llama none]
@@ -177,10 +179,13 @@ def main() -> None:
 
     ms, first, streamed = transformers_figures(path, ids, mask, args.new, args.repeats)
     row("transformers fp32", ms, first, args.prompt, streamed)
-    for label, dtype, compiled in (("ours fp32 eager", "fp32", False),
-                                   ("ours fp32", "fp32", True),
-                                   ("ours w8a16", "w8a16", True), ("ours w8a8", "w8a8", True)):
-        runner = PortedRunner(path, Precision.of(dtype), hardware=cpu, compile=compiled)
+    for label, dtype, compiled, pack in (("ours fp32 F.linear", "fp32", True, False),
+                                         ("ours fp32 eager", "fp32", False, True),
+                                         ("ours fp32", "fp32", True, True),
+                                         ("ours w8a16", "w8a16", True, True),
+                                         ("ours w8a8", "w8a8", True, True)):
+        runner = PortedRunner(path, Precision.of(dtype), hardware=cpu, compile=compiled,
+                              pack=pack)
         ms, first = measure(lambda n, r=runner: r.generate(ids, mask, n), args.new,
                             args.repeats)
         row(label, ms, first, args.prompt, runner.streamed_weight_bytes())

@@ -14,10 +14,11 @@ import torch
 from models import bloom, falcon, llama, ported, qwen, starcoder
 from models.checkpoint import Checkpoint, CheckpointError, HFConfig
 from models.config import ModelConfig
+from models.layers import can_pack
 from models.parallel import parallelize_
 from models.precision import Precision
 from models.quant import SCHEMES, cast_floats_, quantize_
-from models.transformer import DecoderLM
+from models.transformer import DecoderLM, pack_dense_
 
 FAMILY_MODULES: dict[str, ModuleType] = {
     "llama": llama, "qwen": qwen, "falcon": falcon, "bloom": bloom, "starcoder": starcoder}
@@ -48,13 +49,15 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
 
 
 def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_size: int = 1,
-                lm_head: bool = False, device: str | torch.device = "cpu") -> DecoderLM:
+                lm_head: bool = False, device: str | torch.device = "cpu",
+                pack: bool = True) -> DecoderLM:
     """The model a case runs: rank `rank` of `world_size`, in `precision` (its int8 scheme on
     every linear layer but the LM head, unless `lm_head`).
 
     A quantized or split checkpoint (`llmgate weights quant|cut`) is read as stored and must
     hold what `precision` asks for; anything else is quantized from its float32 weights and
-    cut here, then cast to the activation dtype.
+    cut here, then cast to the activation dtype. On the CPU in float32 (`pack`), the dense
+    layers are then packed for oneDNN (`models.transformer.pack_dense_`).
     """
     parts = ported.part_dirs(path)
     if parts is not None:
@@ -68,13 +71,17 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
                               f"for {precision.scheme or 'float'} weights (choose --dtype "
                               f"{stored or 'fp32'})")
     if parts is not None or (stored is not None and world_size == 1):
-        return _load(ckpt, precision.dtype, device, Path(path).name)
-    model = _load(ckpt, torch.float32, device, Path(path).name)  # (or int8 as stored)
-    if precision.scheme is not None and stored is None:
-        quantize_(model, SCHEMES[precision.scheme], include_lm_head=lm_head)
-    if world_size > 1:
-        parallelize_(model, rank, world_size)
-    return cast_floats_(model, precision.dtype)
+        model = _load(ckpt, precision.dtype, device, Path(path).name)
+    else:
+        model = _load(ckpt, torch.float32, device, Path(path).name)  # (or int8 as stored)
+        if precision.scheme is not None and stored is None:
+            quantize_(model, SCHEMES[precision.scheme], include_lm_head=lm_head)
+        if world_size > 1:
+            parallelize_(model, rank, world_size)
+        model = cast_floats_(model, precision.dtype)
+    if pack and can_pack(device, precision.dtype):
+        pack_dense_(model)
+    return model
 
 
 def _load(ckpt: Checkpoint, dtype: torch.dtype, device, name: str) -> DecoderLM:

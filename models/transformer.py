@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig
-from models.layers import Attention, Linear, Rotary, StepContext, alibi_slopes
+from models.layers import DENSE, PACKED_DENSE, Attention, Linear, Rotary, StepContext, alibi_slopes
 
 
 class Block(nn.Module):
@@ -160,3 +160,23 @@ def streamed_weight_bytes(model: DecoderLM) -> int:
     positions)."""
     gathered = [model.pos_embed, model.embed if model.lm_head is not None else None]
     return weight_bytes(model) - sum(weight_bytes(m) for m in gathered if m is not None)
+
+
+def pack_dense_(model: DecoderLM) -> int:
+    """Put every float32 dense `Linear` of a CPU model on `PACKED_DENSE`, and return how many.
+
+    A tied LM head becomes a `Linear` of its own holding a packed copy of the embedding table
+    (the lookup keeps the plain one): the model then holds that table twice, and a decode step
+    streams the packed copy only.
+    """
+    if model.lm_head is None:
+        embed = model.embed.weight
+        with torch.device("meta"):
+            head = Linear(embed.shape[1], embed.shape[0], bias=False, split="column")
+        head.weight = nn.Parameter(embed.data, requires_grad=False)
+        model.lm_head = head
+    layers = [m for m in model.modules() if isinstance(m, Linear) and m.method is DENSE
+              and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
+    for layer in layers:
+        PACKED_DENSE.convert(layer)
+    return len(layers)

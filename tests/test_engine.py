@@ -5,7 +5,11 @@ from hypothesis import strategies as st
 
 from models.config import TINY_MODELS
 from models.engine import Engine, Sampling, generate, left_padding
-from tests.conftest import tiny_model
+from models.layers import DENSE, PACKED_DENSE, Linear, can_pack
+from models.loading import build_model
+from models.precision import FP32, Precision
+from models.transformer import streamed_weight_bytes
+from tests.conftest import tiny_checkpoint, tiny_model
 
 ATOL = 1e-4  # fp32 tiny models: logits are O(10)
 
@@ -190,3 +194,38 @@ def test_prompt_in_chunks_equals_one_forward(name):
         unpadded_rest = model(ids[:, 7:], 7, None, all_logits=True)
     torch.testing.assert_close(torch.cat([first, rest], dim=1), whole, atol=ATOL, rtol=0)
     torch.testing.assert_close(unpadded_rest, unpadded_whole[:, 7:], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_packed_layers_give_f_linears_logits(name):
+    """On the CPU in fp32 every dense layer, the tied LM head included, is packed for oneDNN;
+    the logits stay those of F.linear to float32 rounding, and a step streams the same bytes."""
+    path = tiny_checkpoint(name)
+    plain, packed = build_model(path, FP32, pack=False), build_model(path, FP32)
+    layers = [m for m in packed.modules() if isinstance(m, Linear)]
+    assert packed.lm_head is not None and packed.lm_head in layers
+    assert all(m.method is PACKED_DENSE and m.weight is None for m in layers)
+    assert streamed_weight_bytes(packed) == streamed_weight_bytes(plain)
+    ids, mask = _prompt()
+
+    def run(engine):
+        return [engine.prefill(ids, mask, all_logits=True)] + [engine.decode(ids[:, t])
+                                                               for t in range(4)]
+
+    engines = [Engine(plain), Engine(packed)] + [Engine(packed, compile=True)] * (
+        name == "falcon-tiny")
+    reference, *others = map(run, engines)
+    for other in others:
+        for a, b in zip(reference, other):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_only_float32_dense_layers_on_the_cpu_are_packed():
+    path = tiny_checkpoint("qwen-tiny")
+    bf16 = build_model(path, Precision.of("bf16"))
+    w8a8 = build_model(path, Precision.of("w8a8"))
+    assert all(m.method is DENSE for m in bf16.modules() if isinstance(m, Linear))
+    methods = {name: m.method for name, m in w8a8.named_modules() if isinstance(m, Linear)}
+    assert methods.pop("lm_head") is PACKED_DENSE  # W8A8 keeps a float32 LM head
+    assert all(method.scheme == "w8a8" for method in methods.values())
+    assert not can_pack("cuda", torch.float32) and not can_pack("cpu", torch.bfloat16)
