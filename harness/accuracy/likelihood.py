@@ -28,11 +28,15 @@ import math
 
 import torch
 
+from harness.accuracy.prompts import TASKS
 from harness.stats import mean_bounds, wilcoxon_lower_p_value
 
 CONFIDENCE = 0.95
 GOLD_MARGIN = 0.1  # nats, on the mean gold-choice log-probability
 KL_LIMIT = 0.01  # nats, on the mean choice KL
+# The fewest questions the gate judges, per form: below it, runs that must pass fail the
+# bounds (benchmarks/planted_degradations.py, "likelihood fails up to").
+MIN_QUESTIONS = {"letter": 2, "cloze": 2}
 
 
 def _normalised(logprobs: list[float]) -> torch.Tensor:
@@ -52,9 +56,12 @@ def per_question(candidate: dict, baseline: dict) -> tuple[float, float] | None:
 
 
 def likelihood_gate(task: str, pairs: list[tuple[dict, dict]], name: str,
-                    gold_margin: float = GOLD_MARGIN,
-                    kl_limit: float = KL_LIMIT) -> tuple[list[str], dict]:
-    """Failures and the result of the gate over (candidate, baseline) answer pairs."""
+                    gold_margin: float = GOLD_MARGIN, kl_limit: float = KL_LIMIT,
+                    min_questions: int | None = None) -> tuple[list[str], dict]:
+    """Failures and the result of the gate over (candidate, baseline) answer pairs.
+    min_questions: fewer measured questions fail (default: the task's form's minimum)."""
+    if min_questions is None:
+        min_questions = MIN_QUESTIONS[TASKS[task].form]
     if not any(b.get("logprobs") for _, b in pairs):
         return [], {"baseline": name, "category": "likelihood", "gated": False,
                     "passed": True, "not_gated": f"baseline {name} keeps no choice "
@@ -71,9 +78,15 @@ def likelihood_gate(task: str, pairs: list[tuple[dict, dict]], name: str,
               "gold_margin": gold_margin, "kl_limit": kl_limit}
     head = f"{task} likelihood vs baseline {name} ({len(measured)} questions)"
     failures = []
+    result["min_questions"] = min_questions
     if len(measured) < 2:
         failures.append(f"{head}: fewer than 2 questions with every choice's log-probability "
                         f"on both sides ({result['unmeasured']} left out): nothing measured")
+    elif len(measured) < min_questions:
+        failures.append(f"{head}: {len(measured)} questions are fewer than the "
+                        f"{min_questions} the {TASKS[task].form} form needs: below that, runs "
+                        f"that must pass fail the bounds too, so this gate cannot tell a "
+                        f"regression from noise (gate more questions)")
     else:
         if not d["low"] >= -gold_margin:
             failures.append(
