@@ -13,9 +13,10 @@ Each program runs in its own bubblewrap (`bwrap`) sandbox:
   - stdout and stderr go to files in its directory (bounded by the file-size limit), so a
     program that floods them cannot fill memory or block on a pipe.
 As root, RLIMIT_NPROC is not enforced, so the number of processes is capped by a pids
-cgroup of each run's own where the kernel lets this process make one (`pids_cgroups()`; as
-root on cgroup v1 or v2): a fork bomb stops at `Limits.processes` instead of filling memory
-until its timeout. Without one, the pid namespace and the timeout are what contain it.
+cgroup of each run's own where the kernel lets this process make one (`pids_cgroups()`:
+cgroup v1's pids hierarchy as root, or a child of this process's own cgroup v2 group): a fork
+bomb stops at `Limits.processes` instead of filling memory until its timeout; whatever is left
+in the group is killed before it is removed. Without one, the pid namespace and the timeout are what contain it.
 `run` returns only once no process of the sandbox is left.
 
 A program passes only when it ran to its end: exit status 0 *and* a random marker, new for
@@ -39,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -122,34 +124,54 @@ def _mounts() -> list[str]:
     return args
 
 
-@cache
+_CGROUP_LOCK = threading.Lock()
+
+
 def pids_cgroups() -> Path | None:
-    """A directory in which this process may make pids cgroups (the root of the pids
-    hierarchy: cgroup v1's pids mount, or cgroup v2's with the pids controller enabled for
-    its children), or None."""
+    """A directory in which this process can make pids cgroups and move a child into them, or
+    None: cgroup v1's pids hierarchy, or under cgroup v2 this process's own cgroup where it
+    enables the pids controller for its children (so a program stays inside every limit the
+    harness itself runs under). Found once, by trying."""
+    with _CGROUP_LOCK:  # run_many's threads ask at once
+        if not hasattr(pids_cgroups, "found"):
+            pids_cgroups.found = next(filter(_can_use, _pids_candidates()), None)
+        return pids_cgroups.found
+
+
+def _pids_candidates() -> list[Path]:
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
+        own = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return None
+        return []
+    v2 = next((line.split(":", 2)[2] for line in own if line.startswith("0::")), None)
+    found = []
     for line in mounts:
         fields = line.split()
         if len(fields) < 4:
             continue
         root, kind, options = Path(fields[1]), fields[2], fields[3].split(",")
         if kind == "cgroup" and "pids" in options:
-            pass
-        elif kind == "cgroup2" and "pids" in _read(root / "cgroup.subtree_control").split():
-            pass
-        else:
-            continue
-        probe = root / f"llmgate-sandbox-probe-{os.getpid()}"
-        try:
-            probe.mkdir()
-            probe.rmdir()
-        except OSError:
-            continue
-        return root
-    return None
+            found.append(root)
+        elif kind == "cgroup2" and v2 is not None:
+            own_dir = root / v2.lstrip("/")
+            if "pids" in _read(own_dir / "cgroup.subtree_control").split():
+                found.append(own_dir)
+    return found
+
+
+def _can_use(root: Path) -> bool:
+    """Whether a cgroup made in `root` takes a child process (which `/bin/true` then ends)."""
+    group = _make_cgroup(root, 2)
+    if group is None:
+        return False
+    try:
+        subprocess.run(["/bin/true"], preexec_fn=_join(group), check=True, timeout=10)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        _remove_cgroup(group)
 
 
 def _read(path: Path) -> str:
@@ -159,25 +181,32 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _new_pids_cgroup(limits: Limits) -> Path | None:
-    """A pids cgroup capped at `limits.processes` for one run, or None where none can be made."""
-    root = pids_cgroups()
-    if root is None:
-        return None
+def _make_cgroup(root: Path, processes: int) -> Path | None:
     group = root / f"llmgate-sandbox-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         group.mkdir()
-        (group / "pids.max").write_text(str(limits.processes))
+        (group / "pids.max").write_text(str(processes))
     except OSError:
         _remove_cgroup(group)
         return None
     return group
 
 
+def _new_pids_cgroup(limits: Limits) -> Path | None:
+    """A pids cgroup capped at `limits.processes` for one run, or None where none can be made."""
+    root = pids_cgroups()
+    return None if root is None else _make_cgroup(root, limits.processes)
+
+
 def _remove_cgroup(group: Path, limit_s: float = 5.0) -> None:
-    """Remove a run's cgroup once its last process has left it (kept if it never empties)."""
+    """Kill whatever is left in a run's cgroup, then remove it."""
     deadline = time.monotonic() + limit_s
     while group.exists():
+        for pid in _read(group / "cgroup.procs").split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         try:
             group.rmdir()
         except OSError:
@@ -186,10 +215,26 @@ def _remove_cgroup(group: Path, limit_s: float = 5.0) -> None:
             time.sleep(0.05)
 
 
+def _join(group: Path):
+    """A preexec_fn moving the new process into `group` (plain system calls: it runs in a
+    child forked from a threaded parent)."""
+    path, text = str(group / "cgroup.procs"), b"0"
+
+    def join():
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
+    return join
+
+
 def _set_limits(limits: Limits, cgroup: Path | None = None):
+    join = _join(cgroup) if cgroup is not None else None
+
     def apply():
-        if cgroup is not None:  # before anything else runs: every child is counted
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        if join is not None:  # before anything else runs: every child is counted
+            join()
         cpu = int(limits.timeout_s) + 1
         for name, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS,
                                                          limits.memory_bytes),
