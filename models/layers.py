@@ -122,6 +122,8 @@ class Linear(nn.Module):
               output_sizes: tuple[int, ...] | None = None) -> None:
         """Keep only `rows` (output features) and/or `cols` (input features) of every weight
         tensor: the float weight, or the int8 weight and its per-row scales."""
+        if isinstance(self.method, PackedDenseMethod):
+            raise TypeError("a layer packed for oneDNN cannot be split: split, then pack")
         for name in ("weight", "weight_int8", "weight_scale", "bias"):
             tensor = getattr(self, name, None)
             if tensor is None:

@@ -1,7 +1,8 @@
 """From a checkpoint directory to a ported model on a device.
 
 `build_model` is the one model builder: what a runner, a tensor-parallel rank and `llmgate
-weights` run (load, quantize, split, cast). `load_model` reads a checkpoint as it is.
+weights` run (load, quantize, split, cast; then, on the CPU in fp32, pack for oneDNN).
+`load_model` reads a checkpoint as it is.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ As root, RLIMIT_NPROC is not enforced, so the number of processes is capped by a
 cgroup of each run's own where the kernel lets this process make one (`pids_cgroups()`:
 cgroup v1's pids hierarchy as root, or a child of this process's own cgroup v2 group): a fork
 bomb stops at `Limits.processes` instead of filling memory until its timeout; whatever is left
-in the group is killed before it is removed. Without one, the pid namespace and the timeout are what contain it.
-`run` returns only once no process of the sandbox is left.
+in the group is killed before it is removed. Without one, the pid namespace and the timeout
+are what contain it. `run` returns only once no process of the sandbox is left.
 
 A program passes only when it ran to its end: exit status 0 *and* a random marker, new for
 each run, written to stdout by a wrapper after the program's last statement returned
