@@ -87,6 +87,17 @@ def test_unmeasurable_questions_are_left_out_and_none_left_fails():
                         "nothing measured"]
 
 
+def test_fewer_questions_than_the_forms_minimum_fail_saying_so():
+    base = answers(30)
+    failures, result = likelihood_gate("mmlu-cloze", pairs(base, base), "ref", min_questions=40)
+    assert not result["passed"] and result["min_questions"] == 40
+    assert failures == ["mmlu-cloze likelihood vs baseline ref (30 questions): 30 questions "
+                        "are fewer than the 40 the cloze form needs: below that, runs that "
+                        "must pass fail the bounds too, so this gate cannot tell a regression "
+                        "from noise (gate more questions)"]
+    assert likelihood_gate("mmlu-cloze", pairs(base, base), "ref", min_questions=30)[0] == []
+
+
 def test_a_baseline_saved_without_log_probabilities_is_reported_not_gated():
     base = [{k: v for k, v in a.items() if k != "logprobs"} for a in answers(5)]
     failures, result = likelihood_gate("mmlu", pairs(answers(5), base), "old")
