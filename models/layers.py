@@ -55,7 +55,7 @@ class PackedDenseMethod(DenseMethod):
     """float32 on the CPU: the weight reordered once into oneDNN's blocked layout, then
     multiplied by oneDNN's linear kernel (what inductor's weight prepacking does under
     freezing). For the 1 x K by K x N products of a decode step it streams the weight about
-    1.5x faster than `F.linear`'s MKL path, on AVX-512 and AVX2 alike
+    1.3-1.5x faster than `F.linear`'s MKL path, on AVX-512 and AVX2 alike
     (benchmarks/linear_kernels.py); results differ from it by float32 rounding only.
 
     The packed weight replaces the plain one (`layer.weight` is None), so a packed layer can
