@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -124,18 +123,14 @@ def _mounts() -> list[str]:
     return args
 
 
-_CGROUP_LOCK = threading.Lock()
-
-
+@cache
 def pids_cgroups() -> Path | None:
     """A directory in which this process can make pids cgroups and move a child into them, or
     None: cgroup v1's pids hierarchy, or under cgroup v2 this process's own cgroup where it
     enables the pids controller for its children (so a program stays inside every limit the
-    harness itself runs under). Found once, by trying."""
-    with _CGROUP_LOCK:  # run_many's threads ask at once
-        if not hasattr(pids_cgroups, "found"):
-            pids_cgroups.found = next(filter(_can_use, _pids_candidates()), None)
-        return pids_cgroups.found
+    harness itself runs under). Found once, by trying (run_many's threads may try at once:
+    each probe group has a name of its own)."""
+    return next(filter(_can_use, _pids_candidates()), None)
 
 
 def _pids_candidates() -> list[Path]:
