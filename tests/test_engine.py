@@ -229,3 +229,13 @@ def test_only_float32_dense_layers_on_the_cpu_are_packed():
     assert methods.pop("lm_head") is PACKED_DENSE  # W8A8 keeps a float32 LM head
     assert all(method.scheme == "w8a8" for method in methods.values())
     assert not can_pack("cuda", torch.float32) and not can_pack("cpu", torch.bfloat16)
+
+
+def test_a_packed_layer_refuses_to_be_split_or_quantized():
+    from models.quant import Int8WeightOnly
+
+    layer = build_model(tiny_checkpoint("qwen-tiny"), FP32).lm_head
+    with pytest.raises(TypeError, match="cannot be split: split, then pack"):
+        layer.shard(rows=[0, 1])
+    with pytest.raises(TypeError, match="no float weight to quantize: quantize, then pack"):
+        Int8WeightOnly().convert(layer)
