@@ -1,5 +1,6 @@
 """Shared fixtures for llmgate's own tests."""
 
+import json
 import shutil
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,19 @@ from models.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = default_cache_dir()  # read before pytester points HOME at its own directory
+REMOTE_CODE = ROOT / "tests" / "remote_code" / "modeling_tinyllama.py"
+REMOTE_CLASS = "modeling_tinyllama.TinyLlamaForCausalLM"
+
+
+def remote_code_checkpoint(out: Path) -> Path:
+    """alpaca2-tiny's weights in `out` beside a modeling file that config.json's auto_map
+    names: a HuggingFace remote-code port in miniature."""
+    shutil.copytree(tiny_checkpoint("alpaca2-tiny"), out)
+    shutil.copy(REMOTE_CODE, out)
+    config = json.loads((out / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": REMOTE_CLASS}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
 
 
 @cache

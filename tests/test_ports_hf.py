@@ -13,22 +13,13 @@ from harness.ports.hf import HFRunner, check_remote_code, enter_rank
 from harness.runners import ReferenceRunner
 from harness.verdicts import nan_max
 from models.checkpoint import CheckpointError
-from tests.conftest import tiny_checkpoint
-
-REMOTE_CODE = Path(__file__).parent / "remote_code" / "modeling_tinyllama.py"
-REMOTE_CLASS = "modeling_tinyllama.TinyLlamaForCausalLM"
+from tests.conftest import REMOTE_CLASS, remote_code_checkpoint, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def remote_dir(tmp_path_factory):
     """alpaca2-tiny's weights beside a modeling file that config.json's auto_map names."""
-    out = tmp_path_factory.mktemp("remote") / "tinyllama"
-    shutil.copytree(tiny_checkpoint("alpaca2-tiny"), out)
-    shutil.copy(REMOTE_CODE, out)
-    config = json.loads((out / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": REMOTE_CLASS}
-    (out / "config.json").write_text(json.dumps(config))
-    return out
+    return remote_code_checkpoint(tmp_path_factory.mktemp("remote") / "tinyllama")
 
 
 def ragged_batch(vocab_size: int):
@@ -136,8 +127,6 @@ def cut_for_tp(source: Path, out: Path, world_size: int) -> Path:
     rank its heads (q/k/v rows, o_proj columns) and intermediate share (gate/up rows,
     down_proj columns), the rest replicated, with the parallel modeling file and an auto_map
     naming it; `out` itself keeps the whole model."""
-    import shutil
-
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)

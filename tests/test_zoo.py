@@ -15,7 +15,7 @@ import pytest
 
 from harness.accuracy.datasets import SMOKE_ROOT
 from harness.cli import zoo
-from tests.conftest import tiny_checkpoint
+from tests.conftest import remote_code_checkpoint, tiny_checkpoint
 
 SMALL_PERF = ["--repeats", "1", "--warmup", "0"]
 SEED_COLUMNS = ["batch_size", "input_seq_len(Encoding)", "output_seq_len(Decoding)",
@@ -209,6 +209,18 @@ def test_config_ini_inference(workspace, tmp_path, doc, line):
     cwd = config_ini(tmp_path / doc, workspace / model, f"{model}_7b")
     records, _ = run(workspace, line, "-k", "greedy", cwd=cwd)
     assert {r["suite"] for r in records} == {"numerics"}
+
+
+def test_a_remote_code_directory_runs_as_the_hf_port_with_its_own_code(workspace, tmp_path,
+                                                                      capsys):
+    """Qwen-7B's directory ships its modeling code (config.json's auto_map): the plan runs it
+    through transformers with --trust-remote-code, and the numerics suite passes it."""
+    model = remote_code_checkpoint(tmp_path / "qwen-remote")
+    cwd = config_ini(tmp_path / "qwen", model, "qwen_7b")
+    records, _ = run(workspace, "python main.py --task inference", "-k", "greedy", cwd=cwd)
+    out = capsys.readouterr().out
+    assert "--port alpaca2-tiny=hf --trust-remote-code" in out
+    assert {(r["suite"], r["port"]) for r in records} == {("numerics", "hf")}
 
 
 @pytest.mark.parametrize("doc, line, model_name", [
