@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -187,10 +188,17 @@ def _make_cgroup(root: Path, processes: int) -> Path | None:
     return group
 
 
-def _new_pids_cgroup(limits: Limits) -> Path | None:
-    """A pids cgroup capped at `limits.processes` for one run, or None where none can be made."""
+@contextmanager
+def _pids_cgroup(limits: Limits):
+    """A pids cgroup capped at `limits.processes` for one run (None where none can be made),
+    emptied and removed on leaving."""
     root = pids_cgroups()
-    return None if root is None else _make_cgroup(root, limits.processes)
+    group = None if root is None else _make_cgroup(root, limits.processes)
+    try:
+        yield group
+    finally:
+        if group is not None:
+            _remove_cgroup(group)
 
 
 def _remove_cgroup(group: Path, limit_s: float = 5.0) -> None:
@@ -289,31 +297,24 @@ class Sandbox:
         stdin_read, stdin_write = os.pipe()
         os.write(stdin_write, f"{marker}\n".encode())  # fits the pipe's buffer: never blocks
         os.close(stdin_write)
-        cgroup = _new_pids_cgroup(self.limits)
-        try:
+        with _pids_cgroup(self.limits) as cgroup:
             with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
                 process = subprocess.Popen(
                     command, cwd=work, stdin=stdin_read, stdout=out, stderr=err,
                     start_new_session=True, preexec_fn=_set_limits(self.limits, cgroup),
                     pass_fds=(info_write,), env={"PATH": "/usr/bin:/bin", "HOME": str(work)})
-        except BaseException:
-            if cgroup is not None:
-                _remove_cgroup(cgroup)
-            raise
-        os.close(stdin_read)
-        os.close(info_write)
-        namespace = _namespace(info_read) if self.isolation == "bwrap" else None
-        os.close(info_read)
-        try:
-            return "done", process.wait(timeout=self.limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            return "timed_out", -signal.SIGKILL
-        finally:
-            _kill_group(process)
-            if namespace:
-                _wait_for_namespace(namespace)
-            if cgroup is not None:
-                _remove_cgroup(cgroup)
+            os.close(stdin_read)
+            os.close(info_write)
+            namespace = _namespace(info_read) if self.isolation == "bwrap" else None
+            os.close(info_read)
+            try:
+                return "done", process.wait(timeout=self.limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                return "timed_out", -signal.SIGKILL
+            finally:
+                _kill_group(process)
+                if namespace:
+                    _wait_for_namespace(namespace)
 
     def run_many(self, programs: list[str], workers: int | None = None,
                  progress=None) -> list[Outcome]:
