@@ -179,13 +179,13 @@ def main() -> None:
 
     ms, first, streamed = transformers_figures(path, ids, mask, args.new, args.repeats)
     row("transformers fp32", ms, first, args.prompt, streamed)
-    for label, dtype, compiled, pack in (("ours fp32 F.linear", "fp32", True, False),
-                                         ("ours fp32 eager", "fp32", False, True),
-                                         ("ours fp32", "fp32", True, True),
-                                         ("ours w8a16", "w8a16", True, True),
-                                         ("ours w8a8", "w8a8", True, True)):
+    for label, dtype, compiled, onednn in (("ours fp32 F.linear", "fp32", True, False),
+                                           ("ours fp32 eager", "fp32", False, True),
+                                           ("ours fp32", "fp32", True, True),
+                                           ("ours w8a16", "w8a16", True, True),
+                                           ("ours w8a8", "w8a8", True, True)):
         runner = PortedRunner(path, Precision.of(dtype), hardware=cpu, compile=compiled,
-                              pack=pack)
+                              onednn=onednn)
         ms, first = measure(lambda n, r=runner: r.generate(ids, mask, n), args.new,
                             args.repeats)
         row(label, ms, first, args.prompt, runner.streamed_weight_bytes())

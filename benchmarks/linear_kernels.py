@@ -4,8 +4,11 @@ weights, all measured in this one process.
 A decode step at batch 1 is a 1 x K by K x N product per projection; the weights are read
 once, from memory rather than cache (30 layers' distinct matrices, 425 MB, cycle through
 each pass). Compared: `F.linear` and `torch.mv` (torch's BLAS, MKL in the x86 wheels), oneDNN's
-linear on a weight reordered once into its own layout (`torch.ops.mkldnn._linear_pointwise`,
-what inductor's freezing pass uses), and MKL's packed sgemm (`torch.ops.mkl._mkl_linear`).
+linear (`torch.ops.mkldnn._linear_pointwise`, what inductor's freezing pass uses) on the plain
+weight and on one reordered once into its own layout, MKL's packed sgemm
+(`torch.ops.mkl._mkl_linear`), and the product written as a multiply-and-sum that
+`torch.compile` turns into a loop of its own (inductor's C++ reduction; each call here also
+pays the compiled function's guards, which a whole compiled decode step pays once).
 Best of --repeats passes; GB/s counts weight bytes read. To see an AVX2 machine's code paths
 on an AVX-512 one, run it under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 MKL_ENABLE_INSTRUCTIONS=AVX2.
@@ -26,6 +29,11 @@ from harness.devices import cpu_description, describe_cpu
 # (out, in) of one smollm2-135m layer's q, k, v, o, gate, up, down projections
 SHAPES = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
 LAYERS = 30
+
+
+@torch.compile(dynamic=False)
+def reduction(x, w):
+    return (x[:, None, :] * w[None]).sum(-1)
 
 
 def best_seconds(step, weights, inputs, repeats: int) -> float:
@@ -53,12 +61,16 @@ def main() -> None:
     kernels = {
         "F.linear": ([(w,) for w in plain], lambda x, w: F.linear(x, w[0])),
         "torch.mv": ([(w,) for w in plain], lambda x, w: torch.mv(w[0], x[0])),
+        "oneDNN linear, plain weight": (
+            [(w,) for w in plain],
+            lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w[0], None, "none", [], "")),
         "oneDNN linear, reordered weight": (
             [(w, torch.ops.mkldnn._reorder_linear_weight(w, 1)) for w in plain],
             lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w[1], None, "none", [], "")),
         "MKL packed sgemm": (
             [(w, torch.ops.mkl._mkl_reorder_linear_weight(w, 1)) for w in plain],
             lambda x, w: torch.ops.mkl._mkl_linear(x, w[1], w[0], None, 1)),
+        "inductor multiply-and-sum": ([(w,) for w in plain], lambda x, w: reduction(x, w[0])),
     }
     for name, (weights, step) in kernels.items():
         check = step(inputs[weights[0][0].shape[1]], weights[0])

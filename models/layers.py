@@ -38,55 +38,57 @@ class DenseMethod:
 DENSE = DenseMethod()
 
 
-@torch.library.custom_op("llmgate::packed_linear", mutates_args=())
-def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """oneDNN's linear on a weight already reordered into its own layout. An operator of its
-    own, so that `torch.compile` calls it as it is instead of lowering it (inductor's own
-    lowering of this kernel expects the weight frozen into the graph)."""
-    return _onednn_linear(x, weight, bias)
+@torch.library.custom_op("llmgate::onednn_linear", mutates_args=())
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """oneDNN's linear kernel. An operator of its own, so that `torch.compile` calls it as it
+    is instead of lowering it (inductor's own lowering of this kernel expects a weight frozen
+    into the graph)."""
+    return _onednn_kernel(x, weight, bias)
 
 
-def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _onednn_kernel(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-@packed_linear.register_fake
+@onednn_linear.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-class PackedDenseMethod(DenseMethod):
-    """float32 on the CPU: the weight reordered once into oneDNN's blocked layout, then
-    multiplied by oneDNN's linear kernel (what inductor's weight prepacking does under
-    freezing). For the 1 x K by K x N products of a decode step it streams the weight about
-    1.3-1.5x faster than `F.linear`'s MKL path, on AVX-512 and AVX2 alike
-    (benchmarks/linear_kernels.py); results differ from it by float32 rounding only.
+class OneDnnDenseMethod(DenseMethod):
+    """float32 on the CPU, the plain weight, faster kernels than `F.linear`'s MKL path.
 
-    The packed weight replaces the plain one (`layer.weight` is None), so a packed layer can
-    no longer be sharded, quantized or saved: packing is the last step of building a model.
+    Eager, and in compiled steps of more than one row, oneDNN's linear kernel multiplies
+    (what inductor's weight prepacking calls under freezing; on the plain weight it is as
+    fast as on one reordered into oneDNN's layout). In a compiled step of one row, the decode
+    step at batch 1, the 1 x K by K x N product is written as a multiply-and-sum, which inductor
+    turns into a vectorised loop of its own that streams the weight faster still. Both stream
+    the weight 1.5-2x faster than `F.linear` at batch 1, on AVX-512 and AVX2 alike
+    (benchmarks/linear_kernels.py); results differ from it by float32 rounding only.
     """
 
     def create_weights(self, layer: Linear, bias: bool) -> None:
-        raise TypeError("a packed layer is made from a loaded dense one by convert()")
+        raise TypeError("a oneDNN layer is made from a loaded dense one by convert()")
 
     def convert(self, layer: Linear) -> None:
-        packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.data, 1)
-        del layer.weight
-        layer.register_buffer("weight_packed", packed)
-        layer.weight = None
         layer.method = self
 
     def apply(self, layer: Linear, x: Tensor) -> Tensor:
-        # Eager steps call the kernel itself: the custom operator's dispatch costs ~8 us a call.
-        linear = packed_linear if torch.compiler.is_compiling() else _onednn_linear
-        return linear(x, layer.weight_packed, layer.bias)
+        if not torch.compiler.is_compiling():  # the operator's dispatch costs ~8 us a call
+            return _onednn_kernel(x, layer.weight, layer.bias)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] != 1:
+            return onednn_linear(x, layer.weight, layer.bias)
+        y = (rows[:, None, :] * layer.weight[None]).sum(-1)
+        y = y if layer.bias is None else y + layer.bias
+        return y.reshape(*x.shape[:-1], -1)
 
 
-PACKED_DENSE = PackedDenseMethod()
+ONEDNN_DENSE = OneDnnDenseMethod()
 
 
-def can_pack(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """Whether `PackedDenseMethod` serves a model on `device` in `dtype`."""
+def can_use_onednn(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether `OneDnnDenseMethod` serves a model on `device` in `dtype`."""
     return (torch.device(device).type == "cpu" and dtype == torch.float32
             and torch.backends.mkldnn.is_available())
 
@@ -128,8 +130,6 @@ class Linear(nn.Module):
               output_sizes: tuple[int, ...] | None = None) -> None:
         """Keep only `rows` (output features) and/or `cols` (input features) of every weight
         tensor: the float weight, or the int8 weight and its per-row scales."""
-        if isinstance(self.method, PackedDenseMethod):
-            raise TypeError("a layer packed for oneDNN cannot be split: split, then pack")
         for name in ("weight", "weight_int8", "weight_scale", "bias"):
             tensor = getattr(self, name, None)
             if tensor is None:

@@ -56,9 +56,6 @@ class Int8Method:
 
     def convert(self, layer: Linear) -> None:
         """Quantize a dense layer's weight in place and take it over."""
-        if layer.weight is None:
-            raise TypeError(f"{layer.method.__class__.__name__} layer has no float weight to "
-                            "quantize: quantize, then pack")
         weight_int8, scale = quantize_rows(layer.weight.data)
         bias = layer.bias
         del layer.weight

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig
-from models.layers import DENSE, PACKED_DENSE, Attention, Linear, Rotary, StepContext, alibi_slopes
+from models.layers import DENSE, ONEDNN_DENSE, Attention, Linear, Rotary, StepContext, alibi_slopes
 
 
 class Block(nn.Module):
@@ -156,27 +156,28 @@ def weight_bytes(model: nn.Module) -> int:
 
 def streamed_weight_bytes(model: DecoderLM) -> int:
     """Weight bytes a decode step reads: all of them except embedding tables that are only
-    gathered row by row (the input embedding when the LM head has its own weight, learned
+    gathered row by row (the input embedding when the LM head has a weight of its own, learned
     positions)."""
-    gathered = [model.pos_embed, model.embed if model.lm_head is not None else None]
+    head = model.lm_head
+    tied = head is None or getattr(head, "weight", None) is model.embed.weight
+    gathered = [model.pos_embed, None if tied else model.embed]
     return weight_bytes(model) - sum(weight_bytes(m) for m in gathered if m is not None)
 
 
-def pack_dense_(model: DecoderLM) -> int:
-    """Put every float32 dense `Linear` of a CPU model on `PACKED_DENSE`, and return how many.
+def onednn_dense_(model: DecoderLM) -> int:
+    """Put every float32 dense `Linear` of a CPU model on `ONEDNN_DENSE`, and return how many.
 
-    A tied LM head becomes a `Linear` of its own holding a packed copy of the embedding table
-    (the lookup keeps the plain one): the model then holds that table twice, and a decode step
-    streams the packed copy only.
+    A tied LM head becomes a `Linear` of its own on the embedding's very weight (no copy), so
+    that it runs on the same kernels.
     """
     if model.lm_head is None:
         embed = model.embed.weight
         with torch.device("meta"):
             head = Linear(embed.shape[1], embed.shape[0], bias=False, split="column")
-        head.weight = nn.Parameter(embed.data, requires_grad=False)
+        head.weight = embed
         model.lm_head = head
     layers = [m for m in model.modules() if isinstance(m, Linear) and m.method is DENSE
               and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
     for layer in layers:
-        PACKED_DENSE.convert(layer)
+        ONEDNN_DENSE.convert(layer)
     return len(layers)

@@ -5,10 +5,10 @@ from hypothesis import strategies as st
 
 from models.config import TINY_MODELS
 from models.engine import Engine, Sampling, generate, left_padding
-from models.layers import DENSE, PACKED_DENSE, Linear, can_pack
+from models.layers import DENSE, ONEDNN_DENSE, Linear, can_use_onednn
 from models.loading import build_model
 from models.precision import FP32, Precision
-from models.transformer import streamed_weight_bytes
+from models.transformer import streamed_weight_bytes, weight_bytes
 from tests.conftest import tiny_checkpoint, tiny_model
 
 ATOL = 1e-4  # fp32 tiny models: logits are O(10)
@@ -197,45 +197,40 @@ def test_prompt_in_chunks_equals_one_forward(name):
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)
-def test_packed_layers_give_f_linears_logits(name):
-    """On the CPU in fp32 every dense layer, the tied LM head included, is packed for oneDNN;
-    the logits stay those of F.linear to float32 rounding, and a step streams the same bytes."""
+def test_onednn_layers_give_f_linears_logits(name):
+    """On the CPU in fp32 every dense layer, the tied LM head included (on the embedding's own
+    weight), runs on oneDNN's kernel, or compiled at batch 1 on inductor's multiply-and-sum;
+    the logits stay those of F.linear to float32 rounding, with the same weights in memory."""
     path = tiny_checkpoint(name)
-    plain, packed = build_model(path, FP32, pack=False), build_model(path, FP32)
-    layers = [m for m in packed.modules() if isinstance(m, Linear)]
-    assert packed.lm_head is not None and packed.lm_head in layers
-    assert all(m.method is PACKED_DENSE and m.weight is None for m in layers)
-    assert streamed_weight_bytes(packed) == streamed_weight_bytes(plain)
-    ids, mask = _prompt()
+    plain, fast = build_model(path, FP32, onednn=False), build_model(path, FP32)
+    layers = [m for m in fast.modules() if isinstance(m, Linear)]
+    assert fast.lm_head is not None and fast.lm_head in layers
+    assert all(m.method is ONEDNN_DENSE for m in layers)
+    if plain.lm_head is None:
+        assert fast.lm_head.weight is fast.embed.weight
+    assert weight_bytes(fast) == weight_bytes(plain)
+    assert streamed_weight_bytes(fast) == streamed_weight_bytes(plain)
 
-    def run(engine):
+    def run(engine, ids, mask):
         return [engine.prefill(ids, mask, all_logits=True)] + [engine.decode(ids[:, t])
                                                                for t in range(4)]
 
-    engines = [Engine(plain), Engine(packed)] + [Engine(packed, compile=True)] * (
-        name == "falcon-tiny")
-    reference, *others = map(run, engines)
-    for other in others:
-        for a, b in zip(reference, other):
-            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    compiled = [Engine(fast, compile=True)] * (name == "falcon-tiny")
+    ids, mask = _prompt()
+    for batch in (ids, mask), (ids[:1], mask[:1]):  # compiled: oneDNN, then multiply-and-sum
+        reference = run(Engine(plain), *batch)
+        for engine in [Engine(fast), *compiled]:
+            for a, b in zip(reference, run(engine, *batch)):
+                torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
-def test_only_float32_dense_layers_on_the_cpu_are_packed():
+def test_only_float32_dense_layers_on_the_cpu_run_on_onednn():
     path = tiny_checkpoint("qwen-tiny")
     bf16 = build_model(path, Precision.of("bf16"))
     w8a8 = build_model(path, Precision.of("w8a8"))
     assert all(m.method is DENSE for m in bf16.modules() if isinstance(m, Linear))
     methods = {name: m.method for name, m in w8a8.named_modules() if isinstance(m, Linear)}
-    assert methods.pop("lm_head") is PACKED_DENSE  # W8A8 keeps a float32 LM head
+    assert methods.pop("lm_head") is ONEDNN_DENSE  # W8A8 keeps a float32 LM head
     assert all(method.scheme == "w8a8" for method in methods.values())
-    assert not can_pack("cuda", torch.float32) and not can_pack("cpu", torch.bfloat16)
-
-
-def test_a_packed_layer_refuses_to_be_split_or_quantized():
-    from models.quant import Int8WeightOnly
-
-    layer = build_model(tiny_checkpoint("qwen-tiny"), FP32).lm_head
-    with pytest.raises(TypeError, match="cannot be split: split, then pack"):
-        layer.shard(rows=[0, 1])
-    with pytest.raises(TypeError, match="no float weight to quantize: quantize, then pack"):
-        Int8WeightOnly().convert(layer)
+    assert not can_use_onednn("cuda", torch.float32)
+    assert not can_use_onednn("cpu", torch.bfloat16)
