@@ -188,8 +188,8 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
     from harness.runners import PortedRunner
     from models.precision import Precision
 
-    # Unpacked: oneDNN's packed layers do not survive an allocation refused under the CPU's
-    # address-space cap (the process dies), and the search must see every refusal as an error.
+    # On F.linear: oneDNN does not survive an allocation refused under the CPU's address-space
+    # cap (the process dies), and the search must see every refusal as an error.
     runner = PortedRunner(checkpoint, Precision.of(dtype, backend.name), hardware=backend,
                           headroom=out_len, device_logits=True, onednn=False)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
