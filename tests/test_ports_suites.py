@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from tests.conftest import tiny_checkpoint
+from tests.conftest import REMOTE_CLASS, remote_code_checkpoint, tiny_checkpoint
 from tests.served_model import running
 
 pytest_plugins = ["pytester"]
@@ -225,16 +225,7 @@ def test_an_int8_dtype_on_an_hf_port_is_a_start_up_error(suites):
 
 def test_remote_code_needs_trust_at_start_up_and_runs_its_own_class_with_it(suites,
                                                                             tmp_path):
-    from tests.test_ports_hf import REMOTE_CLASS, REMOTE_CODE
-
-    remote = tmp_path / "remote"
-    import shutil
-
-    shutil.copytree(tiny_checkpoint(MODEL), remote)
-    shutil.copy(REMOTE_CODE, remote)
-    config = json.loads((remote / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": REMOTE_CLASS}
-    (remote / "config.json").write_text(json.dumps(config))
+    remote = remote_code_checkpoint(tmp_path / "remote")  # alpaca2-tiny's weights
     args = (*NUMERICS, "--dtype", "fp32", "--batch", "2", "--port", f"{MODEL}=hf",
             "--model-path", f"{MODEL}={remote}")
     refused = suites.runpytest(*args)
