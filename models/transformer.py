@@ -159,7 +159,7 @@ def streamed_weight_bytes(model: DecoderLM) -> int:
     gathered row by row (the input embedding when the LM head has a weight of its own, learned
     positions)."""
     head = model.lm_head
-    tied = head is None or getattr(head, "weight", None) is model.embed.weight
+    tied = head is None or head.weight is model.embed.weight
     gathered = [model.pos_embed, None if tied else model.embed]
     return weight_bytes(model) - sum(weight_bytes(m) for m in gathered if m is not None)
 
