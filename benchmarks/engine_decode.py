@@ -1,4 +1,4 @@
-"""Decode speed of the ported engine in fp32, W8A16 and W8A8 beside transformers `generate`
+"""Decode speed of the ported engine in fp32, bf16, W8A16 and W8A8 beside transformers `generate`
 and llama.cpp's server on the same model, each against its bandwidth floor, in one process.
 
 Default: smollm2-135m, CPU, batch 1, 128-token prompt, 64 new tokens. Per-token decode time is
@@ -7,10 +7,10 @@ prefill speed is prompt tokens / time to the first new token. Each figure is the
 --repeats runs. The floor of an engine is the time to stream the bytes one decode step reads
 (its weights as it stores them; embedding rows it only gathers excepted) once at the measured
 copy bandwidth. "ours fp32 F.linear" is the compiled fp32 engine with its dense layers left on
-`F.linear` (MKL) instead of packed for oneDNN, to show what the packing gives. llama.cpp runs
-as the `llama-cpp` port's server (llama-cpp-python, started here, `--logits_all false`) on
-the shipped Q4_1 GGUF and on F16 and F32 files its own
-quantizer writes from it; it is timed through HTTP from this process, which stays idle.
+`F.linear` (MKL) instead of the CPU kernels of `CpuDenseMethod`, to show what those give.
+llama.cpp runs as the `llama-cpp` port's server (llama-cpp-python, started here,
+`--logits_all false`) on the shipped Q4_1 GGUF and on F16 and F32 files its own quantizer
+writes from it; it is timed through HTTP from this process, which stays idle.
 
     .venv/bin/python benchmarks/engine_decode.py [--llama q4_1,f16,f32 | --llama none]
 """
@@ -179,13 +179,14 @@ def main() -> None:
 
     ms, first, streamed = transformers_figures(path, ids, mask, args.new, args.repeats)
     row("transformers fp32", ms, first, args.prompt, streamed)
-    for label, dtype, compiled, onednn in (("ours fp32 F.linear", "fp32", True, False),
-                                           ("ours fp32 eager", "fp32", False, True),
-                                           ("ours fp32", "fp32", True, True),
-                                           ("ours w8a16", "w8a16", True, True),
-                                           ("ours w8a8", "w8a8", True, True)):
+    for label, dtype, compiled, cpu_dense in (("ours fp32 F.linear", "fp32", True, False),
+                                              ("ours fp32 eager", "fp32", False, True),
+                                              ("ours fp32", "fp32", True, True),
+                                              ("ours bf16", "bf16", True, True),
+                                              ("ours w8a16", "w8a16", True, True),
+                                              ("ours w8a8", "w8a8", True, True)):
         runner = PortedRunner(path, Precision.of(dtype), hardware=cpu, compile=compiled,
-                              onednn=onednn)
+                              cpu_dense=cpu_dense)
         ms, first = measure(lambda n, r=runner: r.generate(ids, mask, n), args.new,
                             args.repeats)
         row(label, ms, first, args.prompt, runner.streamed_weight_bytes())

@@ -108,16 +108,16 @@ class PortedRunner:
 
     def __init__(self, checkpoint: str | Path, precision: Precision = FP32, *,
                  hardware: str | Backend = "cpu", headroom: int = 256, compile: bool = False,
-                 device_logits: bool = False, lm_head: bool = False, onednn: bool = True):
+                 device_logits: bool = False, lm_head: bool = False, cpu_dense: bool = True):
         """precision: its int8 scheme quantizes the model (from its float32 weights; the LM
         head too if `lm_head`), unless the checkpoint is quantized already, with that scheme.
         device_logits: return logits on the device in the model dtype (the perf loop picks
         tokens there, as a serving loop would) instead of float32 on the CPU.
-        onednn: on the CPU in float32, run the dense layers on oneDNN's kernels (`build_model`)."""
+        cpu_dense: on the CPU, run the float dense layers on faster kernels (`build_model`)."""
         self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
         self.precision, self.device_logits = precision, device_logits
         self.model = build_model(checkpoint, precision, lm_head=lm_head,
-                                 device=self.backend.torch_device(), onednn=onednn)
+                                 device=self.backend.torch_device(), cpu_dense=cpu_dense)
         self.engine = Engine(self.model, headroom=headroom, compile=compile)
 
     @property

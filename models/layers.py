@@ -55,42 +55,45 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-class OneDnnDenseMethod(DenseMethod):
-    """float32 on the CPU, the plain weight, faster kernels than `F.linear`'s MKL path.
+class CpuDenseMethod(DenseMethod):
+    """Floating-point weights on the CPU, as they are, on faster kernels than `F.linear`'s.
 
-    Eager, and in compiled steps of more than one row, oneDNN's linear kernel multiplies
-    (what inductor's weight prepacking calls under freezing; on the plain weight it is as
-    fast as on one reordered into oneDNN's layout). In a compiled step of one row, the decode
-    step at batch 1, the 1 x K by K x N product is written as a multiply-and-sum, which inductor
-    turns into a vectorised loop of its own that streams the weight faster still. Both stream
-    the weight 1.5-2x faster than `F.linear` at batch 1, on AVX-512 and AVX2 alike
-    (benchmarks/linear_kernels.py); results differ from it by float32 rounding only.
+    In a compiled step of one row, the decode step at batch 1, the 1 x K by K x N product is
+    written as a multiply-and-sum in float32, which inductor turns into a vectorised loop of
+    its own that streams the weight close to the memory bandwidth (a bf16 or fp16 weight is
+    widened in the loop, so half the bytes of float32 cross it). In float32, eager calls and
+    compiled steps of more rows run on oneDNN's linear kernel (what inductor's weight
+    prepacking calls under freezing; on the plain weight it is as fast as on one reordered into
+    oneDNN's layout); other dtypes keep `F.linear` there. At batch 1 both stream the weight
+    1.5-2x faster than `F.linear`, on AVX-512 and AVX2 alike (benchmarks/linear_kernels.py);
+    results differ from it by rounding only (the products are summed in float32 in both).
     """
 
     def create_weights(self, layer: Linear, bias: bool) -> None:
-        raise TypeError("a oneDNN layer is made from a loaded dense one by convert()")
+        raise TypeError("a CPU dense layer is made from a loaded dense one by convert()")
 
     def convert(self, layer: Linear) -> None:
         layer.method = self
 
     def apply(self, layer: Linear, x: Tensor) -> Tensor:
+        onednn = layer.weight.dtype == torch.float32
         if not torch.compiler.is_compiling():  # the operator's dispatch costs ~8 us a call
-            return _onednn_kernel(x, layer.weight, layer.bias)
+            return (_onednn_kernel if onednn else F.linear)(x, layer.weight, layer.bias)
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] != 1:
-            return onednn_linear(x, layer.weight, layer.bias)
-        y = (rows[:, None, :] * layer.weight[None]).sum(-1)
-        y = y if layer.bias is None else y + layer.bias
-        return y.reshape(*x.shape[:-1], -1)
+            return (onednn_linear if onednn else F.linear)(x, layer.weight, layer.bias)
+        y = (rows.float()[:, None, :] * layer.weight.float()[None]).sum(-1)
+        y = y if layer.bias is None else y + layer.bias.float()
+        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
-ONEDNN_DENSE = OneDnnDenseMethod()
+CPU_DENSE = CpuDenseMethod()
 
 
-def can_use_onednn(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """Whether `OneDnnDenseMethod` serves a model on `device` in `dtype`."""
-    return (torch.device(device).type == "cpu" and dtype == torch.float32
-            and torch.backends.mkldnn.is_available())
+def can_use_cpu_dense(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether `CpuDenseMethod` serves a model on `device` in `dtype`."""
+    return (torch.device(device).type == "cpu" and dtype.is_floating_point
+            and (dtype != torch.float32 or torch.backends.mkldnn.is_available()))
 
 
 class Linear(nn.Module):
@@ -267,10 +270,34 @@ class Attention(nn.Module):
         end = ctx.start + T
         self.k_cache[:, :, ctx.start:end] = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, D)
         self.v_cache[:, :, ctx.start:end] = v.transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, self.k_cache[:, :, :end], self.v_cache[:, :, :end],
-            attn_mask=ctx.mask, is_causal=ctx.is_causal, enable_gqa=KV != H)
+        k, v = self.k_cache[:, :, :end], self.v_cache[:, :, :end]
+        if T == 1 and x.device.type == "cpu" and torch.compiler.is_compiling():
+            y = one_query_attention(q, k, v, ctx.mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask,
+                                               is_causal=ctx.is_causal, enable_gqa=KV != H)
         return self.out(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
+
+
+def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of one query per row, as SDPA computes it, written out for inductor to fuse.
+
+    q (B, H, 1, D); k, v (B, KV, S, D), each key/value head shared by H / KV query heads; mask
+    None, bool (B, 1, 1, S) or additive (B, H, 1, S). Scores, softmax and the weighted sum are
+    computed in float32 (as SDPA's CPU kernel accumulates). In a compiled decode step on the
+    CPU this is 2-10x faster than SDPA's flash kernel, whose per-call cost dominates at one
+    query (`benchmarks/int8_decode.py --profile`)."""
+    B, H, _, D = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    grouped = q.reshape(B, KV, H // KV, 1, D).float()
+    scores = (grouped * k.float()[:, :, None]).sum(-1) * D ** -0.5  # (B, KV, H / KV, S)
+    if mask is not None:
+        mask = mask.expand(B, H, 1, S).reshape(B, KV, H // KV, S)
+        scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
+                  else scores + mask.float())
+    weights = scores.softmax(-1)
+    y = (weights[..., None] * v.float()[:, :, None]).sum(-2)  # (B, KV, H / KV, D)
+    return y.reshape(B, H, 1, D).to(q.dtype)
 
 
 # --------------------------------------------------------------------------- MLPs

@@ -15,11 +15,11 @@ import torch
 from models import bloom, falcon, llama, ported, qwen, starcoder
 from models.checkpoint import Checkpoint, CheckpointError, HFConfig
 from models.config import ModelConfig
-from models.layers import can_use_onednn
+from models.layers import can_use_cpu_dense
 from models.parallel import parallelize_
 from models.precision import Precision
 from models.quant import SCHEMES, cast_floats_, quantize_
-from models.transformer import DecoderLM, onednn_dense_
+from models.transformer import DecoderLM, cpu_dense_
 
 FAMILY_MODULES: dict[str, ModuleType] = {
     "llama": llama, "qwen": qwen, "falcon": falcon, "bloom": bloom, "starcoder": starcoder}
@@ -51,14 +51,14 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32,
 
 def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_size: int = 1,
                 lm_head: bool = False, device: str | torch.device = "cpu",
-                onednn: bool = True) -> DecoderLM:
+                cpu_dense: bool = True) -> DecoderLM:
     """The model a case runs: rank `rank` of `world_size`, in `precision` (its int8 scheme on
     every linear layer but the LM head, unless `lm_head`).
 
     A quantized or split checkpoint (`llmgate weights quant|cut`) is read as stored and must
     hold what `precision` asks for; anything else is quantized from its float32 weights and
-    cut here, then cast to the activation dtype. On the CPU in float32 (`onednn`), the dense
-    layers then run on oneDNN's kernels (`models.transformer.onednn_dense_`).
+    cut here, then cast to the activation dtype. On the CPU (`cpu_dense`), the float dense
+    layers then run on the faster kernels of `models.transformer.cpu_dense_`.
     """
     parts = ported.part_dirs(path)
     if parts is not None:
@@ -80,8 +80,8 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
         if world_size > 1:
             parallelize_(model, rank, world_size)
         model = cast_floats_(model, precision.dtype)
-    if onednn and can_use_onednn(device, precision.dtype):
-        onednn_dense_(model)
+    if cpu_dense and can_use_cpu_dense(device, precision.dtype):
+        cpu_dense_(model)
     return model
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig
-from models.layers import DENSE, ONEDNN_DENSE, Attention, Linear, Rotary, StepContext, alibi_slopes
+from models.layers import CPU_DENSE, DENSE, Attention, Linear, Rotary, StepContext, alibi_slopes
 
 
 class Block(nn.Module):
@@ -164,8 +164,9 @@ def streamed_weight_bytes(model: DecoderLM) -> int:
     return weight_bytes(model) - sum(weight_bytes(m) for m in gathered if m is not None)
 
 
-def onednn_dense_(model: DecoderLM) -> int:
-    """Put every float32 dense `Linear` of a CPU model on `ONEDNN_DENSE`, and return how many.
+def cpu_dense_(model: DecoderLM) -> int:
+    """Put every floating-point dense `Linear` of a CPU model on `CPU_DENSE`, and return how
+    many (int8 layers keep their own methods).
 
     A tied LM head becomes a `Linear` of its own on the embedding's very weight (no copy), so
     that it runs on the same kernels.
@@ -177,7 +178,7 @@ def onednn_dense_(model: DecoderLM) -> int:
         head.weight = embed
         model.lm_head = head
     layers = [m for m in model.modules() if isinstance(m, Linear) and m.method is DENSE
-              and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
+              and m.weight.is_floating_point() and m.weight.device.type == "cpu"]
     for layer in layers:
-        ONEDNN_DENSE.convert(layer)
+        CPU_DENSE.convert(layer)
     return len(layers)

@@ -77,7 +77,7 @@ def test_a_quantized_checkpoint_loads_as_stored(quantized, ids):
     q = config["quantization_config"]
     assert q["scheme"] == "w8a8" and "lm_head" not in q["modules"] and q["modules"]
     assert (quantized / "tokenizer.json").exists()
-    on_the_fly = build_model(tiny_checkpoint("qwen-tiny"), Precision.of("w8a8"), onednn=False)
+    on_the_fly = build_model(tiny_checkpoint("qwen-tiny"), Precision.of("w8a8"), cpu_dense=False)
     stored = load_model(quantized)
     assert torch.equal(logits(stored, ids), logits(on_the_fly, ids))
 
@@ -294,7 +294,8 @@ def test_handle_weights_command_lines_run_as_the_bloom_document_writes_them(tmp_
         assert sorted(p.name for p in (tmp_path / out / "part_model").iterdir()) == ["0", "1"]
     check_parts(tmp_path / "bloom_quant_cut", 2)
     whole = logits(load_model(tmp_path / "bloom_quant"), ids)
-    assert torch.equal(logits(build_model(source, Precision.of("w8a8"), onednn=False), ids), whole)
+    plain = build_model(source, Precision.of("w8a8"), cpu_dense=False)
+    assert torch.equal(logits(plain, ids), whole)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -149,7 +149,7 @@ def quant(source: Path, out: Path, scheme: str, lm_head: bool, dtype: torch.dtyp
     if stored:
         raise ValueError(f"{source}: already quantized ({stored})")
     # quantized from float32, then the rest cast to `dtype`
-    model = build_model(source, Precision(scheme, dtype, scheme), lm_head=lm_head, onednn=False)
+    model = build_model(source, Precision(scheme, dtype, scheme), lm_head=lm_head, cpu_dense=False)
     modules = quantized_modules(model)
     ported.save(model, out, source, quantization={"quant_method": ported.QUANT_METHOD,
                                                   "scheme": scheme, "modules": modules})
@@ -162,7 +162,7 @@ def cut(source: Path, out: Path, world_size: int, dtype: torch.dtype) -> int:
     precision = Precision(scheme or DTYPE_NAMES[dtype], dtype, scheme)
     for rank in range(world_size):  # one rank in memory at a time
         part = build_model(source, precision, rank=rank, world_size=world_size,
-                           onednn=False)
+                           cpu_dense=False)
         directory = out / "part_model" / str(rank)
         directory.mkdir(parents=True, exist_ok=True)
         ported.save(part, directory, source,

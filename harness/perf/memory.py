@@ -191,7 +191,7 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
     # On F.linear: oneDNN does not survive an allocation refused under the CPU's address-space
     # cap (the process dies), and the search must see every refusal as an error.
     runner = PortedRunner(checkpoint, Precision.of(dtype, backend.name), hardware=backend,
-                          headroom=out_len, device_logits=True, onednn=False)
+                          headroom=out_len, device_logits=True, cpu_dense=False)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     weights = runner.weight_bytes()
     element = torch.empty((), dtype=runner.precision.dtype).element_size()
