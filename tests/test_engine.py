@@ -172,15 +172,36 @@ def test_bad_sampling_settings(kwargs, message):
 @pytest.mark.parametrize("name", ["falcon-tiny", "bloom-tiny"])
 def test_compiled_decode_matches_eager(name):
     """Compiled, a one-token step attends through `one_query_attention`: under the padding
-    mask here, and Bloom's ALiBi bias."""
+    mask here, and Bloom's ALiBi bias. One compiled engine serves a padded batch, one row
+    unpadded, then a prompt that needs a larger cache, and gives eager's logits throughout."""
     model = tiny_model(name)
     ids, mask = _prompt()
+    long = torch.randint(3, 49152, (1, 40), generator=torch.Generator().manual_seed(4))
+    batches = [(ids, mask), (ids[:1], mask[:1]), (long, torch.ones_like(long))]
 
-    def run(engine):
+    def run(engine, ids, mask):
         return [engine.prefill(ids, mask)] + [engine.decode(ids[:, t]) for t in range(4)]
 
-    for a, b in zip(run(Engine(model)), run(Engine(model, compile=True))):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    eager, compiled = Engine(model, headroom=8), Engine(model, headroom=8, compile=True)
+    for batch in batches:
+        for a, b in zip(run(eager, *batch), run(compiled, *batch)):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert compiled.model.cache_shape == (1, 48)
+
+
+def test_compiled_models_in_one_process_keep_their_own_graphs():
+    """Compiled graphs are cached per code object, shared by every model instance: the guards
+    on modules and parameters are what keep a model on F.linear, one on `CPU_DENSE` and a bf16
+    one apart (a compile that dropped them ran the second model on the first one's graph)."""
+    path = tiny_checkpoint("qwen-tiny")
+    ids, mask = _prompt()
+    models = [build_model(path, FP32, cpu_dense=False), build_model(path, FP32),
+              build_model(path, Precision.of("bf16"))]
+    for model in models:
+        for a, b in zip(_steps(Engine(model), ids[:1], mask[:1]),
+                        _steps(Engine(model, compile=True), ids[:1], mask[:1])):
+            atol = 0.25 if a.dtype == torch.bfloat16 else ATOL  # a few bf16 steps at |logit| 12
+            torch.testing.assert_close(a.float(), b.float(), atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
