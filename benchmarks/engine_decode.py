@@ -107,7 +107,9 @@ def llama_figures(gguf: Path, prompt: str, new_tokens: int, repeats: int, thread
     """(decode ms/token, seconds to the first token, prompt tokens) of llama.cpp's server.
     Decode repeats one prompt (the server reuses its evaluated prefix, so both requests of a
     pair skip the prompt alike) and divides by the tokens its usage counts; the first-token
-    time takes a prompt it has not seen."""
+    times, taken after all pairs, each take a prompt it has not seen (between the requests of
+    a pair, such a prompt would evict the cached one and charge one request of the pair with
+    the prompt's evaluation)."""
     from harness.ports.llama_server import LlamaServer
     from harness.ports.openai import EndpointError, OpenAIClient
 
@@ -126,12 +128,14 @@ def llama_figures(gguf: Path, prompt: str, new_tokens: int, repeats: int, thread
             return seconds, usage["completion_tokens"], usage["prompt_tokens"]
 
         run(2)
-        ms, first = float("inf"), float("inf")
-        for attempt in range(repeats):
+        ms = float("inf")
+        for _ in range(repeats):  # both requests of each pair find the prompt in the cache
             one, one_tokens, _ = run(1)
             many, many_tokens, _ = run(new_tokens)  # its usage may count one more
             ms = min(ms, (many - one) / (many_tokens - one_tokens) * 1e3)
-            seconds, _, prompt_tokens = run(1, f"{attempt}. {prompt}")  # new first token
+        first = float("inf")
+        for attempt in range(repeats):  # each a prompt the server has not seen
+            seconds, _, prompt_tokens = run(1, f"{attempt}. {prompt}")
             first = min(first, seconds)
     return ms, first, prompt_tokens
 
@@ -141,7 +145,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--llama", default=",".join(LLAMA_TYPES),
                         help="llama.cpp weight types to time (q4_1, f16, f32), or none")
     parser.add_argument("--json", help="also write the figures to this file")

@@ -271,7 +271,8 @@ class Attention(nn.Module):
         self.k_cache[:, :, ctx.start:end] = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, D)
         self.v_cache[:, :, ctx.start:end] = v.transpose(1, 2)
         k, v = self.k_cache[:, :, :end], self.v_cache[:, :, :end]
-        if T == 1 and x.device.type == "cpu" and torch.compiler.is_compiling():
+        if (T == 1 and x.device.type == "cpu" and q.dtype != torch.float32
+                and torch.compiler.is_compiling()):
             y = one_query_attention(q, k, v, ctx.mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask,
@@ -285,8 +286,10 @@ def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) ->
     q (B, H, 1, D); k, v (B, KV, S, D), each key/value head shared by H / KV query heads; mask
     None, bool (B, 1, 1, S) or additive (B, H, 1, S). Scores, softmax and the weighted sum are
     computed in float32 (as SDPA's CPU kernel accumulates). In a compiled decode step on the
-    CPU this is 2-10x faster than SDPA's flash kernel, whose per-call cost dominates at one
-    query (`benchmarks/int8_decode.py --profile`)."""
+    CPU with bf16 or fp16 activations this is 3-10x faster than SDPA's flash kernel, whose
+    per-call cost dominates at one query (W8A16: 1.8 ms of a 10 ms step,
+    `benchmarks/int8_decode.py --profile`). float32 steps keep SDPA: there the two are level
+    on AVX-512, and this one is slower with AVX2 only (20.3 against 15.3 ms a step)."""
     B, H, _, D = q.shape
     KV, S = k.shape[1], k.shape[2]
     grouped = q.reshape(B, KV, H // KV, 1, D).float()
