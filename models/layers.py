@@ -64,9 +64,10 @@ class CpuDenseMethod(DenseMethod):
     widened in the loop, so half the bytes of float32 cross it). In float32, eager calls and
     compiled steps of more rows run on oneDNN's linear kernel (what inductor's weight
     prepacking calls under freezing; on the plain weight it is as fast as on one reordered into
-    oneDNN's layout); other dtypes keep `F.linear` there. At batch 1 both stream the weight
-    1.5-2x faster than `F.linear`, on AVX-512 and AVX2 alike (benchmarks/linear_kernels.py);
-    results differ from it by rounding only (the products are summed in float32 in both).
+    oneDNN's layout); other dtypes keep `F.linear` there. At batch 1 in float32 both stream
+    the weight 1.5-2x faster than `F.linear`, on AVX-512 and AVX2 alike
+    (benchmarks/linear_kernels.py); results differ from it by rounding only (the products are
+    summed in float32 in both).
     """
 
     def create_weights(self, layer: Linear, bias: bool) -> None:
@@ -289,7 +290,8 @@ def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) ->
     CPU with bf16 or fp16 activations this is 3-10x faster than SDPA's flash kernel, whose
     per-call cost dominates at one query (W8A16: 1.8 ms of a 10 ms step,
     `benchmarks/int8_decode.py --profile`). float32 steps keep SDPA: there the two are level
-    on AVX-512, and this one is slower with AVX2 only (20.3 against 15.3 ms a step)."""
+    on AVX-512, and this one is slower with the kernels limited to AVX2 (20.3 against 15.3 ms
+    a step)."""
     B, H, _, D = q.shape
     KV, S = k.shape[1], k.shape[2]
     grouped = q.reshape(B, KV, H // KV, 1, D).float()
