@@ -32,7 +32,7 @@ from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
 from harness.numerics import grid as numerics_grid
 from harness.perf import grid as perf_grid
 from harness.perf.options import PerfSettings
-from harness.ports.hf import check_remote_code, enter_rank
+from harness.ports.hf import check_hf_directory, check_remote_code, enter_rank
 from harness.ports.options import PortSettings, PortSpec
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
@@ -108,29 +108,64 @@ def check_stored_weights(paths: dict[str, Path], dtypes: list[str], tp: int) -> 
                                     f"{weights.world_size}, not --tp {tp}")
 
 
-def check_ports(ports: PortSettings, paths: dict[str, Path], dtypes: list[str],
-                tp: int) -> None:
-    """An hf port runs float dtypes; a remote-code directory only with --trust-remote-code."""
+def port_option(name: str | None, spec: PortSpec) -> str:
+    """The --port option as given, for messages."""
+    return f"--port {name + '=' if name else ''}{spec.given}"
+
+
+def check_ports(ports: PortSettings, dtypes: list[str], tp: int) -> None:
+    """An hf port runs float dtypes; the engine and hf ports split over --tp ranks."""
     for name, spec in [*((None, s) for s in ports.default),
                        *((n, s) for n, specs in ports.per_model.items() for s in specs)]:
-        what = f"--port {name + '=' if name else ''}{spec.given}"
+        what = port_option(name, spec)
         if spec.kind == "hf" and set(dtypes) & set(QUANTIZED):
-            raise pytest.UsageError(f"{what}: an hf port runs fp32, bf16 or fp16, not "
-                                    f"{','.join(sorted(set(dtypes) & set(QUANTIZED)))}")
+            raise pytest.UsageError(f"{what}: {hf_int8_refusal(dtypes)}")
         if spec.kind not in ("engine", "hf") and tp > 1:
             raise pytest.UsageError(f"{what}: --tp {tp} runs the engine or an hf port's "
                                     "part_model/{rank} directories")
-    for name, path in paths.items():
-        kinds = {spec.kind for spec in ports.of(name)}
+
+
+def hf_int8_refusal(dtypes: list[str]) -> str:
+    """Why an hf port does not run these int8 `dtypes` (it loads the float weights)."""
+    return (f"an hf port runs fp32, bf16 or fp16, not "
+            f"{','.join(d for d in dtypes if d in QUANTIZED)}")
+
+
+def check_selected(option: str, name: str, selected: list[str], default: bool = False) -> None:
+    """A per-model option for a model the run does not select would be silently ignored.
+    default: `selected` is the embedded models (no --model, no --model-path)."""
+    if name not in selected:
+        raise pytest.UsageError(f"{option} is given but --model does not select {name}"
+                                f"{' (default: the embedded models)' if default else ''}; "
+                                f"add --model {name}")
+
+
+def check_port_directories(settings: Settings) -> None:
+    """What an hf or plug-in port loads, checked before any case: remote code only with
+    --trust-remote-code; for hf, each directory (each rank's under --tp, an embedded
+    checkpoint too) one transformers can build and whose weight files are whole. Reads
+    configs and weight headers only."""
+    ports, paths, tp = settings.ports, settings.model_paths, settings.tp
+    for model in dict.fromkeys([*settings.models, *settings.perf_models]):
+        hf = next((s for s in ports.of(model) if s.kind == "hf"), None)
+        plugin = any(s.kind == "plugin" for s in ports.of(model))
+        if not (hf and (model in paths or model in EMBEDDED_MODELS) or plugin and model in paths):
+            continue  # nothing to check (a model without weights skips with a hint)
+        given = (f"--model-path {model}" if model in paths else
+                 f"{port_option(model if model in ports.per_model else None, hf)} ({model}'s "
+                 "embedded checkpoint)")
         try:
-            if "hf" in kinds and tp > 1:  # each rank loads its own directory
+            path = settings.port_path(model)
+            if hf and tp > 1:  # each rank loads its own directory
                 for rank in range(tp):
-                    check_remote_code(enter_rank(path, rank, tp, 0, environ={}),
-                                      ports.trust_remote_code)
-            elif kinds & {"hf", "plugin"}:
+                    check_hf_directory(enter_rank(path, rank, tp, 0, environ={}),
+                                       ports.trust_remote_code)
+            elif hf:
+                check_hf_directory(path, ports.trust_remote_code)
+            else:
                 check_remote_code(path, ports.trust_remote_code)
         except CheckpointError as e:
-            raise pytest.UsageError(f"--model-path {name}: {e}") from None
+            raise pytest.UsageError(f"{given}: {e}") from None
 
 
 def check_cloze_ports(tasks: list[str], ports: PortSettings) -> None:
@@ -209,17 +244,20 @@ class Settings:
         opt = config.getoption
         ports = PortSettings.from_config(config, REGISTRY)
         paths = model_paths(opt("--model-path"), ports)
-        check_ports(ports, paths, unique(split_values(opt("--dtype"), "--dtype")),
+        check_ports(ports, unique(split_values(opt("--dtype"), "--dtype")),
                     positive_int("--tp", str(opt("--tp"))))
         models = unique(split_values(opt("--model"), "--model"))
         check_names("--model", models, REGISTRY)
         for name in paths:
-            if models and name not in models:
-                raise pytest.UsageError(f"--model-path {name}=... is given but --model does not "
-                                        f"select {name}; add --model {name}")
+            if models:
+                check_selected(f"--model-path {name}=...", name, models)
         # --model-path alone selects its models; with neither, the embedded defaults run,
         # and perf also lists the real models (skipped with a hint) next to its seed tables.
         given = models or list(paths)
+        for name, specs in ports.per_model.items():
+            for spec in specs:
+                check_selected(port_option(name, spec), name, given or list(EMBEDDED_MODELS),
+                               default=not given)
         hardware = unique(split_values(opt("--hardware"), "--hardware")) or ["cpu"]
         check_names("--hardware", hardware, BACKENDS)
         dtypes = unique(split_values(opt("--dtype"), "--dtype"))
@@ -247,6 +285,7 @@ class Settings:
             tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports)
         settings.check_lengths()
         check_cloze_ports(settings.accuracy.tasks, ports)
+        check_port_directories(settings)
         ports.check_endpoints()
         return settings
 
@@ -257,15 +296,23 @@ class Settings:
     def model_dtypes(self, model: str, dtypes: list[str], spec=None) -> list[str]:
         """`dtypes` this model runs on port `spec` (default: the engine): a quantized
         checkpoint only as its own scheme (whatever the suite's default; a --dtype without it
-        is refused at start-up); an hf or plug-in port the float dtypes; a served port its
-        thresholds profile (the server's weights are its own)."""
+        is refused at start-up); a served port its thresholds profile (the server's weights
+        are its own). A plug-in gets every dtype (its factory is given the int8 scheme); an
+        hf port's int8 cases stay in the grid to be skipped with the reason
+        (`int8_problem`), never dropped without a word."""
         spec = spec or PortSpec()
         if spec.served:
             return [self.ports.profile_of(spec)]
-        if spec.kind != "engine":
-            return [d for d in dtypes if d not in QUANTIZED]
-        stored = self.weights(model).scheme if model in self.model_paths else None
+        stored = (self.weights(model).scheme if spec.kind == "engine"
+                  and model in self.model_paths else None)
         return [stored] if stored else dtypes
+
+    def int8_problem(self, case) -> str | None:
+        """Why `case`'s port cannot run its int8 dtype: an hf port loads floats."""
+        if case.precision.scheme and self.port(case).kind == "hf":
+            return (f"{hf_int8_refusal([case.dtype])} (int8 runs on the engine or a plug-in "
+                    "port)")
+        return None
 
     @property
     def tags(self) -> tuple[str, ...]:

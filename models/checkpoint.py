@@ -186,6 +186,13 @@ class Checkpoint:
                                 else _load_bin(file))
         return self._open[file]
 
+    def open_all(self) -> None:
+        """Open every weight file now (safetensors headers, which must cover the file's data;
+        .bin archives memory-mapped), so a truncated or corrupt one is named before a tensor
+        is read."""
+        for file in sorted(set(self.files.values())):
+            self._open_file(file)
+
     def names(self) -> list[str]:
         return list(self.files)
 

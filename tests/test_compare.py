@@ -147,8 +147,8 @@ def test_every_command_shows_the_same_figure_for_the_same_case(tmp_path, capsys)
     cmd_history(argparse.Namespace(results_dir=root, case=CASE.id, last=8))
     history = capsys.readouterr().out
     for metric, key in (("next-token ms", "next"), ("E2E tokens/s", "e2e")):
-        [values] = [v for k, v in table_row(history, f"{CASE.id}  {metric}").items()
-                    if k.startswith("last")]
+        [values] = [v for k, v in table_row(
+            history, f"perf     {CASE.id}  test_perf  {metric}").items() if k.startswith("last")]
         printed = values.split(" -> ")
         assert agree(printed[0], figures["b"][key])  # the first run's
         assert all(agree(p, figures["a"][key]) or agree(p, figures["b"][key]) for p in printed)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from harness.devices import Backend, get_backend
 from harness.runners import PortConfig, ReferenceRunner
-from models.checkpoint import CheckpointError, read_config
+from models.checkpoint import Checkpoint, CheckpointError, read_config
 from models.precision import DTYPE_NAMES, Precision
 
 
@@ -50,6 +50,30 @@ def check_remote_code(path: str | Path, trust_remote_code: bool) -> None:
     if found is not None and not trust_remote_code:
         raise CheckpointError(f"{Path(path) / 'config.json'}: auto_map loads remote code "
                               f"{found}; pass --trust-remote-code to run it")
+
+
+def check_hf_directory(path: str | Path, trust_remote_code: bool) -> None:
+    """What `HFRunner` will load, checked without loading it: remote code only if trusted; a
+    model type transformers has a causal LM for, or remote code that brings one; weight files
+    that are whole (headers only)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    check_remote_code(path, trust_remote_code)
+    config = read_config(path)
+    model_type = config.data.get("model_type")
+    if "auto_map" not in config.data and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        what = (f"transformers has no causal LM for model_type {model_type!r}"
+                if model_type in CONFIG_MAPPING_NAMES else
+                f"model_type {model_type!r} is not one transformers knows")
+        hint = ("a Qwen v1 directory needs its remote code (configuration_qwen.py and "
+                "modeling_qwen.py, named in auto_map) and --trust-remote-code"
+                if model_type == "qwen" else "the hf port cannot load it")
+        raise CheckpointError(f"{config.path}: {what} and auto_map names no remote code: "
+                              f"{hint}; or run it on the engine (--port engine)")
+    checkpoint = Checkpoint(path)
+    checkpoint.open_all()
+    checkpoint.close()
 
 
 class HFRunner(ReferenceRunner):

@@ -19,10 +19,34 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 
 class EndpointError(RuntimeError):
     """A request to the endpoint failed; the message names the endpoint and the request."""
+
+
+def check_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host (and a port in 1-65535 where it names one);
+    else a one-line ValueError saying what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # an unclosed IPv6 bracket
+        raise ValueError(f"malformed URL {url!r} ({e})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:8080/v1, "
+                         f"not {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    try:
+        port = parts.port
+    except ValueError:  # out of 0-65535, or not a number
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        given = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"port {given} is outside 1-65535" if given.isdigit()
+                         else f"port {given!r} is not a number")
+    return url
 
 
 class EndpointUnsupported(EndpointError):
@@ -68,9 +92,11 @@ class OpenAIClient:
     # -- requests -----------------------------------------------------------------------
 
     def _url(self, path: str) -> str:
-        """Paths starting with /v1/ are under base_url; others under the server root."""
-        root = self.base_url.removesuffix("/v1")
-        return root + path
+        """Paths starting with /v1/ are under base_url; others under the server root. The base
+        URL's query (e.g. `?api-version=`) goes with every request."""
+        parts = urlsplit(self.base_url)
+        root = parts.path.rstrip("/").removesuffix("/v1")
+        return urlunsplit(parts._replace(path=root + path))
 
     def _open(self, method: str, path: str, body: dict | None = None):
         self.last_request = f"{method} {path}" + (f" {_describe(body)}" if body else "")

@@ -51,22 +51,24 @@ def runs(root: Path) -> list[tuple[str, dict, list[dict]]]:
     return sorted(distinct, key=lambda r: (_started(r[1]), r[0]))
 
 
-def series(root: Path, cases: set[str] | None = None,
-           found: list | None = None) -> dict[tuple[str, str], list]:
-    """(case, metric) -> [(run id, value, outcome)] over the runs (`found`, default: those
-    under `root`), oldest first, of passed and failed cases (only `cases`)."""
-    out: dict[tuple[str, str], list] = {}
+def series(root: Path, cases: set | None = None,
+           found: list | None = None) -> dict[tuple[str, str, str, str], list]:
+    """(suite, case, test, metric) -> [(run id, value, outcome)] over the runs (`found`,
+    default: those under `root`), oldest first, of passed and failed cases. `cases`: only
+    these case ids, or (suite, case, test) keys (a numerics case and a perf case may share an
+    id: they are different series)."""
+    out: dict[tuple[str, str, str, str], list] = {}
     for run_id, _, rows in runs(root) if found is None else found:
         for row in rows:
+            key = (row["suite"], row["case"], row["test"])
             if row.get("outcome") not in ("passed", "failed") or (
-                    cases is not None and row["case"] not in cases):
+                    cases is not None and row["case"] not in cases and key not in cases):
                 continue
             for name, (suite, test, field, _, _) in METRICS.items():
                 value = row.get(field)
                 if row["suite"] == suite and (test is None or row["test"] == test) and \
                         isinstance(value, (int, float)) and math.isfinite(value):
-                    out.setdefault((row["case"], name), []).append(
-                        (run_id, value, row["outcome"]))
+                    out.setdefault((*key, name), []).append((run_id, value, row["outcome"]))
     return out
 
 
@@ -79,16 +81,16 @@ def regressed(name: str, before: float, after: float) -> bool:
     return after > before * threshold
 
 
-def history_table(root: Path, cases: set[str] | None = None, last: int = 8,
+def history_table(root: Path, cases: set | None = None, last: int = 8,
                   found: list | None = None) -> list[dict]:
-    """One row per (case, metric): its values in the last runs (`found`, default: those
-    under `root`) and where it regressed."""
+    """One row per (suite, case, test, metric): its values in the last runs (`found`,
+    default: those under `root`) and where it regressed."""
     table = []
-    for (case_id, name), values in sorted(series(root, cases, found).items()):
+    for (suite, case_id, test, name), values in sorted(series(root, cases, found).items()):
         entered = next((values[i][0] for i in range(1, len(values))
                         if regressed(name, values[i - 1][1], values[i][1])), "")
-        table.append({"case": case_id, "metric": name, "values": values[-last:],
-                      "runs": len(values), "regressed_at": entered})
+        table.append({"suite": suite, "case": case_id, "test": test, "metric": name,
+                      "values": values[-last:], "runs": len(values), "regressed_at": entered})
     return table
 
 
@@ -101,14 +103,15 @@ def history_charts(root: Path, cases: set[str] | None = None, per_metric: int = 
     data = series(root, cases, found)
     out = []
     for name in METRICS:
-        shown = sorted(((len(v), c) for (c, m), v in data.items() if m == name and len(v) > 1),
-                       reverse=True)[:per_metric]
+        # A metric belongs to one suite and test: its lines are named by case id.
+        shown = sorted(((len(v), key) for key, v in data.items()
+                        if key[3] == name and len(v) > 1), reverse=True)[:per_metric]
         if not shown:
             continue
-        used = {r for _, c in shown for r, _, _ in data[(c, name)]}
+        used = {r for _, key in shown for r, _, _ in data[key]}
         order = [run_id for run_id, _, _ in found if run_id in used]
-        lines = {c: [(order.index(r), v) for r, v, _ in data[(c, name)]] for _, c in shown}
-        failed = [(order.index(r), v) for _, c in shown for r, v, outcome in data[(c, name)]
+        lines = {key[1]: [(order.index(r), v) for r, v, _ in data[key]] for _, key in shown}
+        failed = [(order.index(r), v) for _, key in shown for r, v, outcome in data[key]
                   if outcome == "failed"]
         out.append(charts.lines(f"{name} over runs", "run (oldest first)", name, lines,
                                 {"failed": failed} if failed else None, xticks=order))
