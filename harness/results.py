@@ -81,6 +81,22 @@ def load_records(run_dir: Path) -> list[dict]:
     return [row for file in sorted(Path(run_dir).glob(RECORD_GLOB)) for row in jsonl.read(file)]
 
 
+MEASURED_ONLY = "measured only"
+
+
+def measured_only(row: dict) -> bool:
+    """A passed case that no baseline gated (none was comparable): measured, not judged.
+    The perf and accuracy gates record `gated`; records from before it say so by
+    `baselines_compared` 0; a check without baselines (numerics) always judges."""
+    return row.get("outcome") == "passed" and not row.get(
+        "gated", row.get("baselines_compared") != 0)
+
+
+def tally(row: dict) -> str:
+    """What a record counts as in a run's totals: its outcome, a measured-only pass apart."""
+    return MEASURED_ONLY if measured_only(row) else row.get("outcome", "")
+
+
 def latest_rows(rows: list[dict]) -> list[dict]:
     """One row per (suite, case, test): the one from the latest session of a resumed run."""
     latest: dict[tuple, dict] = {}
@@ -144,8 +160,9 @@ def summary_table(run_dir: Path, rows: list[dict] | None = None, max_rows: int =
         headers = [header for header, _ in columns.values()]
         text = tabulate(table, headers=["case", "test", "outcome", *headers, "reason"],
                         tablefmt="simple")
-        counts = ", ".join(f"{sum(r.get('outcome') == o for r in part)} {o}"
-                           for o in ("passed", "failed", "error", "skipped"))
+        counts = [(sum(tally(r) == o for r in part), o)
+                  for o in ("passed", MEASURED_ONLY, "failed", "error", "skipped")]
+        counts = ", ".join(f"{n} {o}" for n, o in counts if n or o != MEASURED_ONLY)
         if len(part) > max_rows:
             text += f"\n... {len(part) - max_rows} more rows in {Path(run_dir) / suite}.csv"
         sections.append(f"{suite}: {counts}\n{text}")

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch._dynamo  # noqa: F401  (see below)
+import transformers.modeling_utils  # noqa: F401  (see below)
 
 from harness.checkpoints import default_cache_dir, embedded_checkpoint
 from models.loading import load_model
 
 # torch._dynamo registers operator libraries once per process. pytester drops every module
 # imported during a test when the test ends, so a second import would register them again and
-# fail: importing it above, before any test, keeps it loaded.
+# fail: importing it above, before any test, keeps it loaded. Likewise transformers'
+# modeling_utils, which imports the `kernels` package: imported anew, its enums no longer
+# compare equal to the ones transformers kept (`'Mode' and 'Mode'` in from_pretrained).
 
 
 ROOT = Path(__file__).resolve().parent.parent

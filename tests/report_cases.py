@@ -58,6 +58,8 @@ def add_comparisons(run: Path, model: str = "qwen-tiny") -> None:
     def change(row):
         if row.get("test") == "test_perf" and row["model"] == model and "samples" in row:
             row["comparisons"] = comparisons(row)
+            row.update(baselines_compared=len({c["baseline"] for c in row["comparisons"]}),
+                       gated=any(c["gated"] for c in row["comparisons"]))  # as the gate does
     edit_records(run, change)
 
 

@@ -264,7 +264,7 @@ def test_summary_lists_the_largest_slowdowns_against_stored_runs_of_ours(tmp_pat
     run = write_run(tmp_path / "run")
     add_comparisons(run)
     text = summary(run)
-    assert "| perf | 7 | 0 | 0 | 1 |" in text  # nothing in perf failed ...
+    assert "| perf | 7 | 0 | 0 | 0 | 1 |" in text  # nothing in perf failed or went ungated ...
     listed = text.split("## Largest slowdowns against stored runs", 1)[1].split("\n\n")[1]
     lines = listed.splitlines()
     assert 1 <= len(lines) <= 5 and all("dev-cpu" in line for line in lines)  # ours only
@@ -315,7 +315,8 @@ def test_history_keeps_a_failing_case_and_marks_it(tmp_path, capsys):
     assert main(["history", "--results-dir", str(tmp_path), "--case",
                  "qwen-tiny-cpu-fp32-bs8-in32-out16"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if "next-token" in line)
-    assert line.split()[3] == "3" and line.rstrip().endswith("(failed)  run3")
+    assert line.split()[:3] == ["perf", "qwen-tiny-cpu-fp32-bs8-in32-out16", "test_perf"]
+    assert line.split()[5] == "3" and line.rstrip().endswith("(failed)  run3")
 
 
 def test_history_counts_a_merged_run_once_at_its_last_shard(tmp_path, capsys):

@@ -146,4 +146,5 @@ def accuracy_verdict(failures: list[str], tolerance: float, compared: int, **met
     rule = (f">= {tolerance:.0%} of the baseline, not significantly worse (McNemar) and, "
             "for multiple choice, the gold choice's log-probability held (likelihood gate)"
             if compared else "no comparable baseline (measured only)")
-    return verdict(failures, tolerance, rule, baselines_compared=compared, **metrics)
+    return verdict(failures, tolerance, rule, baselines_compared=compared, gated=bool(compared),
+                   **metrics)

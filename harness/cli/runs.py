@@ -8,15 +8,16 @@ implementation.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
+import sys
 from pathlib import Path
 
 from tabulate import tabulate
 
 from harness import jsonl
 from harness.baselines import read_answers_file
-from harness.results import RECORD_FORMAT, RECORD_GLOB, latest_rows, load_records
+from harness.results import RECORD_FORMAT, RECORD_GLOB, ResultsStore, latest_rows, load_records
+from harness.selection import completion_record, is_completion, merged, read_run, write_run
 
 
 class RunError(ValueError):
@@ -64,10 +65,13 @@ def _versions(rows: list[dict]) -> dict[tuple[str, str], set]:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    """Join shard runs into one run, as if it had run on one host."""
+    """Join shard runs into one run, as if it had run on one host. A merge that lacks a shard
+    of a sharded selection, or joins a run that did not finish, is incomplete: it says which,
+    and how many selected cases never ran, in red, and exits 1."""
     from harness.report.render import publish
 
-    runs = [(Path(p), run_rows(p)) for p in args.run_dirs]
+    # Whether each run ran all it selected is decided again for the whole.
+    runs = [(Path(p), [r for r in run_rows(p) if not is_completion(r)]) for p in args.run_dirs]
     inputs = [path for path, _ in runs]
     twice = next((p for i, p in enumerate(inputs) if p.resolve() in
                   [q.resolve() for q in inputs[:i]]), None)
@@ -98,18 +102,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
         jsonl.append(out / f"records-shard{index}.jsonl", rows)
         if (path / "accuracy").is_dir():
             shutil.copytree(path / "accuracy", out / "accuracy", dirs_exist_ok=True)
-        meta = path / "run.json"
-        shards.append({"path": str(path), **(json.loads(meta.read_text()) if meta.exists()
-                                             else {})})
+        shards.append({"path": str(path), **{k: v for k, v in (read_run(path) or {}).items()
+                                             if k != "selection"}})  # the merge has them all
+    rows = latest_rows([r for _, rows in runs for r in rows])
+    selection, incomplete = merged([(path, read_run(path)) for path in inputs], rows)
+    if incomplete:
+        rows.append(ResultsStore(out, "merge").record(completion_record(incomplete, 0)))
     first = min(shards, key=lambda s: s.get("started", 0))
-    run = {**{k: v for k, v in first.items() if k not in ("path", "run_id")},
+    run = {**{k: v for k, v in first.items() if k not in ("path", "run_id", "shard")},
            "run_id": out.name, "merged_from": shards,
-           "duration_s": sum(s.get("duration_s", 0) for s in shards)}
-    (out / "run.json").write_text(json.dumps(run, indent=2))
-    report = publish(out, latest_rows([r for _, rows in runs for r in rows]))
+           "duration_s": sum(s.get("duration_s", 0) for s in shards), "selection": selection,
+           "status": "incomplete" if incomplete else "complete", "incomplete": incomplete}
+    write_run(out, run)
+    report = publish(out, rows)
     print(f"merged {len(inputs)} runs ({sum(len(rows) for _, rows in runs)} records) into "
           f"{out}; report: {report}")
-    return 0
+    if incomplete:
+        print(f"llmgate merge: INCOMPLETE: {incomplete}", file=sys.stderr)
+    return 1 if incomplete else 0
 
 
 def compare_runs(a: Path, b: Path, tolerance: float = 0.10) -> dict[str, list[dict]]:
@@ -175,10 +185,12 @@ def _compare_perf(ra: dict, rb: dict, b: Path, tolerance: float) -> list[dict]:
         slower = c["slowdown"] > 1 + tolerance and not c["passed"]
         faster = c["slowdown"] < 1 / (1 + tolerance)
         if slower or faster or outcome != "passed":
-            rows.append({"case": case.id, "metric": c["metric"], "a": c["ours"],
+            # The case id as recorded: the gate's Case lacks the port and tag tokens.
+            rows.append({"case": ra["case"], "metric": c["metric"], "a": c["ours"],
                          "b": c["theirs"], "ratio": c["slowdown"], "p_value": c["p_value"],
                          "change": "slower" if slower else "faster" if faster else "unchanged",
-                         "outcome": outcome, "note": c["note"]})
+                         "outcome": "regressed (both runs passed)" if slower and
+                         outcome == "passed" else outcome, "note": c["note"]})
     return rows
 
 
@@ -220,10 +232,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not table:
         print(f"no stored values{' for ' + args.case if args.case else ''} in {root}")
         return 0
-    print(tabulate([(h["case"], h["metric"], h["runs"],
+    print(tabulate([(h["suite"], h["case"], h["test"], h["metric"], h["runs"],
                      " -> ".join(f"{v:.4g}" + (" (failed)" if outcome == "failed" else "")
                                  for _, v, outcome in h["values"]), h["regressed_at"])
                     for h in table],
-                   headers=("case", "metric", "runs", f"last {args.last} values",
-                            "regressed at")))
+                   headers=("suite", "case", "test", "metric", "runs",
+                            f"last {args.last} values", "regressed at")))
     return 0

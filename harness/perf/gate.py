@@ -179,9 +179,11 @@ def gate(case: Case, samples: Samples, device: str, rows: list[PerfRow],
     failures = [c.line(tolerance, min_ratio) for c in comparisons if not c.passed]
     rule = (f"<= {1 + tolerance:.2f}x a same-device baseline beyond noise"
             if comparisons else "no matching baseline (measured only)")
+    # gated: false when no comparison judged the case (none, or other devices' figures only)
     return verdict(failures, 1 + tolerance, rule,
                    baselines_compared=len({c.baseline for c in comparisons}),
-                   baselines_unusable="; ".join(unusable)), [asdict(c) for c in comparisons]
+                   baselines_unusable="; ".join(unusable),
+                   gated=any(c.gated for c in comparisons)), [asdict(c) for c in comparisons]
 
 
 def aggregate_rows(records: list[dict], rows: list[PerfRow], tolerance: float,

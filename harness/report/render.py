@@ -6,7 +6,6 @@ answer files they point to: the tables and the charts share one source of truth.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,7 +20,8 @@ from harness.perf.gate import METRICS
 from harness.perf.report import write_seed_csvs
 from harness.report import charts
 from harness.report.history import history_charts, history_table, runs
-from harness.results import latest_rows, load_records, merge
+from harness.results import MEASURED_ONLY, latest_rows, load_records, measured_only, merge
+from harness.selection import read_run, status
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
 UNKNOWN = "unknown"  # a record whose outcome is none of OUTCOMES: shown, counted, never a pass
@@ -35,8 +35,42 @@ def _outcome(row: dict) -> str:
     return row.get("outcome") if row.get("outcome") in OUTCOMES else UNKNOWN
 
 
+def _tally(row: dict) -> str:
+    return MEASURED_ONLY if measured_only(row) else _outcome(row)
+
+
 def _counts(rows: list[dict], outcomes: tuple[str, ...]) -> dict[str, int]:
-    return {o: sum(_outcome(r) == o for r in rows) for o in outcomes}
+    return {o: sum(_tally(r) == o for r in rows) for o in outcomes}
+
+
+def run_verdict(run: dict | None, rows: list[dict]) -> dict:
+    """The run's verdict in the same words on the page (`headline`), in summary.md and on the
+    console (`title`, then `why`). `state`: pass, measured (passed, but some cases were only
+    measured: no baseline was comparable), fail, or incomplete (it did not run all it
+    selected, or it never finished: no run.json, or one that still says running)."""
+    state, why = status(run, rows)
+    if state != "complete":
+        return {"state": "incomplete", "headline": state.upper(), "title": state.upper(),
+                "why": why}
+    tallies = [_tally(r) for r in rows]
+    gated, measured = tallies.count("passed"), tallies.count(MEASURED_ONLY)
+    if not gated + measured or any(t in ("failed", "error", UNKNOWN) for t in tallies):
+        return {"state": "fail", "headline": "GATES FAILED", "title": "FAILED", "why": ""}
+    if measured:
+        words = f"({gated} gated), {measured} measured only"
+        return {"state": "measured", "headline": f"PASSED {words}", "title": f"passed {words}",
+                "why": ""}
+    return {"state": "pass", "headline": "ALL GATES PASSED", "title": "passed", "why": ""}
+
+
+def ran(row: dict) -> str:
+    """What an accuracy case scored: the reference, or the port by name and kind."""
+    if row.get("runner") == "reference":
+        return "the transformers reference"
+    if not row.get("port"):  # a record from before records named their port
+        return f"runner {row.get('runner', '')}"
+    kind = row.get("port_kind")
+    return f"port {row['port']}" + (f" ({kind})" if kind and kind != row["port"] else "")
 
 
 def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
@@ -201,18 +235,21 @@ def context(run_dir: Path, rows: list[dict] | None = None) -> dict:
     run_dir = Path(run_dir)
     rows = latest_rows(load_records(run_dir)) if rows is None else rows
     found = runs(run_dir.parent)
-    run_file = run_dir / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    recorded = read_run(run_dir)
+    run = recorded or {}
     suites = {suite: part for (suite,), part in _by(rows, "suite").items()}
     problems = [r for r in rows if _outcome(r) in ("failed", "error", UNKNOWN)]
     cases = {r["case"] for r in rows}
     skips = [r for r in rows if r.get("outcome") == "skipped"]
-    outcomes = OUTCOMES + ((UNKNOWN,) if any(_outcome(r) == UNKNOWN for r in rows) else ())
+    tallies = {_tally(r) for r in rows}
+    outcomes = OUTCOMES[:1] + ((MEASURED_ONLY,) if MEASURED_ONLY in tallies else ()) \
+        + OUTCOMES[1:] + ((UNKNOWN,) if UNKNOWN in tallies else ())
     totals = _counts(rows, outcomes)
+    verdict = run_verdict(recorded, rows)
     return {
         "run": run, "run_id": run.get("run_id", run_dir.name),
         "rendered": time.strftime("%Y-%m-%d %H:%M:%S"), "load": machine_load(run),
-        "totals": totals, "passed": not problems and totals["passed"] > 0,
+        "totals": totals, "verdict": verdict, "passed": verdict["state"] in ("pass", "measured"),
         "suites": {s: _counts(part, outcomes) for s, part in suites.items()},
         "models": {m: _counts(part, outcomes) for (m,), part in _by(rows, "model").items()
                    if m},
@@ -231,7 +268,7 @@ def _environment() -> Environment:
     env = Environment(loader=PackageLoader("harness.report", "templates"),
                       autoescape=select_autoescape(["html.j2"], default=False),
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(num=_num, md=_md, reasons=reasons)
+    env.filters.update(num=_num, md=_md, reasons=reasons, ran=ran)
     return env
 
 
