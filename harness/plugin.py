@@ -8,12 +8,17 @@ error (with its one-line reason) or skipped (with the reason), plus whatever met
 passed to `record(...)`. At the end of the session the run's rows are read once, each suite's
 session end adds what only the whole run shows (`SESSION_ENDS`), and the same rows go to the
 CSVs, the report and the console table, which therefore always agree with pytest's exit
-status.
+status. The run's selection is written into run.json as soon as it is known, so that a run
+that ends before it ran every selected test says so (`harness.selection`); SIGTERM ends the
+session as Ctrl-C does, so that a killed run still finishes its records and report.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import signal
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -34,6 +39,18 @@ from harness.results import (
     load_records,
     new_run_id,
     summary_table,
+)
+from harness.selection import (
+    completion_record,
+    is_completion,
+    never_ran,
+    read_run,
+    resume_refusal,
+    selected_count,
+    selection,
+    shard_models,
+    write_json,
+    write_run,
 )
 from harness.settings import Settings
 from harness.values import checked_run_id
@@ -71,19 +88,22 @@ class LlmgatePlugin:
         self.is_worker = workerinput is not None
         self.settings = Settings.from_config(config)
         if self.is_worker:
-            self.run_id, self.session = workerinput["llmgate_run"]
+            self.run_id, self.session, self.command = workerinput["llmgate_run"]
             self.worker = workerinput["workerid"]
         else:
             given = config.getoption("--run-id")
             self.run_id = new_run_id() if given is None else checked_run_id(given)
             self.session, self.worker = time.time_ns(), "main"
+            self.command = shlex.join(["pytest", *config.invocation_params.args])
         self.run_dir = self.settings.results_root / self.run_id
         self.collect_only = config.getoption("--collect-only")
         self.executed = 0  # tests this session ran (xdist: reported by the workers)
         self.started = time.time()
         self.store: ResultsStore | None = None
         self.rows: list[dict] | None = None  # the run's latest rows, once the session ended
-        resume = config.getoption("--resume")
+        self.resume = resume = config.getoption("--resume")
+        self.previous_sigterm = None
+        self.selected: dict | None = None  # this session's selection, once the controller has it
         recorded = load_records(self.run_dir)
         if not self.is_worker:
             if resume and not config.getoption("--run-id"):
@@ -108,12 +128,13 @@ class LlmgatePlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):  # xdist: workers share the controller's run
-        node.workerinput["llmgate_run"] = (self.run_id, self.session)
+        node.workerinput["llmgate_run"] = (self.run_id, self.session, self.command)
 
     @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
     def pytest_collection_modifyitems(self, config, items):
         shard = self.settings.shard
         drop = [item for item in items if _case(item) is None and _has_case_param(item)]
+        whole = _tests(items, exclude=drop)
         if shard is not None:
             owner = shard_models([c.model for item in items if (c := _case(item))], shard[1])
             drop += [item for item in items if (owner.get(_case(item).model) if _case(item)
@@ -124,6 +145,41 @@ class LlmgatePlugin:
         for item in items:  # with --dist loadgroup, each model's cases share a worker
             if (case := _case(item)) is not None:
                 item.add_marker(pytest.mark.xdist_group(case.model))
+        if whole:  # a run that selects no case leaves no directory
+            ours = selection(_tests(items), whole, self.command)
+            if self.is_worker:  # the controller checks it and owns run.json
+                if not self.collect_only:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    write_json(self.run_dir / f".selection-{self.worker}.json", ours)
+            else:
+                self._select(ours)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        path = self.run_dir / f".selection-{node.gateway.id}.json"
+        if path.exists():  # each worker collected alike: the first one's is the selection
+            ours = json.loads(path.read_text())
+            path.unlink()
+            if self.selected is None:
+                self._select(ours)
+
+    def _select(self, ours: dict) -> None:
+        """Refuse a --resume that selects other tests of a suite than its run did; record the
+        selection in run.json, with the run "running" (--collect-only writes nothing)."""
+        self.selected = ours
+        run = read_run(self.run_dir) or {}
+        refusal = self.resume and resume_refusal(run.get("selection", {}), ours, self.run_id)
+        if refusal:
+            raise pytest.UsageError(refusal)
+        if self.collect_only:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        shard = self.settings.shard
+        write_run(self.run_dir, {
+            **run, "format": RECORD_FORMAT, "run_id": self.run_id, "status": "running",
+            "started": min(self.started, run.get("started", self.started)),
+            **({"shard": f"{shard[0]}/{shard[1]}"} if shard else {}),
+            "selection": {**run.get("selection", {}), **ours}})
 
     # --- resume: a recorded pass is skipped, a recorded failure fails again (as FAILED)
 
@@ -188,6 +244,7 @@ class LlmgatePlugin:
                 "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
                 "batch": case.batch, "seqlen": case.seqlen, "out": case.out, "task": case.task,
                 "port": case.port or "engine", "port_kind": self._port_kind(case),
+                "config_source": self.settings.config_source(case.model),
                 "session": self.session, "worker": self.worker}
         measured = {**fields, **state.get("metrics", {})}
         self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
@@ -203,12 +260,29 @@ class LlmgatePlugin:
         if report.when == "setup":
             self.executed += 1
 
+    # --- SIGTERM (a CI timeout, `kill`) ends the session as Ctrl-C does: pytest then runs
+    # the session end, which records what never ran and writes the report
+
+    def pytest_sessionstart(self, session):
+        if not self.is_worker and threading.current_thread() is threading.main_thread():
+            self.previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+
+    def pytest_unconfigure(self, config):
+        if self.previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
+
     # --- end of session: merge, provenance, table
 
     def pytest_sessionfinish(self, session):
-        # --collect-only writes nothing, not even to an existing run of that --run-id
-        if self.is_worker or self.collect_only or not self.run_dir.exists():
+        # --collect-only writes nothing, not even to an existing run of that --run-id; nor
+        # does a usage error (a refused --resume): the run stays as it was
+        if self.is_worker or not self.run_dir.exists():
             return
+        for unread in self.run_dir.glob(".selection-*.json"):  # workers' the session ended on
+            unread.unlink(missing_ok=True)
+        if self.collect_only or session.exitstatus == pytest.ExitCode.USAGE_ERROR:
+            return
+        run = read_run(self.run_dir) or {}
         rows = latest_rows(load_records(self.run_dir))
         extra = [row for finish in SESSION_ENDS for row in finish(rows, self.settings)]
         if rows and all(r.get("outcome") == "skipped" for r in rows):
@@ -216,55 +290,72 @@ class LlmgatePlugin:
             extra.append({"suite": "run", "case": "selection", "test": "-", "outcome": "failed",
                           "passed": False, "reason": f"no case was measured: all {len(rows)} "
                                                      "selected were skipped"})
+        incomplete = self._incomplete(session, run, rows)
+        if incomplete or any(map(is_completion, rows)):  # a resume replaces a failing one
+            extra.append(completion_record(incomplete, selected_count(run)))
         recorded = [self.results().record({**row, "session": self.session,
                                            "worker": self.worker}) for row in extra]
-        if not all(row["passed"] for row in recorded):
+        # An interrupted session keeps pytest's own status (2).
+        if not all(row["passed"] for row in recorded) and session.exitstatus in (
+                pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        self._write_run_json(named_baselines.failed_names(recorded))
+        self._write_run_json(run, named_baselines.failed_names(recorded), incomplete)
         from harness.report.render import publish
 
         self.rows = latest_rows(rows + recorded)
         self.report = publish(self.run_dir, self.rows, move_latest=self.executed > 0)
 
-    def _write_run_json(self, unmatched_baselines: list[str]) -> None:
+    def _incomplete(self, session, run: dict, rows: list[dict]) -> str:
+        """Why the run has not run all it selected, in one line, or "" when it has."""
+        interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
+        if not run.get("selection"):
+            return "interrupted before its selection was known" if interrupted else ""
+        missing = never_ran(run, rows)
+        if not missing:
+            return ""
+        why = "interrupted" if interrupted else (session.shouldfail or session.shouldstop
+                                                 or "the session ended before them")
+        return f"{len(missing)} of {selected_count(run)} selected cases never ran: {why}"
+
+    def _write_run_json(self, run: dict, unmatched_baselines: list[str], incomplete: str):
         devices = {}
         for hardware in self.settings.hardware:
             backend = get_backend(hardware)
             if backend.available:
                 devices[hardware] = backend.device_name()
-        meta = self.run_dir / "run.json"
-        started = self.started  # a resumed run keeps the start of its first session
-        if meta.exists():
-            started = min(started, json.loads(meta.read_text()).get("started", started))
-        meta.write_text(json.dumps(
-            {"format": RECORD_FORMAT, "run_id": self.run_id, "started": started,
-             "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-             "duration_s": time.time() - started, "devices": devices,
-             "unmatched_baselines": unmatched_baselines, **environment()},
-            indent=2))
+        started = min(self.started, run.get("started", self.started))  # a resumed run's first
+        run = {**run, "format": RECORD_FORMAT, "run_id": self.run_id, "started": started,
+               "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+               "duration_s": time.time() - started, "devices": devices,
+               "unmatched_baselines": unmatched_baselines, **environment(),
+               "status": "incomplete" if incomplete else "complete", "incomplete": incomplete}
+        write_run(self.run_dir, run)
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.rows is None:  # a worker, --collect-only, or a run that recorded nothing
             return
+        from harness.report.render import run_verdict
+
         table = summary_table(self.run_dir, self.rows)
         if table:
             terminalreporter.write_sep("=", f"llmgate results: {self.run_dir}")
             terminalreporter.write_line(table)
+        verdict = run_verdict(read_run(self.run_dir), self.rows)
+        terminalreporter.write_line(f"llmgate {verdict['title']}" + (
+            f": {verdict['why']}" if verdict["why"] else ""), bold=True,
+            **{{"pass": "green", "measured": "yellow"}.get(verdict["state"], "red"): True})
         terminalreporter.write_line(f"report: {self.report}")
 
 
-def shard_models(models: list[str], shards: int) -> dict[str, int]:
-    """Model -> shard index (0-based): each model whole on one shard (its weights load once
-    per host), the models with most cases first, each to the least loaded shard. The same
-    selection always splits the same way."""
-    counts: dict[str, int] = {}
-    for model in models:
-        counts[model] = counts.get(model, 0) + 1
-    loads, owner = [0] * shards, {}
-    for model in sorted(counts, key=lambda m: (-counts[m], m)):
-        index = loads.index(min(loads))
-        owner[model], loads[index] = index, loads[index] + counts[model]
-    return owner
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the run was stopped")
+
+
+def _tests(items, exclude=()) -> set[tuple[str, str, str]]:
+    """(suite, case, test) of the case items, as their records name them."""
+    excluded = set(exclude)
+    return {(item.path.parent.name, case.id, item.originalname) for item in items
+            if item not in excluded and (case := _case(item)) is not None}
 
 
 def _has_case_param(item) -> bool:
