@@ -45,8 +45,8 @@ def load_reference(path: str | Path, dtype: torch.dtype = torch.float32):
     """The transformers model for a checkpoint directory, on the CPU, in `dtype`."""
     ckpt = Checkpoint(path)
     ckpt.refuse_quantized()  # transformers would read it as floats, agreeing with our misreading
-    cfg = family_module(ckpt.config).config_from_hf(ckpt.config, Path(path).name)
-    if cfg.family == "qwen" and cfg.variant == "v1":
+    if ckpt.config.data.get("model_type") == "qwen":  # v1, which transformers has no class for
+        cfg = family_module(ckpt.config).config_from_hf(ckpt.config, Path(path).name)
         model = hf_model(cfg, dtype=dtype)
         shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()
                   if not (cfg.tie_embeddings and name == "lm_head.weight")}

@@ -25,6 +25,7 @@ from harness.checkpoints import (
     Weights,
     default_cache_dir,
     embedded_checkpoint,
+    register_directory,
     verify_checkpoint,
     weights_layout,
 )
@@ -42,6 +43,7 @@ from models.parallel import SplitError, check_world_size
 from models.ported import check_parts, part_dirs, tensor_parallel_of
 
 DEFAULT_SEQLENS = [32, 128]
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def writable_dir(option: str, path: Path) -> Path:
@@ -57,9 +59,35 @@ def writable_dir(option: str, path: Path) -> Path:
     return path
 
 
-def model_paths(items: list[str] | None, ports: PortSettings | None = None) -> dict[str, Path]:
+def register_model_paths(items: list[str] | None) -> dict[str, str | None]:
+    """Register each --model-path NAME the registry does not list from its directory's
+    config.json; returns, per such NAME, why the engine cannot run it (None: it can)."""
+    problems = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not path or name in REGISTRY:
+            continue  # checked, with the registered ones, by `model_paths`
+        if not MODEL_NAME.fullmatch(name):
+            raise pytest.UsageError(f"--model-path {name}={path}: a new model's name is letters, "
+                                    "digits, '.', '_' and '-' (it becomes a case id's first "
+                                    "token)")
+        directory = Path(path).expanduser()
+        if not (directory / "config.json").is_file() and not (directory / "part_model").is_dir():
+            raise pytest.UsageError(f"--model-path {name}={path}: {name!r} is not a registered "
+                                    f"model ({', '.join(REGISTRY)}) and {directory} holds no "
+                                    "config.json to register it from")
+        try:
+            problems[name] = register_directory(name, directory)
+        except (CheckpointError, ValueError) as e:
+            raise pytest.UsageError(f"--model-path {name}: {e}") from None
+    return problems
+
+
+def model_paths(items: list[str] | None, ports: PortSettings | None = None,
+                engine_problems: dict[str, str | None] | None = None) -> dict[str, Path]:
     """--model-path NAME=DIR, each DIR checked as the engine reads it where the engine runs
-    NAME (an hf or plug-in port loads the directory its own way)."""
+    NAME (an hf or plug-in port loads the directory its own way). `engine_problems`: why the
+    engine cannot run a model registered from its directory (`register_model_paths`)."""
     paths = {}
     for item in items or []:
         name, sep, path = item.partition("=")
@@ -69,9 +97,15 @@ def model_paths(items: list[str] | None, ports: PortSettings | None = None) -> d
         directory = Path(path).expanduser()
         if not directory.is_dir():
             raise pytest.UsageError(f"--model-path {name}={path}: directory not found")
+        engine = ports is None or any(s.kind == "engine" for s in ports.of(name))
+        problem = (engine_problems or {}).get(name)
+        if engine and problem:
+            raise pytest.UsageError(f"--model-path {name}={path}: the engine does not run this "
+                                    f"architecture ({problem}); run it on transformers with "
+                                    f"--port {name}=hf")
         try:
             check_not_modelslim(directory)  # whatever the port: never read as floats
-            if ports is None or any(s.kind == "engine" for s in ports.of(name)):
+            if engine:
                 rank_directory(name, path, directory)
                 verify_checkpoint(name, directory)
                 check_parts(directory, weights_layout(directory).world_size)
@@ -236,14 +270,16 @@ class Settings:
     shard: tuple[int, int] | None = None  # (K, N): this host runs the K-th of N shards
     tp: int = 1  # tensor-parallel ranks
     quantize_lm_head: bool = False
+    registered: dict[str, Path] = field(default_factory=dict)  # models read off --model-path
     _resolved: dict[str, Path] = field(default_factory=dict)
     _layouts: dict[str, Weights] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
         opt = config.getoption
+        registered = register_model_paths(opt("--model-path"))
         ports = PortSettings.from_config(config, REGISTRY)
-        paths = model_paths(opt("--model-path"), ports)
+        paths = model_paths(opt("--model-path"), ports, registered)
         check_ports(ports, unique(split_values(opt("--dtype"), "--dtype")),
                     positive_int("--tp", str(opt("--tp"))))
         models = unique(split_values(opt("--model"), "--model"))
@@ -282,7 +318,8 @@ class Settings:
             perf=PerfSettings.from_config(config, batches, seqlens,
                                           baselines_dir(opt("--baselines-dir"))),
             accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
-            tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports)
+            tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports,
+            registered={name: paths[name] / "config.json" for name in registered})
         settings.check_lengths()
         check_cloze_ports(settings.accuracy.tasks, ports)
         check_port_directories(settings)
@@ -318,6 +355,11 @@ class Settings:
     def tags(self) -> tuple[str, ...]:
         """Id tokens every case of this run carries: `tp2` for a two-rank run."""
         return (f"tp{self.tp}",) if self.tp > 1 else ()
+
+    def config_source(self, model: str) -> str:
+        """Where the model's structure came from: the registry, or the config.json of the
+        --model-path directory it was registered from."""
+        return str(self.registered.get(model, "registry"))
 
     def port(self, case) -> PortSpec:
         """The port that runs `case`."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 FAMILIES = ("llama", "qwen", "falcon", "bloom", "starcoder")
+# The family of a model registered from a directory whose architecture the engine does not
+# implement: only transformers runs it (the hf port and the reference).
+TRANSFORMERS_ONLY = "transformers"
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class ModelConfig:
     variant: str = ""
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
+        if self.family not in (*FAMILIES, TRANSFORMERS_ONLY):
             raise ValueError(f"model {self.name!r}: family {self.family!r} is not one of "
                              f"{FAMILIES}")
         if self.hidden_size % self.num_heads:
@@ -99,6 +102,15 @@ REGISTRY: dict[str, ModelConfig] = {
 TINY_MODELS = tuple(n for n in REGISTRY if n.endswith("-tiny"))
 # Models whose weights llmgate can produce itself (the rest need --model-path).
 EMBEDDED_MODELS = TINY_MODELS + ("smollm2-135m",)
+
+
+def register(cfg: ModelConfig) -> ModelConfig:
+    """Add a model read from a checkpoint's config.json (`--model-path NAME=DIR` with a NAME
+    the registry does not list); a registered name keeps its config."""
+    known = REGISTRY.setdefault(cfg.name, cfg)
+    if known != cfg:
+        raise ValueError(f"model {cfg.name!r} is registered with another structure")
+    return known
 
 
 def get_config(name: str) -> ModelConfig:

@@ -15,17 +15,22 @@ from models.config import ModelConfig
 from models.layers import Attention, GatedMLP, Linear, RMSNorm
 from models.transformer import Block, DecoderLM
 
-MODEL_TYPES = ("llama",)
+MODEL_TYPES = ("llama", "mistral")
 
 
 def config_from_hf(hf: HFConfig, name: str) -> ModelConfig:
+    """Also Mistral: Llama's structure, attending within a sliding window. Up to the window's
+    length that is full attention, so a Mistral model accepts sequences that long at most."""
     hf.require("attention_bias", (False,), False)
     hf.require("mlp_bias", (False,), False)
     heads, hidden = hf.heads("head_dim")
+    positions = hf.get("max_position_embeddings")
+    window = hf.data.get("sliding_window") if hf.data.get("model_type") == "mistral" else None
     return ModelConfig(
         name, "llama", hf.get("vocab_size"), hidden, hf.get("num_hidden_layers"), heads,
         hf.get("num_key_value_heads", default=heads), hf.get("intermediate_size"),
-        hf.get("max_position_embeddings"), hf.get("rms_norm_eps", kind=float),
+        min(positions, window) if isinstance(window, int) else positions,
+        hf.get("rms_norm_eps", kind=float),
         hf.get("tie_word_embeddings", kind=bool, default=False), rope_theta=hf.rope_theta())
 
 
