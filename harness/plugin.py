@@ -28,7 +28,8 @@ import pytest
 from harness import named_baselines
 from harness.accuracy import session as accuracy_session
 from harness.cases import Case
-from harness.devices import QUANTIZED, get_backend
+from harness.devices import QUANTIZED, case_peaks, get_backend, start_case_peaks
+from harness.ordering import grouped
 from harness.perf import session as perf_session
 from harness.pool import RunnerPool
 from harness.results import (
@@ -142,6 +143,7 @@ class LlmgatePlugin:
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = [item for item in items if item not in set(drop)]
+        items[:] = grouped(items, _case, lambda item: item.path.parent)
         for item in items:  # with --dist loadgroup, each model's cases share a worker
             if (case := _case(item)) is not None:
                 item.add_marker(pytest.mark.xdist_group(case.model))
@@ -188,6 +190,8 @@ class LlmgatePlugin:
         return case is not None and self.recorded.get((case.id, item.originalname))
 
     def pytest_runtest_setup(self, item):
+        if (case := _case(item)) is not None:
+            start_case_peaks(case.hardware)
         row = self._recorded(item)
         if row and row.get("outcome", "passed" if row["passed"] else "failed") == "passed":
             item.stash[OUTCOME] = {"resumed": True}
@@ -217,6 +221,7 @@ class LlmgatePlugin:
         if report.when == "setup" and not report.passed:
             state.update(outcome="skipped" if report.skipped else "error", reason=_reason(report))
         elif report.when == "call":
+            state.setdefault("metrics", {}).update(case_peaks(case.hardware))
             # A check that failed is `failed`; any other exception (a corrupt checkpoint or
             # dataset, a crash) is `error`, as the README's Results define them. pytest's own
             # outcome stays failed.
