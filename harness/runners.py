@@ -44,10 +44,16 @@ class Runner(Protocol):
     `device_logits`, since it picks tokens there). A runner keeps one batch's state (the KV
     cache) between `prefill` and the `decode`s that follow it.
 
+    What it returns is checked where the suites receive it (`harness.seam`): logits are a
+    floating `torch.Tensor` of the model's vocabulary width, one row per sequence.
+
     Attributes:
       config      a `RunnerConfig`: vocabulary, longest sequence, layers and KV heads.
       precision   the `models.precision.Precision` it computes in (the case's dtype).
       world_size  processes the model is split over (1 unless tensor parallel).
+      generates_by_decode  optional, True where `generate` is the greedy loop over this
+                  runner's own `prefill`/`decode` (`models.engine.generate`): the greedy check
+                  then runs that loop once instead of comparing `generate` as a second path.
     """
 
     config: RunnerConfig
@@ -105,6 +111,7 @@ class PortedRunner:
     """The ported model on a device; device work is synchronised before logits return."""
 
     world_size = 1
+    generates_by_decode = True  # `generate` is the harness's loop over prefill/decode
 
     def __init__(self, checkpoint: str | Path, precision: Precision = FP32, *,
                  hardware: str | Backend = "cpu", headroom: int = 256, compile: bool = False,

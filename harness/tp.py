@@ -156,6 +156,11 @@ class TensorParallelRunner:
     def release(self):
         self._call("release")
 
+    @property
+    def generates_by_decode(self) -> bool:
+        """The engine's ranks generate with the harness's loop; an hf port's with its own."""
+        return not self.hf
+
     def generate(self, input_ids, attention_mask, new_tokens):
         if self.hf:  # every rank runs the port's own generation loop
             return self._call("generate", input_ids, attention_mask, new_tokens)

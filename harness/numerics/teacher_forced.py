@@ -70,17 +70,30 @@ def make_prompt(case: Case, vocab_size: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def runner_up_tokens(logits: Tensor) -> Tensor:
+    """Per row of `logits` (B, V), its second most likely token: never the greedy choice.
+
+    A port that ignores the token it is fed and continues with its own greedy choice is then
+    fed something else at every step, and its logits part from the reference's. The runner-up
+    keeps the text as close as a non-greedy token can to what the model expects, where the
+    limits in thresholds.toml were measured."""
+    # The argmax masked out (not topk's rank 1, which may order tied maxima otherwise).
+    return logits.float().scatter(-1, logits.argmax(-1, keepdim=True), -math.inf) \
+        .argmax(-1).cpu()
+
+
 def teacher_forced(reference: Runner, others: list[Runner], ids: Tensor, mask: Tensor | None,
                    steps: int, forced: list[Tensor] | None = None) -> tuple[list, list[Tensor]]:
     """Feed every runner the same prompt and the same next tokens.
 
-    The next tokens are the reference's greedy choices unless `forced` gives them. Returns,
-    per step, [reference logits, other logits...] and the tokens fed.
+    The next tokens are `forced`, else chosen from the reference's logits by
+    `runner_up_tokens` (never its greedy choice). Returns, per step, [reference logits,
+    other logits...] and the tokens fed.
     """
     logits = [r.prefill(ids, mask) for r in [reference, *others]]
     history, tokens = [logits], []
     for step in range(steps):
-        next_ids = forced[step] if forced is not None else logits[0].argmax(-1)
+        next_ids = forced[step] if forced is not None else runner_up_tokens(logits[0])
         tokens.append(next_ids)
         logits = [r.decode(next_ids) for r in [reference, *others]]
         history.append(logits)
@@ -198,7 +211,7 @@ def teacher_forced_case(case: Case, pool, thresholds: dict) -> tuple[Verdict, di
     pool: `ported(case)` and `reference(model, dtype)` give the runners (`RunnerPool`)."""
     ported = pool.ported(case)
     reference = pool.reference(case.model)
-    ids, mask = make_prompt(case, ported.config.vocab_size)
+    ids, mask = make_prompt(case, reference.config.vocab_size)
     pretrained = pretrained_limits(case.model)
     if case.dtype == "fp32":
         history, _ = teacher_forced(reference, [ported], ids, mask, case.out)

@@ -1,13 +1,15 @@
 """Ported logits vs the transformers reference, step by step.
 
-Teacher-forced: both runners get the same prompt and the same next tokens (the fp32
-reference's greedy choices), so every decode step is compared at the same position.
+Teacher-forced: both runners get the same prompt and the same next tokens (likely tokens of
+the fp32 reference that are never its greedy choice, so a port must read the token it is
+fed), and every decode step is compared at the same position.
 """
 
 import pytest
 import torch
 
-from harness.numerics.served import limits, served_topk_case
+from harness.numerics.greedy import greedy_case
+from harness.numerics.served import served_topk_case
 from harness.numerics.teacher_forced import (
     make_prompt,
     pretrained_limits,
@@ -15,8 +17,7 @@ from harness.numerics.teacher_forced import (
     teacher_forced,
     teacher_forced_case,
 )
-from harness.prompts import prompt_ids
-from harness.verdicts import at_most, first_lines, nan_max, verdict
+from harness.verdicts import at_most, nan_max, verdict
 
 pytestmark = pytest.mark.numerics
 
@@ -48,7 +49,7 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
     if served(ported):
         pytest.skip(f"not run: a served port ({ported.spec.name}) batches requests itself; "
                     "padding is not visible through its API")
-    ids, mask = make_prompt(case, ported.config.vocab_size)
+    ids, mask = make_prompt(case, runner_pool.config(case.model).vocab_size)
     batch_history, tokens = teacher_forced(ported, [], ids, mask, case.out)
     reference = runner_pool.reference(case.model) if case.dtype != "fp32" else None
     kind = "real" if pretrained_limits(case.model) else "tiny"
@@ -85,37 +86,13 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
 
 
 def test_greedy_generation(case, runner_pool, thresholds, record):
-    """Greedy tokens of the port equal transformers' `generate`, left padding included.
-
-    A served port gets each row unpadded; a 4-bit one must agree on the profile's leading
-    tokens only (`greedy_min_leading`; -1: all)."""
+    """Greedy tokens of the port equal transformers' `generate`, left padding included:
+    through the port's prefill/decode, and through its own `generate` where that is another
+    path (harness/numerics/greedy.py). A served port gets each row unpadded."""
     ported = runner_pool.ported(case)
-    leading = case.out
     if served(ported):
         record(**ported.describe())
-        wanted = limits(thresholds, case.dtype)["greedy_min_leading"]
-        leading = case.out if wanted < 0 else min(int(wanted), case.out)
-    reference = runner_pool.reference(case.model)
-    tokenizer = runner_pool.tokenizer(case.model)
-    pad_id = tokenizer.pad_token_id or 0
-    ids = torch.tensor([prompt_ids(tokenizer, case.seqlen)] * 2)
-    mask = torch.ones_like(ids)
-    mask[1, : case.seqlen // 2] = 0  # second row: the prompt's tail, left-padded
-    ids[1, : case.seqlen // 2] = pad_id
-    generation = ported.generate(ids, mask, case.out)
-    ours = generation.tokens
-    theirs = reference.generate(ids, mask, case.out).tokens
-    first_diff = [next((i for i, (a, b) in enumerate(zip(o, t)) if a != b),
-                       None if len(o) >= len(t) else len(o)) for o, t in zip(ours, theirs)]
-    failures = first_lines([f"step {step} row {row}: non-finite logits"
-                            for step, row in generation.nonfinite])
-    failures += [f"row {row}: first differing new token at {i}"
-                 + (f" (the port stopped: {generation.finish_reasons[row]})"
-                    if i == len(ours[row]) else "")
-                 for row, i in enumerate(first_diff) if i is not None and i < leading]
-    rule = "identical tokens" if leading == case.out else f"first {leading} tokens identical"
-    result = verdict(failures, leading, rule, first_differing_token=first_diff,
-                     tokens_compared=sum(len(t) for t in theirs),
-                     tokens_equal=sum(a == b for o, t in zip(ours, theirs) for a, b in zip(o, t)))
-    record(result, text=tokenizer.decode([t for t in ours[0] if t >= 0]))
+    result, text = greedy_case(case, ported, runner_pool.reference(case.model),
+                               runner_pool.tokenizer(case.model), thresholds)
+    record(result, text=text, thresholds_version=thresholds["version"])
     assert result.passed, f"{case}: {result.message()}"
