@@ -72,6 +72,15 @@ def pytest_addoption(parser):
     group.addoption("--quantize-lm-head", action="store_true", default=False,
                     help="w8a16/w8a8 quantize the LM head too (default: every linear layer "
                          "but the LM head; embeddings never)")
+    group.addoption("--reference-store", metavar="DIR",
+                    help="keep what the numerics gates need of the transformers reference "
+                         "(its tokens, logits and greedy tokens) in DIR, keyed by checkpoint "
+                         "content, prompt, shape and versions (default: none)")
+    group.addoption("--reference-mode", default=None, choices=("auto", "stored", "live"),
+                    help="auto: use a matching stored entry, else compute and store it; "
+                         "stored: never load the reference, a missing entry is an error; "
+                         "live: compute, ignore the store (default: auto with "
+                         "--reference-store, else live)")
     add_port_options(group)
     add_perf_options(group)
     add_accuracy_options(group)

@@ -1,44 +1,79 @@
 """The runners a pytest session has loaded, reused across tests, and the hardware gate.
 
 A case asks the pool for its port (`ported`) and for the transformers reference
-(`reference`); each is loaded once and kept while it is among the most recent few models.
+(`reference`); each is loaded once and kept until a case asks for another model of its role
+(one port, one reference, one served port at a time).
 Unavailable hardware or dtype skips the case with the reason (or fails it, if the run requires
 that hardware).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 
 from harness.cases import Case
 from harness.devices import Backend, get_backend
+from harness.reference_store import (
+    ENTRY_FORMAT,
+    ReferenceStore,
+    ReferenceStoreError,
+    directory_digest,
+)
 from harness.runners import PortedRunner, ReferenceRunner, Runner
+from harness.seam import CheckedRunner, check_factory_result
 from harness.settings import Settings
 from models.precision import Precision
 
 
-class RunnerPool:
-    """Loaded runners, reused across tests; only the most recent few models stay in memory."""
+def release_memory() -> None:
+    """Give dropped models' memory back now: transformers models hold reference cycles (gc),
+    and glibc keeps freed small blocks in its heap (malloc_trim returns them to the system),
+    so the next model would otherwise load on top of the last one's pages."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
-    def __init__(self, settings: Settings, keep_models: int = 2, run_dir: Path | None = None):
+
+# Pool keys start with the runner's kind; each kind has one of these roles.
+PORT_KINDS = ("ported", "tp", "hf", "hf-tp", "plugin")
+
+
+def _role(key: tuple) -> str:
+    """port (a model this process or its ranks hold), reference, served or tokenizer."""
+    return "port" if key[0] in PORT_KINDS else key[0]
+
+
+class RunnerPool:
+    """Loaded runners, reused across tests: at most one port and one reference model at a
+    time (and one served port), so a run holds about a port's and a reference's bytes
+    whatever its selection; tokenizers stay. The suites run each model x dtype's cases
+    together (`harness.ordering`), so each is loaded once."""
+
+    def __init__(self, settings: Settings, run_dir: Path | None = None):
         """run_dir: where a server the run starts (llama-cpp ports) keeps its log."""
-        self.settings, self.keep_models, self.run_dir = settings, keep_models, run_dir
+        self.settings, self.run_dir = settings, run_dir
         self._runners: OrderedDict[tuple, object] = OrderedDict()  # runners, tokenizers
+        # What cases need of the reference, kept once computed (and stored, with a store).
+        self.references = ReferenceStore(settings.reference_store, settings.reference_mode)
+        self._digests: dict[str, str] = {}
 
     def _get(self, key: tuple, make):
         if key not in self._runners:
-            models = list(dict.fromkeys(k[1] for k in self._runners))
-            if key[1] not in models and len(models) >= self.keep_models:
-                for k in [k for k in self._runners if k[1] == models[0]]:
+            role = _role(key)
+            if role != "tokenizer":  # one resident model per role: the old one goes first
+                for k in [k for k in self._runners if _role(k) == role]:
                     self._drop(k)
-            if key[0] == "tp":  # one tensor-parallel group at a time
-                for k in [k for k in self._runners if k[0] == "tp"]:
-                    self._drop(k)
+                release_memory()
             self._runners[key] = make()
-        self._runners.move_to_end(key)
         return self._runners[key]
 
     def _drop(self, key: tuple) -> None:
@@ -65,12 +100,22 @@ class RunnerPool:
 
     def ported(self, case: Case, **options) -> Runner:
         """The case's port: our engine (split over --tp ranks; `options` go to it: compile,
-        device_logits), an hf directory, a plug-in's runner or a served port."""
+        device_logits), an hf directory, a plug-in's runner or a served port. What a port
+        that computes logits returns is checked at the seam (`harness.seam`); a served port's
+        top-K are checked where they are compared."""
+        runner = self._port(case, **options)
+        if getattr(runner, "served", False):
+            return runner
+        return CheckedRunner(runner, self.config(case.model).vocab_size)
+
+    def _port(self, case: Case, **options) -> Runner:
         spec = self.settings.port(case)
         if spec.served:
             return self.served(case)
         backend = self.backend(case)
         settings = self.settings
+        if settings.int8_problem(case):  # the default int8 dtypes of an hf port
+            pytest.skip(settings.int8_problem(case))
         if spec.kind == "hf" and settings.tp > 1:
             from harness.tp import TensorParallelRunner
 
@@ -88,9 +133,9 @@ class RunnerPool:
                 trust_remote_code=settings.ports.trust_remote_code))
         if spec.kind == "plugin":
             key = ("plugin", case.model, case.hardware, case.dtype, case.port)
-            return self._get(key, lambda: spec.factory()(
+            return self._get(key, lambda: check_factory_result(spec.factory()(
                 settings.port_path(case.model), model=case.model, precision=case.precision,
-                hardware=case.hardware))
+                hardware=case.hardware), f"factory {spec.arg}"))
         path = settings.checkpoint(case.model)
         tp, lm_head = settings.tp, settings.quantize_lm_head
         if tp == 1:
@@ -105,6 +150,10 @@ class RunnerPool:
         key = ("tp", case.model, case.hardware, case.dtype, *sorted(options.items()))
         return self._get(key, lambda: TensorParallelRunner(
             path, tp, case.precision, hardware=case.hardware, lm_head=lm_head, **options))
+
+    def is_served(self, case: Case) -> bool:
+        """Whether the case's port is a server (no model in this process)."""
+        return self.settings.port(case).served
 
     def served(self, case: Case):
         """The served port of the case's model: a server the run starts (llama-cpp, its log
@@ -135,6 +184,10 @@ class RunnerPool:
     def reference(self, model: str, dtype: str = "fp32") -> ReferenceRunner:
         """transformers from the model's float weights; an int8 dtype is simulated in
         floating point (`fake_quantize_`), in that scheme's activation dtype."""
+        if self.references.mode == "stored":
+            raise ReferenceStoreError(f"--reference-mode stored never loads the reference model "
+                                      f"({model} {dtype}), and this check needs it; run it with "
+                                      "--reference-mode auto or live")
         weights = self.settings.weights(model)
         if not weights.source.is_dir():
             raise FileNotFoundError(f"{weights.path}: the float checkpoint it was made from, "
@@ -142,6 +195,28 @@ class RunnerPool:
                                     "reference reads it)")
         return self._get(("reference", model, dtype), lambda: ReferenceRunner(
             weights.source, Precision.of(dtype, "cpu"), lm_head=self.settings.quantize_lm_head))
+
+    def reference_outputs(self, model: str, kind: str, compute, **fields) -> dict:
+        """What `compute()` (which asks for the reference model itself) gives for this `kind`
+        and `fields` (shape, prompt digest, dtype...), computed once per run and, with
+        --reference-store, once per store."""
+        key = {"format": ENTRY_FORMAT, "kind": kind, "model": model, **fields,
+               "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
+               "quantize_lm_head": self.settings.quantize_lm_head}
+        if self.references.directory is not None:  # across runs: the checkpoint's content
+            key["checkpoint"] = self._checkpoint_digest(model)
+        return self.references.get(key, compute)
+
+    def _checkpoint_digest(self, model: str) -> str:
+        """The reference checkpoint's and tokenizer's content (hashed once per file version,
+        remembered in the cache directory)."""
+        if model not in self._digests:
+            weights = self.settings.weights(model)
+            cache = self.settings.cache_dir / "content-digests.json"
+            parts = {directory_digest(weights.source, cache),
+                     directory_digest(weights.files, cache)}
+            self._digests[model] = "+".join(sorted(parts))
+        return self._digests[model]
 
     def config(self, model: str):
         """The model's structure as registered (its positions, vocabulary, ...)."""

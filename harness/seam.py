@@ -58,8 +58,15 @@ def check_logits(logits, expected: tuple[int, ...]):
     return logits
 
 
+def _own(tensor):
+    """A copy of an input for the port: what the harness keeps (the reference's tokens and
+    masks, reused by every later case) must not change if a port writes into its inputs."""
+    return tensor.clone() if isinstance(tensor, torch.Tensor) else tensor
+
+
 class CheckedRunner:
-    """A port whose logits are checked against the model's vocabulary as they are returned.
+    """A port whose logits are checked against the model's vocabulary as they are returned,
+    and which is handed copies of its inputs (ids and masks are small).
 
     Everything else (attributes, `served`, `describe`, `close`, ...) is the port's own, so
     suites probe it as they would the port."""
@@ -72,22 +79,24 @@ class CheckedRunner:
         return getattr(self._port, name)
 
     def prefill(self, input_ids, attention_mask=None, all_logits=False):
-        logits = self._port.prefill(input_ids, attention_mask, all_logits=all_logits)
+        logits = self._port.prefill(_own(input_ids), _own(attention_mask),
+                                    all_logits=all_logits)
         rows, length = input_ids.shape
         return check_logits(logits, (rows, length, self._vocab) if all_logits
                             else (rows, self._vocab))
 
     def decode(self, next_ids):
-        return check_logits(self._port.decode(next_ids), (len(next_ids), self._vocab))
+        return check_logits(self._port.decode(_own(next_ids)), (len(next_ids), self._vocab))
 
     def prefill_shared(self, prefix, suffixes, all_logits=False):
-        logits = self._port.prefill_shared(prefix, suffixes, all_logits=all_logits)
+        logits = self._port.prefill_shared(_own(prefix), [_own(s) for s in suffixes],
+                                           all_logits=all_logits)
         longest = max(len(s) for s in suffixes)
         return check_logits(logits, (len(suffixes), longest, self._vocab) if all_logits
                             else (len(suffixes), self._vocab))
 
     def generate(self, input_ids, attention_mask, new_tokens):
-        generation = self._port.generate(input_ids, attention_mask, new_tokens)
+        generation = self._port.generate(_own(input_ids), _own(attention_mask), new_tokens)
         rows = getattr(generation, "tokens", None)
         if not isinstance(rows, list) or len(rows) != len(input_ids):
             found = f"{len(rows)} rows of tokens" if isinstance(rows, list) else "no tokens list"

@@ -37,7 +37,7 @@ from harness.ports.hf import check_hf_directory, check_remote_code, enter_rank
 from harness.ports.options import PortSettings, PortSpec
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
-from models.checkpoint import CheckpointError, check_not_modelslim, read_json
+from models.checkpoint import Checkpoint, CheckpointError, check_not_modelslim, read_json
 from models.config import EMBEDDED_MODELS, REGISTRY, get_config
 from models.parallel import SplitError, check_world_size
 from models.ported import check_parts, part_dirs, tensor_parallel_of
@@ -196,8 +196,11 @@ def check_port_directories(settings: Settings) -> None:
                                        ports.trust_remote_code)
             elif hf:
                 check_hf_directory(path, ports.trust_remote_code)
-            else:
+            else:  # a plug-in loads it its own way; the transformers reference reads it too
                 check_remote_code(path, ports.trust_remote_code)
+                checkpoint = Checkpoint(path)
+                checkpoint.open_all()
+                checkpoint.close()
         except CheckpointError as e:
             raise pytest.UsageError(f"{given}: {e}") from None
 
@@ -221,6 +224,22 @@ def check_tp(models: list[str], tp: int) -> None:
             check_world_size(get_config(model), tp)
         except SplitError as e:
             raise pytest.UsageError(f"--tp {tp}: {e}") from None
+
+
+def reference_options(store: str | None, mode: str | None) -> dict:
+    """--reference-store DIR and --reference-mode (auto with a store, else live)."""
+    if mode == "stored" and not store:
+        raise pytest.UsageError("--reference-mode stored: give the store with "
+                                "--reference-store DIR")
+    if mode == "stored" and not Path(store).expanduser().is_dir():
+        raise pytest.UsageError(f"--reference-store {store}: directory not found (stored mode "
+                                "reads entries, it writes none)")
+    if not store:
+        return {"reference_store": None, "reference_mode": "live"}
+    directory = Path(store).expanduser()
+    if mode != "stored":
+        writable_dir("--reference-store", directory)
+    return {"reference_store": directory, "reference_mode": mode or "auto"}
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -271,6 +290,8 @@ class Settings:
     tp: int = 1  # tensor-parallel ranks
     quantize_lm_head: bool = False
     registered: dict[str, Path] = field(default_factory=dict)  # models read off --model-path
+    reference_store: Path | None = None  # --reference-store
+    reference_mode: str = "live"  # --reference-mode
     _resolved: dict[str, Path] = field(default_factory=dict)
     _layouts: dict[str, Weights] = field(default_factory=dict)
 
@@ -319,7 +340,8 @@ class Settings:
                                           baselines_dir(opt("--baselines-dir"))),
             accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
             tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports,
-            registered={name: paths[name] / "config.json" for name in registered})
+            registered={name: paths[name] / "config.json" for name in registered},
+            **reference_options(opt("--reference-store"), opt("--reference-mode")))
         settings.check_lengths()
         check_cloze_ports(settings.accuracy.tasks, ports)
         check_port_directories(settings)

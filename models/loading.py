@@ -71,7 +71,9 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
         raise CheckpointError(f"{path}: holds {stored or 'float'} weights, but the case asks "
                               f"for {precision.scheme or 'float'} weights (choose --dtype "
                               f"{stored or 'fp32'})")
-    if parts is not None or (stored is not None and world_size == 1):
+    # Loaded as it runs wherever nothing needs float32 weights first (quantizing, splitting):
+    # a float checkpoint is never held in float32 to be cast to bf16/fp16 afterwards.
+    if parts is not None or world_size == 1 and (stored is not None or precision.scheme is None):
         model = _load(ckpt, precision.dtype, device, Path(path).name)
     else:
         model = _load(ckpt, torch.float32, device, Path(path).name)  # (or int8 as stored)

@@ -32,6 +32,21 @@ class IgnoresAttentionMask(ReferenceRunner):
         return super().prefill(input_ids, None, all_logits)
 
 
+class ClobbersInputs(ReferenceRunner):
+    """Ignores padding by overwriting the mask it is given, and writes its own greedy choice
+    into the token tensor it is fed: both in place, into the caller's tensors."""
+
+    def prefill(self, input_ids, attention_mask=None, all_logits=False):
+        if attention_mask is not None:
+            attention_mask.fill_(1)
+        return super().prefill(input_ids, attention_mask, all_logits)
+
+    def decode(self, next_ids):
+        logits = super().decode(next_ids)
+        next_ids.copy_(logits.argmax(-1))
+        return logits
+
+
 class ReturnsOther(ReferenceRunner):
     """Honest computation, broken output: `change` is applied to every logits tensor
     `prefill` and `decode` return. `generate` stays transformers' own, and correct."""
@@ -92,6 +107,7 @@ def _factory(runner_class):
 honest = _factory(ReferenceRunner)
 ignores_input = _factory(IgnoresDecodeInput)
 ignores_mask = _factory(IgnoresAttentionMask)
+clobbers_inputs = _factory(ClobbersInputs)
 zero_logits = _factory(ZeroLogits)
 nan_logits = _factory(NaNLogits)
 wide_logits = _factory(WideLogits)

@@ -144,12 +144,15 @@ def test_an_hf_port_of_a_directory_transformers_cannot_load_is_a_start_up_error(
                         "code: a Qwen v1 directory needs its remote code")
 
 
-def test_an_hf_port_of_a_truncated_weight_file_is_a_start_up_error(suites, tmp_path):
+@pytest.mark.parametrize("port", ["hf", "tests.team_ports:honest"])
+def test_an_hf_or_plug_in_port_of_a_truncated_weight_file_is_a_start_up_error(
+        suites, tmp_path, port):
+    """A plug-in loads the directory its own way, but the reference reads it too."""
     directory = tmp_path / "starcoder"
     shutil.copytree(tiny_checkpoint("starcoder-tiny"), directory)
     shard = sorted(directory.glob("model-*.safetensors"))[-1]
     shard.write_bytes(shard.read_bytes()[:-1000])
-    result = suites.runpytest("copied_suites/numerics", "--port", "starcoder-tiny=hf",
+    result = suites.runpytest("copied_suites/numerics", "--port", f"starcoder-tiny={port}",
                               "--model-path", f"starcoder-tiny={directory}")
     usage_error(result, f"--model-path starcoder-tiny: {shard}: truncated or corrupt "
                         "safetensors file")

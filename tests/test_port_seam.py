@@ -62,6 +62,19 @@ def test_a_port_ignoring_the_attention_mask_fails_greedy_generation_at_batch_1(s
     assert greedy["reason"].startswith("row 1: first differing new token at ")
 
 
+def test_a_port_writing_into_its_inputs_fails_and_harms_no_later_port(suites):
+    """The harness keeps the reference's tokens and masks for every later case: a port gets
+    copies. Here the clobbering port runs first (ports run in name order)."""
+    rows = run(suites, "clobbers", ["clobbers_inputs", "honest"], "--batch", "2", "-k",
+               "teacher or padding")
+    assert rows["clobbers_inputs", "test_padding_invariance"]["outcome"] == "failed"
+    assert rows["clobbers_inputs", "test_padding_invariance"]["reason"].startswith(
+        "row 1: batch vs alone max |dlogit| ")
+    for test in ("test_teacher_forced", "test_padding_invariance"):
+        assert rows["honest", test]["outcome"] == "passed"
+        assert rows["honest", test]["max_abs_diff"] <= 1e-4
+
+
 def test_a_ports_own_generate_is_gated_and_named(suites):
     rows = run(suites, "own", ["zero_generate"], "-k", "greedy")
     row = rows["zero_generate", "test_greedy_generation"]

@@ -132,7 +132,8 @@ def test_history_flags_the_run_where_a_regression_entered(tmp_path, capsys):
 
 def test_report_rerenders_from_records(tmp_path, capsys):
     run = write_run(tmp_path / "run")
-    assert main(["report", str(run)]) == 0
+    assert main(["report", str(run)]) == 1  # the run failed: so does re-rendering it
+    assert capsys.readouterr().err.strip() == "llmgate FAILED"
     html = (run / "index.html").read_text()
     assert "GATES FAILED" in html and "non-finite logits" in html
     assert not (tmp_path / "latest").exists()  # only a run that executed cases moves it

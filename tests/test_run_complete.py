@@ -137,13 +137,13 @@ def test_sigterm_ends_the_run_as_incomplete_and_a_killed_run_reports_interrupted
     proc.communicate(timeout=60)
     killed = reports(demo) / "k"
     assert read_run(killed)["status"] == "running"
-    assert main(["report", str(killed)]) == 0
+    assert main(["report", str(killed)]) == 1
     html, summary = page(killed)
     assert verdict_of(html) == "INTERRUPTED"
     assert "run.json still says running: 1 of 3 selected cases have no record" in html
     assert summary.startswith("# llmgate INTERRUPTED")
     (killed / "run.json").unlink()
-    assert main(["report", str(killed)]) == 0
+    assert main(["report", str(killed)]) == 1
     html, summary = page(killed)
     assert verdict_of(html) == "INTERRUPTED" and "no run.json" in html
     assert summary.startswith("# llmgate INTERRUPTED") and "passed" not in summary.split("\n")[0]

@@ -44,10 +44,17 @@ def run_rows(path: Path) -> list[dict]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report.render import publish
+    """Render the run's report; print its verdict, and exit 1 unless it passed (a CI job that
+    renders a run again must not read a failed or interrupted one as a success)."""
+    from harness.report.render import publish, run_verdict
 
-    print(publish(Path(args.run_dir), run_rows(args.run_dir)))
-    return 0
+    path = Path(args.run_dir)
+    rows = run_rows(path)
+    print(publish(path, rows))
+    verdict = run_verdict(read_run(path), rows)
+    print(f"llmgate {verdict['title']}" + (f": {verdict['why']}" if verdict["why"] else ""),
+          file=sys.stdout if verdict["state"] in ("pass", "measured") else sys.stderr)
+    return 0 if verdict["state"] in ("pass", "measured") else 1
 
 
 # Fields two runs must agree on to be joined or compared as equals.

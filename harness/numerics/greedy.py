@@ -18,6 +18,7 @@ from torch import Tensor
 from harness.cases import Case
 from harness.numerics.served import limits
 from harness.prompts import prompt_ids
+from harness.reference_store import tensor_digest
 from harness.verdicts import Verdict, first_lines, verdict
 from models.engine import Generation, generate
 
@@ -56,6 +57,24 @@ def compare_generation(ours: Generation, theirs: list[list[int]],
     return failures, {
         "first_differing_token": first_diff, "tokens_compared": sum(map(len, theirs)),
         "tokens_equal": sum(a == b for o, t in zip(ours.tokens, theirs) for a, b in zip(o, t))}
+
+
+class ReferenceGreedy:
+    """The fp32 reference's greedy tokens (transformers' `generate`), computed once per run and
+    per store (`RunnerPool.reference_outputs`): a runner with only `generate`."""
+
+    def __init__(self, pool, model: str):
+        self.pool, self.model = pool, model
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, new_tokens: int) -> Generation:
+        def compute():
+            reference = self.pool.reference(self.model)
+            tokens = reference.generate(input_ids, attention_mask, new_tokens).tokens
+            return {"tokens": torch.tensor(tokens)}
+        tokens = self.pool.reference_outputs(
+            self.model, "greedy", compute, dtype="fp32", rows=len(input_ids), out=new_tokens,
+            prompt=tensor_digest(input_ids, attention_mask))["tokens"]
+        return Generation(tokens.tolist(), ["length"] * len(tokens), [])
 
 
 def greedy_case(case: Case, ported, reference, tokenizer,

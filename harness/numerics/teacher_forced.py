@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import tomllib
 import zlib
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch import Tensor
 from harness.cases import Case
 from harness.devices import QUANTIZED
 from harness.numerics.logits import LogitStats, summarize
+from harness.reference_store import tensor_digest
 from harness.runners import Runner
 from harness.verdicts import (
     Verdict,
@@ -98,6 +100,55 @@ def teacher_forced(reference: Runner, others: list[Runner], ids: Tensor, mask: T
         logits = [r.decode(next_ids) for r in [reference, *others]]
         history.append(logits)
     return history, tokens
+
+
+# Names the token-forcing rule in stored reference entries: change it with `runner_up_tokens`.
+FORCING_RULE = "runner-up"
+
+
+@cache
+def thresholds_version() -> int:
+    """The shipped thresholds' version: stored reference entries are keyed by it."""
+    return load_thresholds()["version"]
+
+
+def reference_fields(case: Case, ids: Tensor, mask: Tensor, dtype: str) -> dict:
+    """What a teacher-forced reference entry depends on, beside the model and versions."""
+    return {"dtype": dtype, "batch": case.batch, "seqlen": case.seqlen, "out": case.out,
+            "prompt": tensor_digest(ids, mask), "forcing": FORCING_RULE,
+            "thresholds": thresholds_version()}
+
+
+def reference_run(pool, case: Case) -> dict[str, Tensor]:
+    """The fp32 reference's teacher-forced run of the case's prompt, computed once per run
+    (and per store): `ids` and `mask` (B, T), the `tokens` it chose to feed (steps, B) and
+    its `logits` (steps + 1, B, V), step 0 the prefill's. Every runner of the case is then fed
+    these tokens alone: the reference model need not stay beside the port."""
+    ids, mask = make_prompt(case, pool.config(case.model).vocab_size)
+
+    def compute():
+        history, tokens = teacher_forced(pool.reference(case.model), [], ids, mask, case.out)
+        return {"ids": ids, "mask": mask, "tokens": torch.stack(tokens),
+                "logits": torch.stack([step[0] for step in history])}
+    return pool.reference_outputs(case.model, "teacher-forced", compute,
+                                  **reference_fields(case, ids, mask, "fp32"))
+
+
+def forced_logits(runner: Runner, run: dict[str, Tensor]) -> Tensor:
+    """Logits (steps + 1, B, V) of `runner` fed a `reference_run`'s prompt and tokens."""
+    history, _ = teacher_forced(runner, [], run["ids"], run["mask"], len(run["tokens"]),
+                                list(run["tokens"]))
+    return torch.stack([step[0] for step in history])
+
+
+def reduced_reference_logits(pool, case: Case, run: dict[str, Tensor]) -> Tensor:
+    """transformers in the case's dtype (bf16/fp16, or an int8 scheme simulated in floating
+    point) fed the fp32 reference's tokens: what the relative rules compare the port with."""
+    def compute():
+        return {"logits": forced_logits(pool.reference(case.model, case.dtype), run)}
+    return pool.reference_outputs(
+        case.model, "teacher-forced", compute,
+        **reference_fields(case, run["ids"], run["mask"], case.dtype))["logits"]
 
 
 def sequence_logits(runner: Runner, ids: Tensor, forced: list[Tensor]) -> Tensor:
@@ -208,18 +259,18 @@ def teacher_forced_case(case: Case, pool, thresholds: dict) -> tuple[Verdict, di
     by its limits and relative to transformers running it in floating point. Returns the
     verdict and that second transformers' metrics (`reference_*` / `fake_quant_*`).
 
-    pool: `ported(case)` and `reference(model, dtype)` give the runners (`RunnerPool`)."""
-    ported = pool.ported(case)
-    reference = pool.reference(case.model)
-    ids, mask = make_prompt(case, reference.config.vocab_size)
+    pool: `ported(case)` gives the port, `reference_outputs` what the references computed
+    (`RunnerPool`). The references run first, each alone, then the port."""
+    run = reference_run(pool, case)
+    runs = [run["logits"]]
+    if case.dtype != "fp32":
+        runs.append(reduced_reference_logits(pool, case, run))
+    runs.insert(1, forced_logits(pool.ported(case), run))
+    history = [list(step) for step in zip(*runs)]  # per step: [reference, port, (theirs)]
     pretrained = pretrained_limits(case.model)
-    if case.dtype == "fp32":
-        history, _ = teacher_forced(reference, [ported], ids, mask, case.out)
-        ours = stats_against_reference(history, 1, thresholds)
-        return fp32_verdict(ours, thresholds, pretrained, nonfinite_failures(history, 1)), {}
-    theirs_runner = pool.reference(case.model, case.dtype)
-    history, _ = teacher_forced(reference, [ported, theirs_runner], ids, mask, case.out)
     ours = stats_against_reference(history, 1, thresholds)
+    if case.dtype == "fp32":
+        return fp32_verdict(ours, thresholds, pretrained, nonfinite_failures(history, 1)), {}
     theirs = stats_against_reference(history, 2, thresholds)
     nonfinite = nonfinite_failures(history, 1)
     if case.precision.scheme:

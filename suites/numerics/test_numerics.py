@@ -6,15 +6,14 @@ fed), and every decode step is compared at the same position.
 """
 
 import pytest
-import torch
 
-from harness.numerics.greedy import greedy_case
+from harness.numerics.greedy import ReferenceGreedy, greedy_case
 from harness.numerics.served import served_topk_case
 from harness.numerics.teacher_forced import (
-    make_prompt,
+    forced_logits,
     pretrained_limits,
+    reference_run,
     sequence_logits,
-    teacher_forced,
     teacher_forced_case,
 )
 from harness.verdicts import at_most, nan_max, verdict
@@ -22,14 +21,10 @@ from harness.verdicts import at_most, nan_max, verdict
 pytestmark = pytest.mark.numerics
 
 
-def served(runner) -> bool:
-    return getattr(runner, "served", False)
-
-
 def test_teacher_forced(case, runner_pool, thresholds, record):
     """A served port: over its echoed prompt (harness/numerics/served.py)."""
-    ported = runner_pool.ported(case)
-    if served(ported):
+    if runner_pool.is_served(case):
+        ported = runner_pool.ported(case)
         record(**ported.describe())
         result, metrics = served_topk_case(case, ported, runner_pool.reference(case.model),
                                            runner_pool.tokenizer(case.model), thresholds)
@@ -40,18 +35,20 @@ def test_teacher_forced(case, runner_pool, thresholds, record):
 
 
 def test_padding_invariance(case, runner_pool, thresholds, record):
-    """Each row of a left-padded batch matches the same sequence run alone.
+    """Each row of a left-padded batch matches the same sequence run alone, both fed the fp32
+    reference's teacher-forced tokens.
 
-    fp32: directly, within the fp32 limit. bf16/fp16: the padded row may be at most
-    `padding_relative` times as far from the fp32 reference as the row run alone.
+    fp32: directly, within the fp32 limit. Other dtypes: the padded row may be at most
+    `padding_relative` times as far from the fp32 reference (its run of the padded batch) as
+    the row run alone.
     """
+    if runner_pool.is_served(case):
+        pytest.skip(f"not run: a served port ({runner_pool.settings.port(case).name}) batches "
+                    "requests itself; padding is not visible through its API")
+    run = reference_run(runner_pool, case)
     ported = runner_pool.ported(case)
-    if served(ported):
-        pytest.skip(f"not run: a served port ({ported.spec.name}) batches requests itself; "
-                    "padding is not visible through its API")
-    ids, mask = make_prompt(case, runner_pool.config(case.model).vocab_size)
-    batch_history, tokens = teacher_forced(ported, [], ids, mask, case.out)
-    reference = runner_pool.reference(case.model) if case.dtype != "fp32" else None
+    batch_logits = forced_logits(ported, run)  # (steps + 1, B, V)
+    ids, mask, tokens = run["ids"], run["mask"], list(run["tokens"])
     kind = "real" if pretrained_limits(case.model) else "tiny"
     abs_limit = thresholds["fp32"][f"padding_abs_diff_{kind}"]
     factor = thresholds["reduced"]["padding_relative"]
@@ -59,23 +56,23 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
     for row in range(case.batch):
         pad = int((mask[row] == 0).sum())
         sequence, row_tokens = ids[row:row + 1, pad:], [t[row:row + 1] for t in tokens]
-        padded = torch.stack([step[0][row] for step in batch_history])
+        padded = batch_logits[:, row]
         by_itself = sequence_logits(ported, sequence, row_tokens)
         diff = (padded - by_itself).abs().max().item()
         diffs.append(diff)
-        if reference is None:
+        if case.dtype == "fp32":
             if not at_most(diff, abs_limit):
                 failures.append(f"row {row}: batch vs alone max |dlogit| {diff:.3g} > "
                                 f"{abs_limit:g}")
             continue
-        truth = sequence_logits(reference, sequence, row_tokens)
+        truth = run["logits"][:, row]
         padded_error = (padded - truth).abs().max().item()
         alone_error = (by_itself - truth).abs().max().item()
         ratios.append(padded_error / max(alone_error, 1e-12))
         if not at_most(padded_error, factor * alone_error + abs_limit):
             failures.append(f"row {row}: padded error {padded_error:.3g} > {factor} x alone "
                             f"{alone_error:.3g} + {abs_limit:g}")
-    if reference is None:
+    if case.dtype == "fp32":
         result = verdict(failures, abs_limit, f"batch vs alone max |dlogit| <= {abs_limit:g}",
                          max_abs_diff=nan_max(diffs))
     else:
@@ -90,9 +87,9 @@ def test_greedy_generation(case, runner_pool, thresholds, record):
     through the port's prefill/decode, and through its own `generate` where that is another
     path (harness/numerics/greedy.py). A served port gets each row unpadded."""
     ported = runner_pool.ported(case)
-    if served(ported):
+    if runner_pool.is_served(case):
         record(**ported.describe())
-    result, text = greedy_case(case, ported, runner_pool.reference(case.model),
+    result, text = greedy_case(case, ported, ReferenceGreedy(runner_pool, case.model),
                                runner_pool.tokenizer(case.model), thresholds)
     record(result, text=text, thresholds_version=thresholds["version"])
     assert result.passed, f"{case}: {result.message()}"
