@@ -158,12 +158,17 @@ def transformers_config(directory: Path, name: str) -> ModelConfig:
     except (ValueError, KeyError, OSError) as e:
         raise CheckpointError(f"{directory / 'config.json'}: transformers cannot read it "
                               f"({str(e).splitlines()[0]})") from None
-    port = PortConfig.of(hf)
+    try:
+        port = PortConfig.of(hf)
+        heads = hf.num_attention_heads
+    except (AttributeError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: not a transformer llmgate can "
+                              f"size ({e})") from None
     eps = next((getattr(hf, k) for k in ("rms_norm_eps", "layer_norm_eps",
                                          "layer_norm_epsilon") if hasattr(hf, k)), 0.0)
     return ModelConfig(
         name, TRANSFORMERS_ONLY, port.vocab_size, hf.hidden_size, port.num_layers,
-        hf.num_attention_heads, port.num_kv_heads, getattr(hf, "intermediate_size", None) or 0,
+        heads, port.num_kv_heads, getattr(hf, "intermediate_size", None) or 0,
         port.max_positions or 0, float(eps), bool(getattr(hf, "tie_word_embeddings", False)))
 
 

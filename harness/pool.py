@@ -22,6 +22,7 @@ from harness.cases import Case
 from harness.devices import Backend, get_backend
 from harness.reference_store import (
     ENTRY_FORMAT,
+    REFERENCE_CODE,
     ReferenceStore,
     ReferenceStoreError,
     directory_digest,
@@ -108,14 +109,20 @@ class RunnerPool:
             return runner
         return CheckedRunner(runner, self.config(case.model).vocab_size)
 
+    def runnable(self, case: Case) -> Backend:
+        """The case's backend, or a skip (a fail, if required) where its hardware, dtype or
+        port cannot run it: checked before any reference work is done for it."""
+        backend = self.backend(case)
+        if self.settings.int8_problem(case):  # the default int8 dtypes of an hf port
+            pytest.skip(self.settings.int8_problem(case))
+        return backend
+
     def _port(self, case: Case, **options) -> Runner:
         spec = self.settings.port(case)
         if spec.served:
             return self.served(case)
-        backend = self.backend(case)
+        backend = self.runnable(case)
         settings = self.settings
-        if settings.int8_problem(case):  # the default int8 dtypes of an hf port
-            pytest.skip(settings.int8_problem(case))
         if spec.kind == "hf" and settings.tp > 1:
             from harness.tp import TensorParallelRunner
 
@@ -200,7 +207,8 @@ class RunnerPool:
         """What `compute()` (which asks for the reference model itself) gives for this `kind`
         and `fields` (shape, prompt digest, dtype...), computed once per run and, with
         --reference-store, once per store."""
-        key = {"format": ENTRY_FORMAT, "kind": kind, "model": model, **fields,
+        key = {"format": ENTRY_FORMAT, "code": REFERENCE_CODE, "kind": kind, "model": model,
+               **fields,
                "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
                "quantize_lm_head": self.settings.quantize_lm_head}
         if self.references.directory is not None:  # across runs: the checkpoint's content

@@ -3,9 +3,10 @@ and on disk (`--reference-store DIR`) across runs and hosts.
 
 A reference model is the biggest thing a numerics run holds (a 7B model's fp32 weights are
 28 GB) and the slowest thing it runs on a CPU. What the gates read of it is small: the tokens
-it fed, its logits at the compared positions, its greedy tokens and the figures of its other
-precisions. So a run keeps those (`ReferenceOutputs`) and drops the model; a big CPU host can
-fill a store and an NPU host run with `--reference-mode stored`, never loading a reference.
+it fed, its logits at the compared positions, its greedy tokens and the logits of its other
+precisions. So a run keeps those for the model it is on, and the runner pool drops the
+reference model when another is needed; a big CPU host can fill a store and an NPU host run
+with `--reference-mode stored`, never loading a reference.
 
 An entry is one safetensors file: its tensors, and in its metadata the key it was computed
 for. The key names everything the outputs depend on (the reference checkpoint's and
@@ -33,6 +34,18 @@ MODES = ("auto", "stored", "live")
 ENTRY_FORMAT = 1  # bump when what an entry holds changes meaning
 # A checkpoint's digest covers these files (weights, config, tokenizer), not its README.
 CONTENT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".tiktoken", ".py")
+
+
+def _code_digest() -> str:
+    """llmgate's own code that shapes what the reference computes (how it is loaded, fed,
+    fake-quantized): an entry from other such code is for another key."""
+    digest = hashlib.sha256()
+    for name in ("reference.py", "runners.py", "hf_layout.py"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+REFERENCE_CODE = _code_digest()
 
 
 class ReferenceStoreError(Exception):
@@ -88,6 +101,7 @@ class ReferenceStore:
         self.directory = Path(directory) if directory else None
         self.mode = mode
         self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self._model: str | None = None
         self.used: dict[str, int] = {"memory": 0, "stored": 0, "computed": 0}
 
     def path(self, key: dict) -> Path:
@@ -97,6 +111,9 @@ class ReferenceStore:
             ) -> dict[str, torch.Tensor]:
         """The tensors for `key`: remembered, stored or computed by `compute()`."""
         name = key_digest(key)
+        if key["model"] != self._model:  # cases run model by model: keep one model's outputs
+            self._memory.clear()
+            self._model = key["model"]
         if name in self._memory:
             self.used["memory"] += 1
             return self._memory[name]
@@ -107,7 +124,7 @@ class ReferenceStore:
                 raise ReferenceStoreError(
                     f"--reference-mode stored: no entry {self.path(key)} for {describe(key)}; "
                     "fill the store where the reference runs (the same command with "
-                    "--reference-mode auto, or `llmgate reference save`)")
+                    "--reference-mode auto)")
         if tensors is not None:
             self.used["stored"] += 1
         else:

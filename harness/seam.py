@@ -72,7 +72,7 @@ class CheckedRunner:
     suites probe it as they would the port."""
 
     def __init__(self, runner, vocab_size: int):
-        """vocab_size: the model's (the reference's), not what the port's config claims."""
+        """vocab_size: the model's (as registered), not what the port's config claims."""
         self._port, self._vocab = runner, vocab_size
 
     def __getattr__(self, name: str):  # only called for what the wrapper does not define

@@ -123,7 +123,8 @@ def reference_run(pool, case: Case) -> dict[str, Tensor]:
     """The fp32 reference's teacher-forced run of the case's prompt, computed once per run
     (and per store): `ids` and `mask` (B, T), the `tokens` it chose to feed (steps, B) and
     its `logits` (steps + 1, B, V), step 0 the prefill's. Every runner of the case is then fed
-    these tokens alone: the reference model need not stay beside the port."""
+    these tokens, each alone: the reference model is needed again only for outputs not yet
+    kept."""
     ids, mask = make_prompt(case, pool.config(case.model).vocab_size)
 
     def compute():
@@ -138,7 +139,7 @@ def forced_logits(runner: Runner, run: dict[str, Tensor]) -> Tensor:
     """Logits (steps + 1, B, V) of `runner` fed a `reference_run`'s prompt and tokens."""
     history, _ = teacher_forced(runner, [], run["ids"], run["mask"], len(run["tokens"]),
                                 list(run["tokens"]))
-    return torch.stack([step[0] for step in history])
+    return torch.stack([step[0].float().cpu() for step in history])
 
 
 def reduced_reference_logits(pool, case: Case, run: dict[str, Tensor]) -> Tensor:
@@ -147,7 +148,7 @@ def reduced_reference_logits(pool, case: Case, run: dict[str, Tensor]) -> Tensor
     def compute():
         return {"logits": forced_logits(pool.reference(case.model, case.dtype), run)}
     return pool.reference_outputs(
-        case.model, "teacher-forced", compute,
+        case.model, "teacher-forced", compute, fed=tensor_digest(run["tokens"]),
         **reference_fields(case, run["ids"], run["mask"], case.dtype))["logits"]
 
 
@@ -260,12 +261,15 @@ def teacher_forced_case(case: Case, pool, thresholds: dict) -> tuple[Verdict, di
     verdict and that second transformers' metrics (`reference_*` / `fake_quant_*`).
 
     pool: `ported(case)` gives the port, `reference_outputs` what the references computed
-    (`RunnerPool`). The references run first, each alone, then the port."""
+    (`RunnerPool`). The fp32 reference runs first (its outputs are usually kept from the
+    model's fp32 cases), then the port, then transformers in the case's dtype: a port built
+    from float32 weights (int8) peaks at about twice their bytes, so it is built before the
+    case's own reduced reference is loaded beside it."""
+    pool.runnable(case)
     run = reference_run(pool, case)
-    runs = [run["logits"]]
+    runs = [run["logits"], forced_logits(pool.ported(case), run)]
     if case.dtype != "fp32":
         runs.append(reduced_reference_logits(pool, case, run))
-    runs.insert(1, forced_logits(pool.ported(case), run))
     history = [list(step) for step in zip(*runs)]  # per step: [reference, port, (theirs)]
     pretrained = pretrained_limits(case.model)
     ours = stats_against_reference(history, 1, thresholds)

@@ -45,6 +45,7 @@ def test_padding_invariance(case, runner_pool, thresholds, record):
     if runner_pool.is_served(case):
         pytest.skip(f"not run: a served port ({runner_pool.settings.port(case).name}) batches "
                     "requests itself; padding is not visible through its API")
+    runner_pool.runnable(case)
     run = reference_run(runner_pool, case)
     ported = runner_pool.ported(case)
     batch_logits = forced_logits(ported, run)  # (steps + 1, B, V)
