@@ -68,7 +68,8 @@ def rows(pytester, run_id):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "qwen-8b"], "--model 'qwen-8b' is unknown; valid: falcon-7b"),
-    (["--model-path", "llama-7b=/x"], "--model-path 'llama-7b' is unknown; valid:"),
+    (["--model-path", "llama-7b=/x"], "--model-path llama-7b=/x: 'llama-7b' is not a registered "
+     "model"),
     (["--model-path", "qwen-7b"], "--model-path 'qwen-7b': expected NAME=DIR"),
     (["--model-path", "qwen-7b=/no/such/dir"], "--model-path qwen-7b=/no/such/dir: directory "
                                                 "not found"),
