@@ -25,25 +25,28 @@ from harness.checkpoints import (
     Weights,
     default_cache_dir,
     embedded_checkpoint,
-    register_directory,
-    verify_checkpoint,
     weights_layout,
 )
 from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
+from harness.model_paths import check_stored_weights, model_paths, register_model_paths
 from harness.numerics import grid as numerics_grid
 from harness.perf import grid as perf_grid
 from harness.perf.options import PerfSettings
-from harness.ports.hf import check_hf_directory, check_remote_code, enter_rank
+from harness.port_checks import (
+    check_cloze_ports,
+    check_port_directories,
+    check_ports,
+    check_selected,
+    hf_int8_refusal,
+    port_option,
+)
 from harness.ports.options import PortSettings, PortSpec
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
-from models.checkpoint import Checkpoint, CheckpointError, check_not_modelslim, read_json
 from models.config import EMBEDDED_MODELS, REGISTRY, get_config
 from models.parallel import SplitError, check_world_size
-from models.ported import check_parts, part_dirs, tensor_parallel_of
 
 DEFAULT_SEQLENS = [32, 128]
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def writable_dir(option: str, path: Path) -> Path:
@@ -57,164 +60,6 @@ def writable_dir(option: str, path: Path) -> Path:
     except OSError as e:
         raise pytest.UsageError(f"{option} {path}: not writable ({e.strerror or e})") from None
     return path
-
-
-def register_model_paths(items: list[str] | None) -> dict[str, str | None]:
-    """Register each --model-path NAME the registry does not list from its directory's
-    config.json; returns, per such NAME, why the engine cannot run it (None: it can)."""
-    problems = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not path or name in REGISTRY:
-            continue  # checked, with the registered ones, by `model_paths`
-        if not MODEL_NAME.fullmatch(name):
-            raise pytest.UsageError(f"--model-path {name}={path}: a new model's name is letters, "
-                                    "digits, '.', '_' and '-' (it becomes a case id's first "
-                                    "token)")
-        directory = Path(path).expanduser()
-        if not (directory / "config.json").is_file() and not (directory / "part_model").is_dir():
-            raise pytest.UsageError(f"--model-path {name}={path}: {name!r} is not a registered "
-                                    f"model ({', '.join(REGISTRY)}) and {directory} holds no "
-                                    "config.json to register it from")
-        try:
-            problems[name] = register_directory(name, directory)
-        except (CheckpointError, ValueError) as e:
-            raise pytest.UsageError(f"--model-path {name}: {e}") from None
-    return problems
-
-
-def model_paths(items: list[str] | None, ports: PortSettings | None = None,
-                engine_problems: dict[str, str | None] | None = None) -> dict[str, Path]:
-    """--model-path NAME=DIR, each DIR checked as the engine reads it where the engine runs
-    NAME (an hf or plug-in port loads the directory its own way). `engine_problems`: why the
-    engine cannot run a model registered from its directory (`register_model_paths`)."""
-    paths = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not path:
-            raise pytest.UsageError(f"--model-path {item!r}: expected NAME=DIR")
-        check_names("--model-path", [name], REGISTRY)
-        directory = Path(path).expanduser()
-        if not directory.is_dir():
-            raise pytest.UsageError(f"--model-path {name}={path}: directory not found")
-        engine = ports is None or any(s.kind == "engine" for s in ports.of(name))
-        problem = (engine_problems or {}).get(name)
-        if engine and problem:
-            raise pytest.UsageError(f"--model-path {name}={path}: the engine does not run this "
-                                    f"architecture ({problem}); run it on transformers with "
-                                    f"--port {name}=hf")
-        try:
-            check_not_modelslim(directory)  # whatever the port: never read as floats
-            if engine:
-                rank_directory(name, path, directory)
-                verify_checkpoint(name, directory)
-                check_parts(directory, weights_layout(directory).world_size)
-        except (CheckpointError, ValueError) as e:
-            raise pytest.UsageError(f"--model-path {name}: {e}") from None
-        paths[name] = directory
-    return paths
-
-
-def rank_directory(name: str, given: str, directory: Path) -> None:
-    """A rank's part of a split checkpoint runs only within its group: refuse it at start-up
-    with the directory to give instead (its config says its rank and world size)."""
-    if part_dirs(directory) is not None or not (directory / "config.json").is_file():
-        return  # a whole split checkpoint (part_model/ alone), or not a checkpoint at all
-    split = tensor_parallel_of(read_json(directory / "config.json"))
-    if split:
-        rank, world = split
-        raise pytest.UsageError(f"--model-path {name}={given}: rank {rank} of a checkpoint split "
-                                f"for {world} ranks; give the directory that holds part_model/ "
-                                f"({directory.parent.parent}) and --tp {world}")
-
-
-def check_stored_weights(paths: dict[str, Path], dtypes: list[str], tp: int) -> None:
-    """A quantized checkpoint runs as its scheme only; a split one at its own --tp."""
-    for name, path in paths.items():
-        weights = weights_layout(path)
-        if weights.scheme and dtypes and weights.scheme not in dtypes:
-            raise pytest.UsageError(f"--model-path {name}={path} holds {weights.scheme} weights "
-                                    f"but --dtype asks for {','.join(dtypes)}; add --dtype "
-                                    f"{weights.scheme}")
-        if weights.world_size and weights.world_size != tp:
-            raise pytest.UsageError(f"--model-path {name}={path}: part_model is split for "
-                                    f"{weights.world_size} ranks; run it with --tp "
-                                    f"{weights.world_size}, not --tp {tp}")
-
-
-def port_option(name: str | None, spec: PortSpec) -> str:
-    """The --port option as given, for messages."""
-    return f"--port {name + '=' if name else ''}{spec.given}"
-
-
-def check_ports(ports: PortSettings, dtypes: list[str], tp: int) -> None:
-    """An hf port runs float dtypes; the engine and hf ports split over --tp ranks."""
-    for name, spec in [*((None, s) for s in ports.default),
-                       *((n, s) for n, specs in ports.per_model.items() for s in specs)]:
-        what = port_option(name, spec)
-        if spec.kind == "hf" and set(dtypes) & set(QUANTIZED):
-            raise pytest.UsageError(f"{what}: {hf_int8_refusal(dtypes)}")
-        if spec.kind not in ("engine", "hf") and tp > 1:
-            raise pytest.UsageError(f"{what}: --tp {tp} runs the engine or an hf port's "
-                                    "part_model/{rank} directories")
-
-
-def hf_int8_refusal(dtypes: list[str]) -> str:
-    """Why an hf port does not run these int8 `dtypes` (it loads the float weights)."""
-    return (f"an hf port runs fp32, bf16 or fp16, not "
-            f"{','.join(d for d in dtypes if d in QUANTIZED)}")
-
-
-def check_selected(option: str, name: str, selected: list[str], default: bool = False) -> None:
-    """A per-model option for a model the run does not select would be silently ignored.
-    default: `selected` is the embedded models (no --model, no --model-path)."""
-    if name not in selected:
-        raise pytest.UsageError(f"{option} is given but --model does not select {name}"
-                                f"{' (default: the embedded models)' if default else ''}; "
-                                f"add --model {name}")
-
-
-def check_port_directories(settings: Settings) -> None:
-    """What an hf or plug-in port loads, checked before any case: remote code only with
-    --trust-remote-code; for hf, each directory (each rank's under --tp, an embedded
-    checkpoint too) one transformers can build and whose weight files are whole. Reads
-    configs and weight headers only."""
-    ports, paths, tp = settings.ports, settings.model_paths, settings.tp
-    for model in dict.fromkeys([*settings.models, *settings.perf_models]):
-        hf = next((s for s in ports.of(model) if s.kind == "hf"), None)
-        plugin = any(s.kind == "plugin" for s in ports.of(model))
-        if not (hf and (model in paths or model in EMBEDDED_MODELS) or plugin and model in paths):
-            continue  # nothing to check (a model without weights skips with a hint)
-        given = (f"--model-path {model}" if model in paths else
-                 f"{port_option(model if model in ports.per_model else None, hf)} ({model}'s "
-                 "embedded checkpoint)")
-        try:
-            path = settings.port_path(model)
-            if hf and tp > 1:  # each rank loads its own directory
-                for rank in range(tp):
-                    check_hf_directory(enter_rank(path, rank, tp, 0, environ={}),
-                                       ports.trust_remote_code)
-            elif hf:
-                check_hf_directory(path, ports.trust_remote_code)
-            else:  # a plug-in loads it its own way; the transformers reference reads it too
-                check_remote_code(path, ports.trust_remote_code)
-                checkpoint = Checkpoint(path)
-                checkpoint.open_all()
-                checkpoint.close()
-        except CheckpointError as e:
-            raise pytest.UsageError(f"{given}: {e}") from None
-
-
-def check_cloze_ports(tasks: list[str], ports: PortSettings) -> None:
-    """Cloze scoring needs each continuation token's log-probability; a server lists the
-    next token's top-K only."""
-    cloze = [t for t in tasks if t.endswith("-cloze")]
-    served = next((s for s in ports.specs() if s.served), None)
-    if cloze and served:
-        raise pytest.UsageError(f"--task {cloze[0]}: a served port ({served.given}) gives no "
-                                "log-probability of each continuation token; cloze tasks run "
-                                "on the engine, hf and plug-in ports (letter form: --task "
-                                f"{cloze[0].removesuffix('-cloze')})")
 
 
 def check_tp(models: list[str], tp: int) -> None:
