@@ -21,17 +21,25 @@ import signal
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import pytest
 
 from harness import named_baselines
 from harness.accuracy import session as accuracy_session
 from harness.cases import Case
-from harness.devices import QUANTIZED, case_peaks, get_backend, start_case_peaks
+from harness.devices import case_peaks, get_backend, start_case_peaks
+from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the plugin)
+    LLMGATE,
+    OUTCOME,
+    case_of,
+    has_case_param,
+    llmgate,
+    record,
+    run_dir,
+    runner_pool,
+)
 from harness.ordering import grouped
 from harness.perf import session as perf_session
-from harness.pool import RunnerPool
 from harness.results import (
     RECORD_FORMAT,
     ResultsStore,
@@ -57,7 +65,6 @@ from harness.settings import Settings
 from harness.values import checked_run_id
 from harness.verdicts import Verdict
 
-OUTCOME = pytest.StashKey[dict]()
 # Each suite's session end: (the run's latest rows, settings) -> records of the whole run.
 SESSION_ENDS = (perf_session.finish, accuracy_session.finish)
 
@@ -134,18 +141,18 @@ class LlmgatePlugin:
     @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
     def pytest_collection_modifyitems(self, config, items):
         shard = self.settings.shard
-        drop = [item for item in items if _case(item) is None and _has_case_param(item)]
+        drop = [item for item in items if case_of(item) is None and has_case_param(item)]
         whole = _tests(items, exclude=drop)
         if shard is not None:
-            owner = shard_models([c.model for item in items if (c := _case(item))], shard[1])
-            drop += [item for item in items if (owner.get(_case(item).model) if _case(item)
+            owner = shard_models([c.model for item in items if (c := case_of(item))], shard[1])
+            drop += [item for item in items if (owner.get(case_of(item).model) if case_of(item)
                      else zlib.crc32(item.nodeid.encode()) % shard[1]) != shard[0] - 1]
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = [item for item in items if item not in set(drop)]
-        items[:] = grouped(items, _case, lambda item: item.path.parent)
+        items[:] = grouped(items, case_of, lambda item: item.path.parent)
         for item in items:  # with --dist loadgroup, each model's cases share a worker
-            if (case := _case(item)) is not None:
+            if (case := case_of(item)) is not None:
                 item.add_marker(pytest.mark.xdist_group(case.model))
         if whole:  # a run that selects no case leaves no directory
             ours = selection(_tests(items), whole, self.command)
@@ -186,11 +193,11 @@ class LlmgatePlugin:
     # --- resume: a recorded pass is skipped, a recorded failure fails again (as FAILED)
 
     def _recorded(self, item) -> dict | None:
-        case = _case(item)
+        case = case_of(item)
         return case is not None and self.recorded.get((case.id, item.originalname))
 
     def pytest_runtest_setup(self, item):
-        if (case := _case(item)) is not None:
+        if (case := case_of(item)) is not None:
             start_case_peaks(case.hardware)
         row = self._recorded(item)
         if row and row.get("outcome", "passed" if row["passed"] else "failed") == "passed":
@@ -210,7 +217,7 @@ class LlmgatePlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):
         report = yield
-        case = _case(item)
+        case = case_of(item)
         if case is None:
             return report
         state = item.stash.setdefault(OUTCOME, {})
@@ -360,58 +367,10 @@ def _tests(items, exclude=()) -> set[tuple[str, str, str]]:
     """(suite, case, test) of the case items, as their records name them."""
     excluded = set(exclude)
     return {(item.path.parent.name, case.id, item.originalname) for item in items
-            if item not in excluded and (case := _case(item)) is not None}
-
-
-def _has_case_param(item) -> bool:
-    return "case" in getattr(getattr(item, "callspec", None), "params", {})
-
-
-def _case(item) -> Case | None:
-    case = item.callspec.params.get("case") if _has_case_param(item) else None
-    return case if isinstance(case, Case) else None
-
-
-LLMGATE = pytest.StashKey[LlmgatePlugin]()  # config.stash[LLMGATE]: this session's plugin
+            if item not in excluded and (case := case_of(item)) is not None}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     plugin = LlmgatePlugin(config)
     config.stash[LLMGATE] = plugin
     config.pluginmanager.register(plugin, "llmgate-session")  # "llmgate" is the entry point
-
-
-@pytest.fixture(scope="session")
-def llmgate(pytestconfig) -> Settings:
-    return pytestconfig.stash[LLMGATE].settings
-
-
-@pytest.fixture(scope="session")
-def runner_pool(llmgate, run_dir):
-    pool = RunnerPool(llmgate, run_dir=run_dir)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture(scope="session")
-def run_dir(pytestconfig) -> Path:
-    """This run's results directory (reports/<run-id>/), where suites keep their files."""
-    return pytestconfig.stash[LLMGATE].run_dir
-
-
-@pytest.fixture
-def record(request):
-    """record(verdict=None, **metrics): what this test measured, for its one record.
-
-    The record itself is written when the test ends, with pytest's outcome; a failing
-    verdict fails the test even if the suite forgets to assert.
-    """
-    state = request.node.stash.setdefault(OUTCOME, {})
-    case = _case(request.node)
-    if case is not None and case.dtype in QUANTIZED:  # which float type the activations are
-        state.setdefault("metrics", {})["activation_dtype"] = case.precision.dtype_name
-
-    def _record(verdict: Verdict | None = None, **metrics) -> None:
-        state["verdict"] = verdict
-        state.setdefault("metrics", {}).update(metrics)
-    return _record
