@@ -75,6 +75,7 @@ class RunnerPool:
                     self._drop(k)
                 release_memory()
             self._runners[key] = make()
+            release_memory()  # what building it allocated and freed (casts, fake-quant)
         return self._runners[key]
 
     def _drop(self, key: tuple) -> None:

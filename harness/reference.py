@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from harness.hf_layout import config_to_hf, v1_to_qwen2
 from models.checkpoint import Checkpoint
@@ -53,8 +54,17 @@ def load_reference(path: str | Path, dtype: torch.dtype = torch.float32):
         model.load_state_dict(v1_to_qwen2(cfg, ckpt, shapes), strict=not cfg.tie_embeddings)
         ckpt.close()
         return model
+    config = transformers.AutoConfig.from_pretrained(path)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    slices = ckpt.slices()
+    if model_class is None or slices is None:  # .bin files: transformers reads them itself
+        ckpt.close()
+        return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    # transformers would memory-map the files and keep every page it read resident until
+    # the model is dropped: given the tensors read with pread, the model owns its bytes and
+    # the host holds them once (fake-quantized weights replace, not join, the originals).
+    model = model_class.from_pretrained(None, config=config, state_dict=slices, dtype=dtype)
     ckpt.close()
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.eval()
 
 
@@ -73,7 +83,8 @@ def fake_quantize_(model: torch.nn.Module, scheme: str, lm_head: bool = False
         if module.weight is embedding:  # a head tied to the embedding stays float (as ours)
             continue
         weight, scale = quantize_rows(module.weight.data)
-        module.weight.data = (weight.float() * scale[:, None]).to(module.weight.dtype)
+        # In place: a new tensor per layer would hold the float copy and the new one at once.
+        module.weight.data.copy_(weight.float() * scale[:, None])
         if scheme == "w8a8":
             module.register_forward_pre_hook(_fake_quantize_input)
     return model

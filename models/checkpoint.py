@@ -193,6 +193,14 @@ class Checkpoint:
         for file in sorted(set(self.files.values())):
             self._open_file(file)
 
+    def slices(self) -> dict[str, object] | None:
+        """Every tensor as a lazy safetensors slice (read with `pread` when indexed), the
+        form `transformers`' loader takes as a state dict; None unless every file is
+        safetensors."""
+        if any(file.suffix != ".safetensors" for file in self.files.values()):
+            return None
+        return {name: self._open_file(file).get_slice(name) for name, file in self.files.items()}
+
     def names(self) -> list[str]:
         return list(self.files)
 
@@ -258,8 +266,11 @@ def _check_type(file: Path, name: str, found: str, expected: str | None) -> None
 
 
 def _open_safetensors(file: Path):
+    """A safetensors file read with `pread`: each tensor read is a copy the caller owns. (A
+    memory-mapped file's pages would stay resident while it is open: loading would hold the
+    checkpoint's bytes beside the model's.)"""
     try:
-        handle = safe_open(str(file), framework="pt")
+        handle = safe_open(str(file), framework="pt", device="cpu", backend="pread")
         handle.keys()
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({e})") from None

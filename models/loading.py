@@ -18,7 +18,14 @@ from models.config import ModelConfig
 from models.layers import can_use_cpu_dense
 from models.parallel import parallelize_
 from models.precision import Precision
-from models.quant import SCHEMES, cast_floats_, quantize_
+from models.quant import (
+    SCHEMES,
+    cast_floats_,
+    prepare_quantized,
+    quantizable,
+    quantize_,
+    quantize_rows,
+)
 from models.transformer import DecoderLM, cpu_dense_
 
 FAMILY_MODULES: dict[str, ModuleType] = {
@@ -71,10 +78,11 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
         raise CheckpointError(f"{path}: holds {stored or 'float'} weights, but the case asks "
                               f"for {precision.scheme or 'float'} weights (choose --dtype "
                               f"{stored or 'fp32'})")
-    # Loaded as it runs wherever nothing needs float32 weights first (quantizing, splitting):
-    # a float checkpoint is never held in float32 to be cast to bf16/fp16 afterwards.
-    if parts is not None or world_size == 1 and (stored is not None or precision.scheme is None):
-        model = _load(ckpt, precision.dtype, device, Path(path).name)
+    # Loaded as it runs wherever nothing needs float32 weights first (splitting): a float
+    # checkpoint is never held in float32 to be cast or quantized afterwards.
+    if parts is not None or world_size == 1:
+        scheme = precision.scheme if stored is None else None
+        model = _load(ckpt, precision.dtype, device, Path(path).name, scheme, lm_head)
     else:
         model = _load(ckpt, torch.float32, device, Path(path).name)  # (or int8 as stored)
         if precision.scheme is not None and stored is None:
@@ -87,7 +95,12 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
     return model
 
 
-def _load(ckpt: Checkpoint, dtype: torch.dtype, device, name: str) -> DecoderLM:
+def _load(ckpt: Checkpoint, dtype: torch.dtype, device, name: str, scheme: str | None = None,
+          lm_head: bool = False) -> DecoderLM:
+    """Materialise the model once, in `dtype` on `device`, and copy each checkpoint tensor in
+    as it is read; with an int8 `scheme`, each linear weight is quantized as it arrives, so
+    no float copy of the quantized layers is ever held (the peak is the int8 model plus one
+    tensor)."""
     family = family_module(ckpt.config)
     if ported.is_ported(ckpt.config.data):
         model = ported.load(ckpt, family, dtype, device)
@@ -97,18 +110,43 @@ def _load(ckpt: Checkpoint, dtype: torch.dtype, device, name: str) -> DecoderLM:
     cfg = family.config_from_hf(ckpt.config, name)
     with torch.device("meta"):
         model = family.build(cfg).to(dtype)
+        int8_from = _prepare_int8(model, scheme, lm_head) if scheme else {}
     model.to_empty(device=device)
     params = dict(model.named_parameters())
-    unloaded = set(params)
+    layers = dict(model.named_modules())
+    unloaded = set(params) | set(int8_from)
     with torch.no_grad():
         for ours, tensor in family.convert(cfg, ckpt):
-            if tuple(params[ours].shape) != tuple(tensor.shape):
-                raise CheckpointError(
-                    f"{ckpt.path}: converted tensor for {ours!r} has shape "
-                    f"{tuple(tensor.shape)}, expected {tuple(params[ours].shape)}")
-            params[ours].copy_(tensor)
+            targets = [(params[ours], tensor)] if ours in params else []
+            if ours in int8_from:
+                weight_int8, scale = quantize_rows(tensor)
+                for layer in int8_from[ours]:
+                    targets += [(layers[layer].weight_int8, weight_int8),
+                                (layers[layer].weight_scale, scale)]
+            for target, value in targets:
+                if tuple(target.shape) != tuple(value.shape):
+                    raise CheckpointError(
+                        f"{ckpt.path}: converted tensor for {ours!r} has shape "
+                        f"{tuple(tensor.shape)}, expected {tuple(target.shape)}")
+                target.copy_(value)
             unloaded.discard(ours)
     ckpt.close()
     if unloaded:
         raise CheckpointError(f"{ckpt.path}: no checkpoint tensor for {sorted(unloaded)}")
+    if int8_from:  # the int8 layers' scales and biases, made in float32
+        cast_floats_(model, dtype)
     return model.eval()
+
+
+def _prepare_int8(model: DecoderLM, scheme: str, lm_head: bool) -> dict[str, list[str]]:
+    """Give the quantizable layers (`quantizable`) empty int8 storage of `scheme`; returns,
+    per checkpoint weight name, the layers quantized from it (a tied LM head is quantized from
+    the embedding's weight, which stays in floating point for the embedding)."""
+    names = quantizable(model, lm_head)
+    layers = dict(model.named_modules())
+    loaded_as = {id(p): n for n, p in model.named_parameters()}
+    sources: dict[str, list[str]] = {}
+    for name in names:
+        sources.setdefault(loaded_as[id(layers[name].weight)], []).append(name)
+    prepare_quantized(model, SCHEMES[scheme], names)
+    return sources

@@ -49,6 +49,25 @@ def test_quantize_lm_head_is_an_explicit_choice():
     assert "lm_head" in quantize_(model, SCHEMES["w8a8"], include_lm_head=True)
 
 
+@pytest.mark.parametrize("name", ["qwen-tiny", "bloom-tiny", "falcon-tiny", "starcoder-tiny",
+                                  "alpaca2-tiny"])
+@pytest.mark.parametrize("dtype, lm_head", [("w8a16", False), ("w8a8", True)])
+def test_quantizing_while_loading_equals_quantizing_the_float_model(name, dtype, lm_head):
+    # build_model quantizes each weight as it is read (no float copy of the model is held);
+    # the result is the float32 model quantized after loading, tensor for tensor.
+    from models.quant import cast_floats_
+
+    precision = Precision.of(dtype, "cpu")
+    path = tiny_checkpoint(name)
+    got = build_model(path, precision, lm_head=lm_head, cpu_dense=False).state_dict()
+    float_model = load_model(path)
+    quantize_(float_model, SCHEMES[precision.scheme], include_lm_head=lm_head)
+    expected = cast_floats_(float_model, precision.dtype).state_dict()
+    assert got.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert got[key].dtype == tensor.dtype and torch.equal(got[key], tensor), key
+
+
 @pytest.mark.parametrize("width", [16, 12])  # the int8 weight-pack kernel; dequantize
 def test_w8a16_in_bf16_matches_its_float_layer(width):
     # _weight_int8pack_mm reads input features in blocks of 8; other widths are dequantized.
