@@ -72,7 +72,7 @@ run: setup
 # gates themselves are tested in tests/.
 test: setup
 	$(VENV)/bin/pytest -n 2 --perf-baseline none --accuracy-baseline none --repeats 2 \
-	    --warmup 0 --seqlen 32 --questions-per-subject 2 --humaneval-problems 5
+	    --warmup 0 --seqlen 32 --questions-per-subject 2 --humaneval-problems 5 --durations=25
 
 bench: setup
 	$(PY) benchmarks/engine_decode.py

@@ -11,6 +11,7 @@ TORCH_DEVICE_BACKEND_AUTOLOAD=0 is set.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import resource
 import time
@@ -60,6 +61,16 @@ class Backend:
 
     def synchronize(self) -> None:
         pass
+
+    def pin_fp32(self) -> dict:
+        """Make fp32 arithmetic fp32 on this device for the rest of the process; returns the
+        settings in force that decide it (run.json and `llmgate devices` show them)."""
+        torch.set_float32_matmul_precision("highest")  # oneDNN may otherwise use bf16
+        return {"float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+    def fp32_problem(self, settings: dict) -> str:
+        """Why fp32 is not computed in fp32 under `settings` ("" where it is)."""
+        return ""
 
     @contextmanager
     def timer(self) -> Iterator[Timing]:
@@ -204,19 +215,42 @@ class _AcceleratorBackend(Backend):
         return int(self.module().mem_get_info()[0])
 
 
+# Environment variables that change what an fp32 matmul computes on CUDA.
+TF32_ENVIRONMENT = ("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "NVIDIA_TF32_OVERRIDE")
+
+
 class CudaBackend(_AcceleratorBackend):
+    """NVIDIA's CUDA, or AMD's ROCm (which torch also calls cuda)."""
+
     name = "cuda"
 
     def availability(self) -> tuple[bool, str]:
-        if torch.version.cuda is None:
-            return False, f"torch {torch.__version__} is built without CUDA"
+        if torch.version.cuda is None and torch.version.hip is None:
+            return False, f"torch {torch.__version__} is built without CUDA or ROCm"
         if not torch.cuda.is_available():
             return False, "torch.cuda.is_available() is False (no GPU or driver)"
         return True, ""
 
     def dtypes(self) -> tuple[str, ...]:
-        floats = ("fp32", "fp16", "bf16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
-        return (*floats, *QUANTIZED)
+        # Emulated bf16 (T4, V100) counts as supported unless asked not to.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return (*(("fp32", "fp16", "bf16") if native else ("fp32", "fp16")), *QUANTIZED)
+
+    def pin_fp32(self) -> dict:
+        settings = super().pin_fp32()  # "highest": no TF32 in cuBLAS matmuls
+        torch.backends.cudnn.allow_tf32 = False
+        return {**settings, "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                **{name: os.environ[name] for name in TF32_ENVIRONMENT if name in os.environ}}
+
+    def fp32_problem(self, settings: dict) -> str:
+        if settings.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1":
+            return ("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 (NVIDIA's NGC images set it) makes "
+                    "cuBLAS compute fp32 matmuls in TF32 whatever torch is told; unset it to "
+                    "gate fp32")
+        if settings.get("cuda.matmul.allow_tf32") or settings.get("cudnn.allow_tf32"):
+            return "TF32 is still allowed after pinning fp32 matmuls to 'highest'"
+        return ""
 
 
 class NpuBackend(_AcceleratorBackend):
@@ -232,10 +266,32 @@ class NpuBackend(_AcceleratorBackend):
         return True, ""
 
     def dtypes(self) -> tuple[str, ...]:
-        # Atlas 300I / 310P cores have no bf16 arithmetic.
-        if "310" in torch.npu.get_device_name():
-            return ("fp32", "fp16", *QUANTIZED)
-        return ("fp32", "fp16", "bf16", *QUANTIZED)
+        # Atlas 300I / 310P and the 910A-generation chips have no bf16 arithmetic.
+        if torch.npu.is_bf16_supported():
+            return ("fp32", "fp16", "bf16", *QUANTIZED)
+        return ("fp32", "fp16", *QUANTIZED)
+
+    def pin_fp32(self) -> dict:
+        """Before Ascend910B1 torch_npu defaults ACL_PRECISION_MODE to allow_fp32_to_fp16
+        (fp32 matmuls computed in fp16); must_keep_origin_dtype keeps fp32, and an operator
+        that has no fp32 kernel then fails rather than running in fp16. HF32 off too."""
+        settings = super().pin_fp32()
+        torch.npu.set_option({"ACL_PRECISION_MODE": NPU_FP32_MODE})
+        torch.npu.matmul.allow_hf32 = False
+        torch.npu.conv.allow_hf32 = False
+        return {**settings, "ACL_PRECISION_MODE": NPU_FP32_MODE,
+                "npu.matmul.allow_hf32": torch.npu.matmul.allow_hf32,
+                "npu.conv.allow_hf32": torch.npu.conv.allow_hf32}
+
+    def fp32_problem(self, settings: dict) -> str:
+        if settings.get("ACL_PRECISION_MODE") != NPU_FP32_MODE:
+            return f"ACL_PRECISION_MODE is {settings.get('ACL_PRECISION_MODE')!r}"
+        if settings.get("npu.matmul.allow_hf32") or settings.get("npu.conv.allow_hf32"):
+            return "HF32 is still allowed after it was turned off"
+        return ""
+
+
+NPU_FP32_MODE = "must_keep_origin_dtype"
 
 
 BACKENDS = {"cpu": CpuBackend, "cuda": CudaBackend, "npu": NpuBackend}
@@ -245,8 +301,6 @@ BACKENDS = {"cpu": CpuBackend, "cuda": CudaBackend, "npu": NpuBackend}
 def cpu_description() -> dict:
     """What a CPU figure depends on: the vector extensions torch's kernels use (AVX2 or
     AVX-512 machines differ), the model, the cores and the threads torch runs."""
-    import os
-
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_model": CpuBackend().device_name(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads()}
@@ -255,6 +309,16 @@ def cpu_description() -> dict:
 def describe_cpu(info: dict) -> str:
     return (f"{info['cpu_model']}, {info['cpu_capability']}, {info['cores']} cores, "
             f"{info['threads']} threads")
+
+
+_PINNED: dict[str, dict] = {}
+
+
+def pinned_precision(backend: Backend) -> dict:
+    """`backend.pin_fp32()`, once per process per device: the settings fp32 runs under."""
+    if backend.name not in _PINNED:
+        _PINNED[backend.name] = backend.pin_fp32()
+    return _PINNED[backend.name]
 
 
 def get_backend(name: str) -> Backend:

@@ -27,7 +27,7 @@ import pytest
 from harness import named_baselines
 from harness.accuracy import session as accuracy_session
 from harness.cases import Case
-from harness.devices import case_peaks, get_backend, start_case_peaks
+from harness.devices import case_peaks, get_backend, pinned_precision, start_case_peaks
 from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the plugin)
     LLMGATE,
     OUTCOME,
@@ -64,6 +64,7 @@ from harness.selection import (
 from harness.settings import Settings
 from harness.values import checked_run_id
 from harness.verdicts import Verdict
+from models.quant import int8_kernel
 
 # Each suite's session end: (the run's latest rows, settings) -> records of the whole run.
 SESSION_ENDS = (perf_session.finish, accuracy_session.finish)
@@ -228,7 +229,8 @@ class LlmgatePlugin:
         if report.when == "setup" and not report.passed:
             state.update(outcome="skipped" if report.skipped else "error", reason=_reason(report))
         elif report.when == "call":
-            state.setdefault("metrics", {}).update(case_peaks(case.hardware))
+            state.setdefault("metrics", {}).update(case_peaks(case.hardware),
+                                                   case_seconds=round(report.duration, 3))
             # A check that failed is `failed`; any other exception (a corrupt checkpoint or
             # dataset, a crash) is `error`, as the README's Results define them. pytest's own
             # outcome stays failed.
@@ -258,6 +260,8 @@ class LlmgatePlugin:
                 "port": case.port or "engine", "port_kind": self._port_kind(case),
                 "config_source": self.settings.config_source(case.model),
                 "session": self.session, "worker": self.worker}
+        if core["port_kind"] == "engine" and case.precision.scheme:
+            fields["int8_kernel"] = int8_kernel(case.precision, case.hardware)
         measured = {**fields, **state.get("metrics", {})}
         self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
 
@@ -330,15 +334,17 @@ class LlmgatePlugin:
         return f"{len(missing)} of {selected_count(run)} selected cases never ran: {why}"
 
     def _write_run_json(self, run: dict, unmatched_baselines: list[str], incomplete: str):
-        devices = {}
+        devices, precision = {}, {}
         for hardware in self.settings.hardware:
             backend = get_backend(hardware)
             if backend.available:
                 devices[hardware] = backend.device_name()
+                precision[hardware] = pinned_precision(backend)
         started = min(self.started, run.get("started", self.started))  # a resumed run's first
         run = {**run, "format": RECORD_FORMAT, "run_id": self.run_id, "started": started,
                "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
                "duration_s": time.time() - started, "devices": devices,
+               "fp32_settings": precision,
                "unmatched_baselines": unmatched_baselines, **environment(),
                "status": "incomplete" if incomplete else "complete", "incomplete": incomplete}
         write_run(self.run_dir, run)

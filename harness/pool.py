@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from harness.cases import Case
-from harness.devices import Backend, get_backend
+from harness.devices import Backend, get_backend, pinned_precision
 from harness.reference_store import (
     ENTRY_FORMAT,
     REFERENCE_CODE,
@@ -98,6 +98,10 @@ class RunnerPool:
             if self.settings.require_hardware:
                 pytest.fail(f"{case.hardware} required but unavailable: {reason}", pytrace=False)
             pytest.skip(f"{case.hardware}: {reason}")
+        problem = backend.fp32_problem(pinned_precision(backend))
+        if problem and case.dtype == "fp32":
+            pytest.fail(f"{case.hardware} does not compute fp32 in fp32 here: {problem}",
+                        pytrace=False)
         return backend
 
     def ported(self, case: Case, **options) -> Runner:

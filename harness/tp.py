@@ -14,6 +14,7 @@ other ranks before every call, and every collective has a timeout.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import socket
@@ -22,6 +23,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from harness.devices import get_backend, pinned_precision
 from harness.runners import right_padded
 from models.engine import Engine, generate
 from models.loading import build_model
@@ -29,7 +31,10 @@ from models.precision import FP32, Precision
 from models.transformer import streamed_weight_bytes, weight_bytes
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
-TIMEOUT = timedelta(seconds=120)
+# Every collective's limit. HCCL's own connect timeout defaults to 120 s and Ascend advises
+# more on a loaded host; a dead rank is found sooner anyway (checked before every call).
+TIMEOUTS = {"cpu": timedelta(seconds=120), "cuda": timedelta(seconds=600),
+            "npu": timedelta(seconds=1800)}
 
 
 class RankFailed(RuntimeError):
@@ -40,6 +45,34 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _join(rank: int, world_size: int, hardware: str) -> None:
+    """Bind this rank to its device, then join the group. nccl and hccl take the current
+    device (every rank would otherwise use device 0); a spawned rank imports torch_npu
+    itself (with TORCH_DEVICE_BACKEND_AUTOLOAD=0 nothing else would); fp32 is pinned on every
+    rank as on rank 0. Under nccl a failed or timed-out collective raises instead of
+    aborting the process (pytest would die with it)."""
+    if hardware == "npu":
+        importlib.import_module("torch_npu")
+    if hardware == "cuda":
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
+    if hardware != "cpu":
+        getattr(torch, hardware).set_device(rank)
+    pinned_precision(get_backend(hardware))
+    dist.init_process_group(BACKENDS[hardware], rank=rank, world_size=world_size,
+                            timeout=TIMEOUTS[hardware])
+
+
+def _on_cpu(value):
+    """Call arguments as rank 0 broadcasts them: a pickled device tensor would be rebuilt on
+    rank 0's device in every rank."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
 
 
 def _load(checkpoint, rank: int, world_size: int, hardware: str, precision: Precision,
@@ -64,8 +97,7 @@ def _serve(rank: int, world_size: int, port: int, args: dict) -> None:
     """A rank > 0: join the group, load, then run whatever rank 0 broadcasts."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(args.pop("threads"))
-    dist.init_process_group(BACKENDS[args["hardware"]], rank=rank, world_size=world_size,
-                            timeout=TIMEOUT)
+    _join(rank, world_size, args["hardware"])
     engine = _load(rank=rank, world_size=world_size, **args)
     dist.barrier()
     while True:
@@ -106,8 +138,7 @@ class TensorParallelRunner:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         torch.set_num_threads(threads)
         try:
-            dist.init_process_group(BACKENDS[hardware], rank=0, world_size=world_size,
-                                    timeout=TIMEOUT)
+            _join(0, world_size, hardware)
             self._engine = _load(rank=0, world_size=world_size, **args)
             dist.barrier()
         except Exception as e:
@@ -126,7 +157,7 @@ class TensorParallelRunner:
         if dead:
             raise RankFailed(f"tensor-parallel {dead}")
         try:
-            dist.broadcast_object_list([(name, args)], src=0)
+            dist.broadcast_object_list([(name, _on_cpu(args))], src=0)
             result = getattr(self._engine, name)(*args)
         except RuntimeError as e:  # a collective failed or timed out
             raise RankFailed(f"tensor-parallel {name} failed: {self._dead() or e}") from None

@@ -63,9 +63,11 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
     every linear layer but the LM head, unless `lm_head`).
 
     A quantized or split checkpoint (`llmgate weights quant|cut`) is read as stored and must
-    hold what `precision` asks for; anything else is quantized from its float32 weights and
-    cut here, then cast to the activation dtype. On the CPU (`cpu_dense`), the float dense
-    layers then run on the faster kernels of `models.transformer.cpu_dense_`.
+    hold what `precision` asks for. A float checkpoint is loaded in the activation dtype, each
+    linear weight quantized as it is read; cut on the fly for `world_size` > 1, it is built
+    whole in float32 first, then quantized, cut and cast (each rank holds the float32 model
+    while it builds: `llmgate weights cut` avoids that). On the CPU (`cpu_dense`), the float
+    dense layers then run on the faster kernels of `models.transformer.cpu_dense_`.
     """
     parts = ported.part_dirs(path)
     if parts is not None:
@@ -78,8 +80,6 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
         raise CheckpointError(f"{path}: holds {stored or 'float'} weights, but the case asks "
                               f"for {precision.scheme or 'float'} weights (choose --dtype "
                               f"{stored or 'fp32'})")
-    # Loaded as it runs wherever nothing needs float32 weights first (splitting): a float
-    # checkpoint is never held in float32 to be cast or quantized afterwards.
     if parts is not None or world_size == 1:
         scheme = precision.scheme if stored is None else None
         model = _load(ckpt, precision.dtype, device, Path(path).name, scheme, lm_head)
@@ -87,9 +87,10 @@ def build_model(path: str | Path, precision: Precision, *, rank: int = 0, world_
         model = _load(ckpt, torch.float32, device, Path(path).name)  # (or int8 as stored)
         if precision.scheme is not None and stored is None:
             quantize_(model, SCHEMES[precision.scheme], include_lm_head=lm_head)
-        if world_size > 1:
-            parallelize_(model, rank, world_size)
+        parallelize_(model, rank, world_size)
         model = cast_floats_(model, precision.dtype)
+        if torch.device(device).type != "cpu":  # the float32 blocks, out of the allocator's
+            getattr(torch, torch.device(device).type).empty_cache()  # cache (mem_get_info)
     if cpu_dense and can_use_cpu_dense(device, precision.dtype):
         cpu_dense_(model)
     return model

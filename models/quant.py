@@ -75,10 +75,12 @@ class Int8WeightOnly(Int8Method):
     def apply(self, layer: Linear, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        # The CPU kernel reads input features in blocks of 8 (other widths crash it).
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and shape[-1] % 8 == 0:
+        kernel = weight_only_kernel(x.device.type, x.dtype, shape[-1])
+        if kernel == "aten._weight_int8pack_mm":
             y = torch.ops.aten._weight_int8pack_mm(x2, layer.weight_int8,
                                                    layer.weight_scale.to(x.dtype))
+        elif kernel == "torch_npu.npu_weight_quant_batchmatmul":
+            y = npu_weight_only_matmul(x2, layer.weight_int8, layer.weight_scale)
         else:
             weight = layer.weight_int8.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None]
             y = F.linear(x2, weight)
@@ -91,8 +93,57 @@ class Int8DynamicActivation(Int8Method):
     def apply(self, layer: Linear, x: Tensor) -> Tensor:
         shape = x.shape
         x_int8, x_scale = quantize_tokens(x.reshape(-1, shape[-1]))
-        y = int8_matmul(x_int8, layer.weight_int8) * x_scale * layer.weight_scale[None, :]
+        if dynamic_kernel(x.device.type, x.dtype) == "torch_npu.npu_quant_matmul":
+            y = npu_quant_matmul(x_int8, x_scale, layer.weight_int8, layer.weight_scale, x.dtype)
+        else:
+            y = int8_matmul(x_int8, layer.weight_int8) * x_scale * layer.weight_scale[None, :]
         return self._bias(layer, y.to(x.dtype).reshape(*shape[:-1], -1))
+
+
+def int8_kernel(precision, device: str) -> str:
+    """The matmul an int8 `precision` (models.precision.Precision) runs on `device`."""
+    if precision.scheme == "w8a16":
+        return weight_only_kernel(device, precision.dtype)
+    return dynamic_kernel(device, precision.dtype)
+
+
+def weight_only_kernel(device: str, dtype: torch.dtype, in_features: int = 8) -> str:
+    """The matmul W8A16 runs on `device` with `dtype` activations (records name it)."""
+    # The CPU kernel reads input features in blocks of 8 (other widths crash it).
+    if device == "cpu" and dtype == torch.bfloat16 and in_features % 8 == 0:
+        return "aten._weight_int8pack_mm"
+    if device == "npu" and dtype in (torch.float16, torch.bfloat16):
+        return "torch_npu.npu_weight_quant_batchmatmul"
+    return "dequantize + F.linear (fallback: a float copy of each weight per call)"
+
+
+def dynamic_kernel(device: str, dtype: torch.dtype) -> str:
+    """The matmul W8A8 runs on `device` (records name it)."""
+    if device in ("cpu", "cuda"):
+        return "torch._int_mm"
+    if device == "npu" and dtype in (torch.float16, torch.bfloat16):
+        return "torch_npu.npu_quant_matmul"
+    return "float32 matmul of the int8 values (fallback)"
+
+
+def npu_weight_only_matmul(x: Tensor, weight_int8: Tensor, scale: Tensor) -> Tensor:
+    """x (M, K) fp16/bf16 @ dequantized weight (N, K)^T by Ascend's kernel: the weight is
+    passed as its (K, N) transposed view, which the per-channel case prefers, and the scale
+    in x's dtype, as the kernel requires."""
+    import torch_npu
+
+    return torch_npu.npu_weight_quant_batchmatmul(x, weight_int8.t(), scale.to(x.dtype))
+
+
+def npu_quant_matmul(x_int8: Tensor, x_scale: Tensor, weight_int8: Tensor, scale: Tensor,
+                     dtype: torch.dtype) -> Tensor:
+    """Per-token x (M, K) int8 @ per-channel weight (N, K)^T int8 by Ascend's kernel, both
+    scales applied inside it (float32 scales; output in `dtype`, fp16 or bf16)."""
+    import torch_npu
+
+    return torch_npu.npu_quant_matmul(x_int8, weight_int8.t(), scale.float(),
+                                      pertoken_scale=x_scale.flatten().float(),
+                                      output_dtype=dtype)
 
 
 def int8_matmul(x: Tensor, weight: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from harness.runners import PortedRunner, ReferenceRunner
 from models.config import get_config
 from models.loading import load_model
+from tests.conftest import tiny_checkpoint
 
 LAYOUTS = ["safetensors", "safetensors-sharded", "bin-sharded"]
 
@@ -104,3 +105,45 @@ def test_legacy_non_zip_bin_loads(make_tiny):
     torch.save(state, path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
     loaded = load_model(path).state_dict()
     assert all(torch.equal(loaded[n], expected[n]) for n in expected)
+
+
+BUILD_PEAK = """
+import gc, json, sys
+from pathlib import Path
+from harness.pool import release_memory
+from models.loading import build_model
+from models.precision import Precision
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+warm, path, dtype = sys.argv[1:]
+build_model(warm, Precision.of(dtype, "cpu"))  # imports and first-call allocations
+gc.collect()
+release_memory()
+Path("/proc/self/clear_refs").write_text("5")
+base = status("VmRSS:")
+model = build_model(path, Precision.of(dtype, "cpu"))
+weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+print(json.dumps({"above": status("VmHWM:") - base, "weights": weights}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_model_builds_holding_little_more_than_its_weights(dtype):
+    # build_model's peak host RSS above what imports leave is at most 1.25x the weights it
+    # ends with: a checkpoint is neither held whole in float32 to be cast, nor its file's
+    # pages kept mapped beside the model (what grows with a 7B model is the weights).
+    import json
+    import subprocess
+    import sys
+
+    from harness.checkpoints import embedded_checkpoint
+
+    path = embedded_checkpoint("smollm2-135m")
+    done = subprocess.run([sys.executable, "-c", BUILD_PEAK, str(tiny_checkpoint("qwen-tiny")),
+                           str(path), dtype], capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout)
+    assert found["above"] <= 1.25 * found["weights"], found

@@ -97,10 +97,14 @@ FIGURES = ("outcome", "max_abs_diff", "top1_agreement", "mean_kl", "max_kl", "mi
            "first_differing_token", "tokens_equal")
 
 
+MODELS = ("qwen-tiny", "falcon-tiny", "bloom-tiny", "starcoder-tiny", "alpaca2-tiny",
+          "smollm2-135m")
+
+
 def test_a_stored_run_gives_the_live_verdicts_and_figures_without_the_reference(suites,
                                                                                tmp_path):
     store = tmp_path / "store"
-    args = ("copied_suites/numerics", "--model", "qwen-tiny,falcon-tiny", "--seqlen", "16",
+    args = ("copied_suites/numerics", "--model", ",".join(MODELS), "--seqlen", "16",
             "--decode-steps", "4")
     live = suites.runpytest(*args, "--run-id", "live")
     # (one token: pytest would take a separate path argument into its rootdir search)
@@ -111,7 +115,8 @@ def test_a_stored_run_gives_the_live_verdicts_and_figures_without_the_reference(
         assert result.ret == 0, result.stdout.str()[-3000:]
         result.stdout.fnmatch_lines(["*llmgate passed*"])
     expected = records(suites, "live")
-    assert len(expected) == 26  # 2 models: 4 dtypes x (2 teacher-forced + 1 padding) + greedy
+    # per model: 4 dtypes x (2 teacher-forced + 1 padding) + greedy
+    assert len(expected) == 13 * len(MODELS)
     for run_id in ("auto", "stored"):
         found = records(suites, run_id)
         assert found.keys() == expected.keys()

@@ -155,15 +155,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from harness.devices import BACKENDS, get_backend
+    from harness.devices import BACKENDS, get_backend, pinned_precision
 
     rows = []
     for name in BACKENDS:
         backend = get_backend(name)
         ok, reason = backend.availability()
+        fp32 = ""
+        if ok:  # the settings a run pins for fp32, and whether fp32 is fp32 under them
+            settings = pinned_precision(backend)
+            problem = backend.fp32_problem(settings)
+            fp32 = "; ".join(f"{k}={v}" for k, v in settings.items()) + \
+                (f" (NOT fp32: {problem})" if problem else "")
         rows.append((name, "yes" if ok else "no", ", ".join(backend.dtypes()) if ok else "",
-                     reason))
-    print(tabulate(rows, headers=("hardware", "usable", "dtypes", "reason")))
+                     fp32, reason))
+    print(tabulate(rows, headers=("hardware", "usable", "dtypes", "fp32 runs with", "reason")))
     return 0
 
 

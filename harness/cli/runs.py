@@ -24,7 +24,8 @@ class RunError(ValueError):
     """A directory that is not a run, or runs that cannot be joined."""
 
 
-VOLATILE = ("session", "worker", "time")  # differ between any two runs of the same thing
+# Differ between any two runs of the same thing.
+VOLATILE = ("session", "worker", "time", "case_seconds")
 
 
 def run_rows(path: Path) -> list[dict]:

@@ -33,10 +33,15 @@ PHASES = {"first_token": "forward_first_token_time(ms)",
           "post": "post_next_token_time_post(ms)", "response": "ResponseTime(s)"}
 
 
-@cache
+_BANDWIDTH: dict[str, float] = {}
+
+
 def bandwidth(backend: Backend) -> float:
-    """Copy bandwidth in bytes/s, measured once per process per device."""
-    return backend.copy_bandwidth()
+    """Copy bandwidth in bytes/s, measured once per process per device (keyed by the
+    device's name: each case gets a backend object of its own)."""
+    if backend.name not in _BANDWIDTH:
+        _BANDWIDTH[backend.name] = backend.copy_bandwidth()
+    return _BANDWIDTH[backend.name]
 
 
 @cache

@@ -94,6 +94,7 @@ class HFRunner(ReferenceRunner):
         self.precision = Precision.of(DTYPE_NAMES[dtype], self.backend.name)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
+        check_loaded_dtype(self.model, dtype, path)
         self.config = PortConfig.of(self.model.config)
         self.vocab_size, self.max_positions = self.config.vocab_size, self.config.max_positions
         parameters = inspect.signature(self.model.forward).parameters
@@ -111,6 +112,25 @@ class HFRunner(ReferenceRunner):
         self.past = out.past_key_values
         logits = out.logits if keep == 0 else out.logits[:, -keep:]
         return logits.float().cpu()
+
+
+def check_loaded_dtype(model: torch.nn.Module, dtype: torch.dtype, path) -> None:
+    """The model must hold most of its floating-point weights in the case's dtype: remote
+    code may cast itself (Qwen v1's `autoset_precision` turns a model whose config.json names
+    no precision into bf16), and the case would be recorded under a dtype it did not run.
+    (A few modules kept in float32 by their class, as transformers allows, are fine.)"""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    found = max(counts, key=counts.get) if counts else dtype
+    if found != dtype:
+        share = counts[found] / sum(counts.values())
+        raise CheckpointError(
+            f"{path}: asked for {DTYPE_NAMES[dtype]}, the model loaded with {share:.0%} of its "
+            f"weights in {DTYPE_NAMES.get(found, found)}: its own code casts it (Qwen v1's "
+            "remote code does where config.json sets none of bf16/fp16/fp32 true); set the "
+            "case's precision in config.json or run that dtype")
 
 
 def enter_rank(path: str | Path, rank: int, world_size: int, master_port: int, *,
