@@ -32,6 +32,17 @@ class IgnoresAttentionMask(ReferenceRunner):
         return super().prefill(input_ids, None, all_logits)
 
 
+class StaleDecodePosition(ReferenceRunner):
+    """The classic KV-cache port bug: each decoded token is given the previous token's
+    position (the prefill is right)."""
+
+    def decode(self, next_ids):
+        self.next_position = self.next_position - 1
+        logits = super().decode(next_ids)
+        self.next_position = self.next_position + 1
+        return logits
+
+
 class ClobbersInputs(ReferenceRunner):
     """Ignores padding by overwriting the mask it is given, and writes its own greedy choice
     into the token tensor it is fed: both in place, into the caller's tensors."""
@@ -107,6 +118,7 @@ def _factory(runner_class):
 honest = _factory(ReferenceRunner)
 ignores_input = _factory(IgnoresDecodeInput)
 ignores_mask = _factory(IgnoresAttentionMask)
+stale_position = _factory(StaleDecodePosition)
 clobbers_inputs = _factory(ClobbersInputs)
 zero_logits = _factory(ZeroLogits)
 nan_logits = _factory(NaNLogits)

@@ -36,6 +36,29 @@ def test_a_port_that_ignores_its_decode_input_fails_teacher_forcing(suites):
     assert honest["outcome"] == "passed" and honest["max_abs_diff"] <= 1e-5
 
 
+def test_a_failing_case_names_the_first_step_and_row_beyond_the_limit(suites):
+    rows = run(suites, "where", ["stale_position", "ignores_mask", "honest"], "--batch", "2",
+               "-k", "teacher")
+    stale = rows["stale_position", "test_teacher_forced"]  # decodes at the wrong position
+    assert stale["outcome"] == "failed"
+    assert (stale["first_divergence_step"], stale["first_divergence_row"]) == (1, 0)
+    assert stale["prefill_within_limits"] is True
+    assert stale["first_divergence_position"] == 16  # row 0: 16 prompt tokens, then one fed
+    assert "decode step 1, row 0, token position 16" in stale["reason"]
+    assert "the prefill was within the limits" in stale["reason"]
+    mask = rows["ignores_mask", "test_teacher_forced"]  # attends to row 1's padding
+    assert (mask["first_divergence_step"], mask["first_divergence_row"]) == (0, 1)
+    assert mask["prefill_within_limits"] is False
+    assert "the prefill, row 1" in mask["reason"]
+    honest = rows["honest", "test_teacher_forced"]
+    assert honest["outcome"] == "passed" and "first_divergence_step" not in honest
+    assert len(honest["step_max_abs_diff"]) == len(honest["step_max_kl"]) == 9  # + 8 steps
+    assert max(stale["step_max_abs_diff"][1:]) > 1e-3 >= stale["step_max_abs_diff"][0]
+    # the report draws each failing case's curve, and only theirs
+    page = (suites.path / "reports" / "where" / "index.html").read_text()
+    assert page.count(": where it diverges") == 2
+
+
 def test_greedy_generation_drives_the_ports_prefill_and_decode(suites):
     """Each port inherits transformers' `generate`, which alone would pass."""
     rows = run(suites, "greedy", ["zero_logits", "nan_logits", "wide_logits", "honest"],

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from harness.cases import Case
 from harness.devices import QUANTIZED
+from harness.numerics.localize import located, step_metrics
 from harness.numerics.logits import LogitStats, summarize
 from harness.reference_store import tensor_digest
 from harness.runners import Runner
@@ -262,9 +263,9 @@ def teacher_forced_case(case: Case, pool, thresholds: dict) -> tuple[Verdict, di
 
     pool: `ported(case)` gives the port, `reference_outputs` what the references computed
     (`RunnerPool`). The fp32 reference runs first (its outputs are usually kept from the
-    model's fp32 cases), then the port, then transformers in the case's dtype: a port built
-    from float32 weights (int8) peaks at about twice their bytes, so it is built before the
-    case's own reduced reference is loaded beside it."""
+    model's fp32 cases), then the port, then transformers in the case's dtype. The verdict
+    carries the per-step curve and, when it fails, where the port first left the limit
+    (`harness.numerics.localize`)."""
     pool.runnable(case)
     run = reference_run(pool, case)
     runs = [run["logits"], forced_logits(pool.ported(case), run)]
@@ -273,14 +274,16 @@ def teacher_forced_case(case: Case, pool, thresholds: dict) -> tuple[Verdict, di
     history = [list(step) for step in zip(*runs)]  # per step: [reference, port, (theirs)]
     pretrained = pretrained_limits(case.model)
     ours = stats_against_reference(history, 1, thresholds)
-    if case.dtype == "fp32":
-        return fp32_verdict(ours, thresholds, pretrained, nonfinite_failures(history, 1)), {}
-    theirs = stats_against_reference(history, 2, thresholds)
     nonfinite = nonfinite_failures(history, 1)
-    if case.precision.scheme:
-        result = quantized_verdict(case.dtype, ours, theirs, thresholds, nonfinite)
-        prefix = "fake_quant_"
+    if case.dtype == "fp32":
+        result, extra = fp32_verdict(ours, thresholds, pretrained, nonfinite), {}
     else:
-        result = reduced_verdict(ours, theirs, thresholds, pretrained, nonfinite)
-        prefix = "reference_"
-    return result, {f"{prefix}{k}": v for k, v in theirs.as_dict().items() if k != "positions"}
+        theirs = stats_against_reference(history, 2, thresholds)
+        if case.precision.scheme:
+            result = quantized_verdict(case.dtype, ours, theirs, thresholds, nonfinite)
+            prefix = "fake_quant_"
+        else:
+            result = reduced_verdict(ours, theirs, thresholds, pretrained, nonfinite)
+            prefix = "reference_"
+        extra = {f"{prefix}{k}": v for k, v in theirs.as_dict().items() if k != "positions"}
+    return located(result, case, pool, thresholds, step_metrics(history, 1), run), extra

@@ -186,6 +186,19 @@ def perf_section(rows: list[dict]) -> dict:
     return {"models": models, "max_batch": max_batch, "grid_means": grid_means}
 
 
+def divergence_charts(rows: list[dict]) -> list[str]:
+    """Under each failing teacher-forced case, its per-step curve (step 0: the prefill)."""
+    drawn = []
+    for r in rows:
+        if _outcome(r) == "failed" and len(r.get("step_max_abs_diff") or ()) > 1:
+            steps = range(len(r["step_max_abs_diff"]))
+            drawn.append(charts.lines(
+                f"{r['case']}: where it diverges", "step (0: prefill)", "max over the rows",
+                {"max |dlogit|": list(zip(steps, r["step_max_abs_diff"])),
+                 "max KL": list(zip(steps, r["step_max_kl"]))}))
+    return [c for c in drawn if c]
+
+
 def slowdowns(rows: list[dict], top: int = SLOWDOWNS_LISTED) -> list[dict]:
     """The largest ratios against saved runs of ours, gated or not: a run far slower than
     our last one says so even when no gate applies."""
@@ -256,6 +269,7 @@ def context(run_dir: Path, rows: list[dict] | None = None) -> dict:
                    if m},
         "problems": problems, "skips": skips, "slowdowns": slowdowns(rows),
         "numerics": suites.get("numerics", []),
+        "divergence": divergence_charts(suites.get("numerics", [])),
         "perf": perf_section(suites.get("perf", [])),
         "accuracy": accuracy_section(run_dir, suites.get("accuracy", [])),
         "history": [h for h in history_table(run_dir.parent, cases, found=found)
