@@ -37,8 +37,8 @@ hw = sys.argv[1]
 if hw == "npu":
     import torch_npu  # noqa: F401
 module = getattr(torch, hw)
-print(f"{hw}: {module.device_count()} device(s), {module.get_device_name(0)}, torch "
-      f"{torch.__version__}")
+name = module.get_device_name(0) if hasattr(module, "get_device_name") else "host"
+print(f"{hw}: {module.device_count()} device(s), {name}, torch {torch.__version__}")
 EOF
 
 step numerics 200 suites/numerics --batch 1,4 --seqlen 128
