@@ -14,6 +14,7 @@ from harness.numerics.teacher_forced import (
     load_thresholds,
     make_prompt,
     nonfinite_failures,
+    quantized_verdict,
     reduced_verdict,
     stats_against_reference,
     teacher_forced,
@@ -124,6 +125,19 @@ def test_reduced_verdict_is_relative_to_the_reference_in_that_dtype():
     good_hf = stats(0.2, max_kl=1e-4, share=0.0)  # transformers meets the KL rule ...
     failed = reduced_verdict(stats(0.25, max_kl=2e-3), good_hf, t, False)
     assert not failed.passed and "KL rule" in failed.failures[0]  # ... so the port must too
+
+
+def test_int8_top1_floor_gives_way_only_to_the_scheme_itself():
+    # smollm2-135m w8a8 at batch 1: transformers running the scheme in floating point agrees
+    # on 3 of 9 positions, below the 0.5 floor; a port that does as well passes, one that
+    # does worse fails, naming whose rate it missed.
+    t = load_thresholds()
+    fake = stats(top1=1 / 3)
+    assert quantized_verdict("w8a8", stats(top1=1 / 3), fake, t).passed
+    failed = quantized_verdict("w8a8", stats(top1=2 / 9), fake, t)
+    assert failed.failures == ["top-1 agreement 0.2222 < 0.3333 (fake-quant transformers')"]
+    failed = quantized_verdict("w8a8", stats(top1=0.4), stats(top1=1.0), t)
+    assert failed.failures == ["top-1 agreement 0.4000 < 0.5"]
 
 
 def test_prompts_are_deterministic_and_left_padded():

@@ -238,8 +238,12 @@ def quantized_verdict(scheme: str, ported: LogitStats, fake: LogitStats, thresho
     the error our int8 kernels add."""
     t = thresholds[scheme]
     failures = list(nonfinite)
-    if not at_least(ported.top1_agreement, t["top1_agreement"]):
-        failures.append(f"top-1 agreement {ported.top1_agreement:.4f} < {t['top1_agreement']}")
+    # Where the scheme itself, run by transformers in floating point, agrees less often than
+    # the floor (9 positions at batch 1 make a coarse rate), the port must agree as often.
+    floor = min(t["top1_agreement"], fake.top1_agreement)
+    if not at_least(ported.top1_agreement, floor):
+        whose = "" if floor == t["top1_agreement"] else " (fake-quant transformers')"
+        failures.append(f"top-1 agreement {ported.top1_agreement:.4f} < {floor:.4g}{whose}")
     if not at_most(ported.mean_kl, t["mean_kl"]):
         failures.append(f"mean KL {ported.mean_kl:.3g} > {t['mean_kl']:g}")
     if not at_most(ported.max_kl, t["max_kl"]):
