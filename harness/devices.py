@@ -96,7 +96,7 @@ class Backend:
         return 2 * nbytes / (best / 1e3)
 
     def reset_peak_memory(self) -> None:
-        """Start a new peak; the one it ends is kept for the case's peak (`case_peaks`)."""
+        """Start a new peak; the one it ends is kept for the case peak (`harness.peaks`)."""
         _DISCARDED_PEAKS[self.name] = max(_DISCARDED_PEAKS.get(self.name, 0),
                                           self.peak_memory_bytes())
         self._reset_peak()
@@ -111,33 +111,6 @@ class Backend:
 # Per backend, the highest peak a reset ended since the case began: a perf case resets the
 # peak to measure its own loop, and the case's peak (its model's load) must survive that.
 _DISCARDED_PEAKS: dict[str, int] = {}
-
-
-def start_case_peaks(hardware: str) -> None:
-    """Start counting a case's peak memory: the host's, and the case's device's where it is
-    usable (reading it elsewhere would import torch_npu or initialise CUDA)."""
-    for backend in _peak_backends(hardware):
-        backend._reset_peak()
-        _DISCARDED_PEAKS[backend.name] = 0
-
-
-def case_peaks(hardware: str) -> dict[str, int]:
-    """The case's peak host RSS (`peak_host_bytes`) and device allocation
-    (`peak_device_bytes`, cuda/npu) since `start_case_peaks`."""
-    peaks = {}
-    for backend in _peak_backends(hardware):
-        key = "peak_host_bytes" if backend.name == "cpu" else "peak_device_bytes"
-        peaks[key] = max(_DISCARDED_PEAKS.get(backend.name, 0), backend.peak_memory_bytes())
-    return peaks
-
-
-def _peak_backends(hardware: str) -> list[Backend]:
-    backends = [CpuBackend()]
-    if hardware in BACKENDS and hardware != "cpu":
-        device = get_backend(hardware)
-        if device.available:
-            backends.append(device)
-    return backends
 
 
 class CpuBackend(Backend):

@@ -27,7 +27,7 @@ import pytest
 from harness import named_baselines
 from harness.accuracy import session as accuracy_session
 from harness.cases import Case
-from harness.devices import case_peaks, get_backend, pinned_precision, start_case_peaks
+from harness.devices import get_backend, pinned_precision
 from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the plugin)
     LLMGATE,
     OUTCOME,
@@ -39,6 +39,7 @@ from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the 
     runner_pool,
 )
 from harness.ordering import grouped
+from harness.peaks import case_peaks, start_case_peaks
 from harness.perf import session as perf_session
 from harness.results import (
     RECORD_FORMAT,
