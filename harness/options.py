@@ -81,6 +81,10 @@ def pytest_addoption(parser):
                          "stored: never load the reference, a missing entry is an error; "
                          "live: compute, ignore the store (default: auto with "
                          "--reference-store, else live)")
+    group.addoption("--localize", action="store_true", default=False,
+                    help="re-run every teacher-forced case with hooks on each decoder layer "
+                         "and name the first block beyond its tolerance (default: failing "
+                         "cases only)")
     add_port_options(group)
     add_perf_options(group)
     add_accuracy_options(group)

@@ -54,6 +54,11 @@ class Runner(Protocol):
       generates_by_decode  optional, True where `generate` is the greedy loop over this
                   runner's own `prefill`/`decode` (`models.engine.generate`): the greedy check
                   then runs that loop once instead of comparing `generate` as a second path.
+      model       optional, the `torch.nn.Module` that `prefill`/`decode` run: a transformers
+                  model or a `models.transformer.DecoderLM` (a module list of decoder layers,
+                  each with an attention and an MLP sub-block). A failing numerics case is then
+                  re-run with hooks on it to name the first layer and block that diverge
+                  (`harness.numerics.layers`); without it the case says it was not localized.
     """
 
     config: RunnerConfig

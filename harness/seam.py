@@ -78,6 +78,11 @@ class CheckedRunner:
     def __getattr__(self, name: str):  # only called for what the wrapper does not define
         return getattr(self._port, name)
 
+    @property
+    def port(self):
+        """The port itself, unwrapped."""
+        return self._port
+
     def prefill(self, input_ids, attention_mask=None, all_logits=False):
         logits = self._port.prefill(_own(input_ids), _own(attention_mask),
                                     all_logits=all_logits)

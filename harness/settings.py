@@ -137,6 +137,7 @@ class Settings:
     registered: dict[str, Path] = field(default_factory=dict)  # models read off --model-path
     reference_store: Path | None = None  # --reference-store
     reference_mode: str = "live"  # --reference-mode
+    localize: bool = False  # --localize: every teacher-forced case, not only failing ones
     _resolved: dict[str, Path] = field(default_factory=dict)
     _layouts: dict[str, Weights] = field(default_factory=dict)
 
@@ -185,6 +186,7 @@ class Settings:
                                           baselines_dir(opt("--baselines-dir"))),
             accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
             tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports,
+            localize=opt("--localize"),
             registered={name: paths[name] / "config.json" for name in registered},
             **reference_options(opt("--reference-store"), opt("--reference-mode")))
         settings.check_lengths()

@@ -18,12 +18,14 @@ import importlib
 import multiprocessing
 import os
 import socket
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from harness.devices import get_backend, pinned_precision
+from harness.numerics.layers import Recorder
 from harness.runners import right_padded
 from models.engine import Engine, generate
 from models.loading import build_model
@@ -93,12 +95,32 @@ def _load(checkpoint, rank: int, world_size: int, hardware: str, precision: Prec
     return Engine(model, compile=compile)
 
 
+class _Rank:
+    """What every rank runs of a call rank 0 broadcasts: an engine call, or the start
+    (`record`, a row) or end (`recorded`) of recording its layer values for localization
+    (`harness.numerics.layers`); at the end rank 0 gathers every rank's."""
+
+    def __init__(self, engine):
+        self.engine, self.recorder = engine, None
+
+    def run(self, name: str, args: tuple):
+        if name == "record":
+            self.recorder = Recorder(self.engine.model, *args)
+            return None
+        if name == "recorded":
+            values, self.recorder = self.recorder.close(), None
+            gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+            dist.gather_object(values, gathered, dst=0)
+            return gathered
+        return getattr(self.engine, name)(*args)
+
+
 def _serve(rank: int, world_size: int, port: int, args: dict) -> None:
     """A rank > 0: join the group, load, then run whatever rank 0 broadcasts."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(args.pop("threads"))
     _join(rank, world_size, args["hardware"])
-    engine = _load(rank=rank, world_size=world_size, **args)
+    worker = _Rank(_load(rank=rank, world_size=world_size, **args))
     dist.barrier()
     while True:
         message = [None]
@@ -106,7 +128,7 @@ def _serve(rank: int, world_size: int, port: int, args: dict) -> None:
         name, call_args = message[0]
         if name == "stop":
             break
-        getattr(engine, name)(*call_args)
+        worker.run(name, call_args)
     dist.destroy_process_group()
 
 
@@ -144,6 +166,7 @@ class TensorParallelRunner:
         except Exception as e:
             self.close()
             raise RankFailed(f"tensor-parallel start failed: {self._dead() or e}") from None
+        self._rank = _Rank(self._engine)
         self.model = self._engine.model  # rank 0's slice (its config is the whole model's)
         self.config = self.model.config
 
@@ -158,7 +181,7 @@ class TensorParallelRunner:
             raise RankFailed(f"tensor-parallel {dead}")
         try:
             dist.broadcast_object_list([(name, _on_cpu(args))], src=0)
-            result = getattr(self._engine, name)(*args)
+            result = self._rank.run(name, args)
         except RuntimeError as e:  # a collective failed or timed out
             raise RankFailed(f"tensor-parallel {name} failed: {self._dead() or e}") from None
         return result
@@ -203,6 +226,17 @@ class TensorParallelRunner:
 
     def streamed_weight_bytes(self) -> int:
         return streamed_weight_bytes(self.model)
+
+    @contextmanager
+    def recording(self, row: int):
+        """Every rank records its layer values on `row` while the block runs; the list it
+        yields then holds one dict per rank (`harness.numerics.layers.Recorder`)."""
+        per_rank = []
+        self._call("record", row)
+        try:
+            yield per_rank
+        finally:
+            per_rank += self._call("recorded")
 
     def close(self) -> None:
         """Stop the other ranks and leave the group (safe to call twice)."""

@@ -2,6 +2,7 @@
 
     python -m tests.served_model --model DIR --port N [--shift] [--lowercase] [--nan]
                                  [--quiet-generated] [--cut-streams] [--die-after N]
+                                 [--drift-from N]
 
 Serves what the openai port asks of a real server: echo with `logprobs=K` (per prompt token
 its log-probability and the top-K of the distribution before it), greedy or seeded sampled
@@ -14,7 +15,8 @@ answers NaN log-probabilities, `--quiet-generated` lists no log-probabilities fo
 tokens (as some servers do for EOS), `--cut-streams` ends every stream after its first chunk
 with no finish_reason (as llama-cpp-python's server cuts a stream another request
 interrupts), `--die-after N` exits (as if killed) on its N+1-th completion
-request. `running(...)` starts it in a process of its own for a test.
+request, `--drift-from N` sharpens (doubles the logits of) every distribution from prompt
+token N on. `running(...)` starts it in a process of its own for a test.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ import transformers
 
 class Model:
     def __init__(self, path: str, shift: bool, lowercase: bool, nan: bool,
-                 quiet_generated: bool = False, cut_streams: bool = False):
+                 quiet_generated: bool = False, cut_streams: bool = False,
+                 drift_from: int | None = None):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32).eval()
         self.shift, self.lowercase, self.nan = shift, lowercase, nan
         self.quiet_generated, self.cut_streams = quiet_generated, cut_streams
+        self.drift_from = drift_from
         self.lock = threading.Lock()
 
     def ids(self, prompt) -> list[int]:
@@ -54,6 +58,8 @@ class Model:
     def logprobs(self, ids: list[int]) -> torch.Tensor:
         with self.lock:
             logits = self.model(torch.tensor([ids])).logits[0]
+        if self.drift_from is not None:  # prompt token N's distribution is row N - 1
+            logits[self.drift_from - 1:] *= 2
         out = torch.log_softmax(logits.double(), -1)
         return out * float("nan") if self.nan else out
 
@@ -180,9 +186,11 @@ def main() -> None:
     for quirk in ("shift", "lowercase", "nan", "quiet-generated", "cut-streams"):
         parser.add_argument(f"--{quirk}", action="store_true")
     parser.add_argument("--die-after", type=int)
+    parser.add_argument("--drift-from", type=int,
+                        help="sharpen every distribution from this prompt token on")
     args = parser.parse_args()
     serve(Model(args.model, args.shift, args.lowercase, args.nan, args.quiet_generated,
-                args.cut_streams), args.port,
+                args.cut_streams, args.drift_from), args.port,
           args.die_after).serve_forever()
 
 

@@ -50,13 +50,21 @@ def test_a_failing_case_names_the_first_step_and_row_beyond_the_limit(suites):
     assert (mask["first_divergence_step"], mask["first_divergence_row"]) == (0, 1)
     assert mask["prefill_within_limits"] is False
     assert "the prefill, row 1" in mask["reason"]
+    # re-run with hooks, each names the block it first shows in: position and padding both
+    # enter through the attention
+    assert stale["first_divergence_block"] == mask["first_divergence_block"] == "layer 0 attn"
+    assert "first block beyond its tolerance (step 1, row 0): layer 0 attn, rel err" \
+        in stale["failures"]  # the whole message (`reason` is cut at 300 characters)
+    assert "first block beyond its tolerance (step 0, row 1): layer 0 attn" in mask["failures"]
+    assert stale["localize_seconds"] > 0
     honest = rows["honest", "test_teacher_forced"]
     assert honest["outcome"] == "passed" and "first_divergence_step" not in honest
+    assert "layer_localization" not in honest  # passing cases are re-run only with --localize
     assert len(honest["step_max_abs_diff"]) == len(honest["step_max_kl"]) == 9  # + 8 steps
     assert max(stale["step_max_abs_diff"][1:]) > 1e-3 >= stale["step_max_abs_diff"][0]
     # the report draws each failing case's curve, and only theirs
     page = (suites.path / "reports" / "where" / "index.html").read_text()
-    assert page.count(": where it diverges") == 2
+    assert page.count(": where it diverges") == page.count(": where in the model") == 2
 
 
 def test_greedy_generation_drives_the_ports_prefill_and_decode(suites):

@@ -82,6 +82,15 @@ def test_a_server_that_tokenizes_differently_is_named_at_the_first_difference(su
     assert "the server echoed" in row["reason"] and "the reference tokenizer has" in row["reason"]
 
 
+def test_a_served_failure_names_the_first_prompt_token_beyond_the_limit(suites, model_dir):
+    with running(model_dir, "--drift-from", "9") as url:
+        result = served(suites, url, *NUMERICS, "-k", "teacher")
+    result.assert_outcomes(failed=1)
+    (row,) = records(suites, "served")
+    assert row["first_divergence_position"] == 9
+    assert f"): prompt token 9 ({row['first_divergence_token']!r})" in row["failures"]
+
+
 def test_nan_log_probabilities_fail_the_gate(suites, model_dir):
     with running(model_dir, "--nan") as url:
         result = served(suites, url, *NUMERICS, "-k", "teacher")

@@ -10,13 +10,16 @@ token (left padding excluded), as the positions the model is given do.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from harness.cases import Case
+from harness.numerics.layers import NotLocalizable, localize_layers
 from harness.numerics.logits import position_metrics
+from harness.reference_store import ReferenceStoreError
 from harness.verdicts import Verdict
 
 
@@ -81,19 +84,52 @@ def first_divergence(metrics: dict[str, Tensor], beyond: Callable[[dict], Tensor
 def located(result: Verdict, case: Case, pool, thresholds: dict, metrics: dict,
             run: dict[str, Tensor]) -> Verdict:
     """The verdict with the per-step curve in its metrics and, where it failed, where in the
-    sequence the port first left the limit (`first_divergence`)."""
+    sequence the port first left the limit (`first_divergence`) and where in the model
+    (`in_the_model`; with --localize, for a passing case too)."""
     result.metrics.update(curve(metrics))
-    if result.passed:
+    localize = pool.settings.localize
+    if result.passed and not localize:
         return result
-    beyond, rule = beyond_rule(case.dtype, case.precision.scheme, thresholds, result.limit)
+    line, fields = "", {}
+    if not result.passed:
+        beyond, rule = beyond_rule(case.dtype, case.precision.scheme, thresholds,
+                                   result.limit)
 
-    def decode(token: int) -> str:
-        try:
-            return pool.tokenizer(case.model).decode([token])
-        except Exception:  # no tokenizer (a test double) or unreadable files: the id then
-            return f"<token {token}>"
-    line, fields = first_divergence(metrics, beyond, rule, run, decode)
-    result.metrics.update(fields)
-    if line:
-        result.failures.append(line)
+        def decode(token: int) -> str:
+            try:
+                return pool.tokenizer(case.model).decode([token])
+            except Exception:  # no tokenizer (a test double) or unreadable files: the id
+                return f"<token {token}>"
+        line, fields = first_divergence(metrics, beyond, rule, run, decode)
+        result.metrics.update(fields)
+        if line:
+            result.failures.append(line)
+    if "first_divergence_step" in fields:
+        step, row = fields["first_divergence_step"], fields["first_divergence_row"]
+    else:  # no single position beyond the limit: where the port is furthest off
+        step, row = divmod(int(metrics["max_abs"].nan_to_num(math.inf).argmax()),
+                           metrics["max_abs"].shape[1])
+    words, layer_fields = in_the_model(case, pool, thresholds, run, step, row)
+    result.metrics.update(layer_fields, layer_localization=words)
+    if not result.passed:
+        result.failures.append(words)
     return result
+
+
+def in_the_model(case: Case, pool, thresholds: dict, run: dict[str, Tensor], step: int,
+                 row: int) -> tuple[str, dict]:
+    """`localize_layers` on the case's port at (step, row), timed; where the port has no
+    module to hook or the reference model is not loaded (--reference-mode stored), the
+    reason instead."""
+    start = time.perf_counter()
+    dtype_reference = None
+    if case.dtype != "fp32":
+        def dtype_reference():
+            return pool.reference(case.model, case.dtype)
+    try:
+        words, fields = localize_layers(pool.ported(case), pool.reference(case.model),
+                                        dtype_reference, run, step, row, thresholds["layers"])
+    except (NotLocalizable, ReferenceStoreError) as e:
+        return f"not localized in the model: {e}", {}
+    fields["localize_seconds"] = time.perf_counter() - start
+    return words, fields

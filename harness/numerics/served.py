@@ -16,7 +16,7 @@ import torch
 
 from harness.cases import Case
 from harness.ports.openai import EndpointUnsupported
-from harness.ports.topk import TopK, align, token_mismatch, topk_verdict
+from harness.ports.topk import TopK, align, kl_bounds, max_abs_diff, token_mismatch, topk_verdict
 from harness.prompts import prompt_ids
 from harness.verdicts import Verdict, verdict
 
@@ -52,4 +52,29 @@ def served_topk_case(case: Case, runner, reference, tokenizer,
                           max_abs_diff_limit=t["max_abs_logprob_diff"],
                           top1_limit=t["top1_agreement"], kl_limit=t["kl_lower_bound"],
                           tail_slack=t["tail_slack"])
+    if not result.passed:
+        first_token = metrics.get("compared_from_token", 1)
+        line, fields = first_served_divergence(reference_logprobs, port, t, first_token,
+                                               expected, tokenizer)
+        result.metrics.update(fields)
+        if line:
+            result.failures.append(line)
     return result, metrics
+
+
+def first_served_divergence(reference: torch.Tensor, port: TopK, t: dict, first_token: int,
+                            expected: list[int], tokenizer) -> tuple[str, dict]:
+    """The first compared prompt position whose |d logprob| or KL lower bound is beyond the
+    profile's limit (or not finite): its prompt token index (compared position j is the
+    distribution of prompt token `first_token` + j) and text. ("", {}) where none is."""
+    diffs = max_abs_diff(reference, port)
+    lower, _ = kl_bounds(reference, port, t["tail_slack"])
+    bad = ~(diffs <= t["max_abs_logprob_diff"]) | ~(lower <= t["kl_lower_bound"])
+    hits = bad.nonzero().flatten().tolist()
+    if not hits:
+        return "", {}
+    token = first_token + hits[0]
+    text = tokenizer.decode([expected[token]])
+    return (f"first beyond the limit (|d logprob| > {t['max_abs_logprob_diff']:g} or KL lower "
+            f"bound > {t['kl_lower_bound']:g}): prompt token {token} ({text!r})",
+            {"first_divergence_position": token, "first_divergence_token": text})

@@ -49,6 +49,7 @@ def load_thresholds(path: Path = THRESHOLDS_FILE) -> dict:
                           "reduced": ("relative_to_reference", "kl_max",
                                       "kl_position_threshold", "kl_max_share",
                                       "padding_relative"),
+                          "layers": ("fp32_relative", "relative_to_reference"),
                           **{scheme: QUANTIZED_KEYS for scheme in QUANTIZED}}.items():
         for key in keys:
             if not isinstance(data.get(section, {}).get(key), (int, float)):

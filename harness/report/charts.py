@@ -29,7 +29,7 @@ def svg(fig) -> str:
 
 def lines(title: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[float, float]]],
           points: dict[str, list[tuple[float, float]]] | None = None, logx: bool = False,
-          xticks: list[str] | None = None) -> str | None:
+          xticks: list[str] | None = None, logy: bool = False) -> str | None:
     """One line per series (x sorted); `points` (baselines, failed cases) drawn as markers
     alongside; `xticks` labels the integer positions 0, 1, ... None when no series has two x
     values: a line chart of single points would only be a column of dots."""
@@ -43,6 +43,8 @@ def lines(title: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[flo
         ax.scatter([x for x, _ in xy], [y for _, y in xy], marker="x", s=40, label=label)
     if logx:
         ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
     if xticks is not None:
         ax.set_xticks(range(len(xticks)), xticks, rotation=30, ha="right", fontsize=7)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
