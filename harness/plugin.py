@@ -16,18 +16,14 @@ session as Ctrl-C does, so that a killed run still finishes its records and repo
 from __future__ import annotations
 
 import json
-import shlex
 import signal
 import threading
-import time
-import zlib
 
 import pytest
 
 from harness import named_baselines
 from harness.accuracy import session as accuracy_session
 from harness.cases import Case
-from harness.devices import get_backend, pinned_precision
 from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the plugin)
     LLMGATE,
     OUTCOME,
@@ -41,29 +37,18 @@ from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the 
 from harness.ordering import grouped
 from harness.peaks import case_peaks, start_case_peaks
 from harness.perf import session as perf_session
-from harness.results import (
-    RECORD_FORMAT,
-    ResultsStore,
-    environment,
-    latest_rows,
-    load_records,
-    new_run_id,
-    summary_table,
-)
+from harness.results import latest_rows, load_records, summary_table
+from harness.run_session import RunSession
 from harness.selection import (
     completion_record,
     is_completion,
-    never_ran,
     read_run,
-    resume_refusal,
     selected_count,
     selection,
-    shard_models,
     write_json,
-    write_run,
 )
 from harness.settings import Settings
-from harness.values import checked_run_id
+from harness.sharding import outside_shard
 from harness.verdicts import Verdict
 from models.quant import int8_kernel
 
@@ -93,52 +78,20 @@ def _reason(report: pytest.TestReport) -> str:
 
 
 class LlmgatePlugin:
-    def __init__(self, config: pytest.Config):
-        workerinput = getattr(config, "workerinput", None)
-        self.is_worker = workerinput is not None
-        self.settings = Settings.from_config(config)
-        if self.is_worker:
-            self.run_id, self.session, self.command = workerinput["llmgate_run"]
-            self.worker = workerinput["workerid"]
-        else:
-            given = config.getoption("--run-id")
-            self.run_id = new_run_id() if given is None else checked_run_id(given)
-            self.session, self.worker = time.time_ns(), "main"
-            self.command = shlex.join(["pytest", *config.invocation_params.args])
-        self.run_dir = self.settings.results_root / self.run_id
-        self.collect_only = config.getoption("--collect-only")
-        self.executed = 0  # tests this session ran (xdist: reported by the workers)
-        self.started = time.time()
-        self.store: ResultsStore | None = None
-        self.rows: list[dict] | None = None  # the run's latest rows, once the session ended
-        self.resume = resume = config.getoption("--resume")
-        self.previous_sigterm = None
-        self.selected: dict | None = None  # this session's selection, once the controller has it
-        recorded = load_records(self.run_dir)
-        if not self.is_worker:
-            if resume and not config.getoption("--run-id"):
-                raise pytest.UsageError("--resume needs the --run-id of the run to resume")
-            # An interrupted accuracy case leaves answers before any record: resumable.
-            started = self.run_dir.is_dir() and any(self.run_dir.iterdir())
-            if resume and not (recorded or started):
-                raise pytest.UsageError(f"--resume: run {self.run_id!r} has no records in "
-                                        f"{self.run_dir}")
-            if started and not resume and not self.collect_only:
-                what = "records" if recorded else "files"  # killed before its first record
-                raise pytest.UsageError(f"--run-id {self.run_id!r} already has {what} in "
-                                        f"{self.run_dir}; pass --resume to continue it, or "
-                                        "choose another --run-id")
-        self.recorded = ({(r["case"], r["test"]): r for r in latest_rows(recorded)}
-                         if resume else {})
+    """pytest's hooks for a run: what they share is its `RunSession`."""
 
-    def results(self) -> ResultsStore:
-        if self.store is None:  # created on first record: runs that record nothing leave no dir
-            self.store = ResultsStore(self.run_dir, self.worker)
-        return self.store
+    def __init__(self, config: pytest.Config):
+        self.settings = Settings.from_config(config)
+        self.run = RunSession(config, self.settings)
+        self.is_worker, self.run_dir = self.run.is_worker, self.run.run_dir
+        self.executed = 0  # tests this session ran (xdist: reported by the workers)
+        self.rows: list[dict] | None = None  # the run's latest rows, once the session ended
+        self.previous_sigterm = None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):  # xdist: workers share the controller's run
-        node.workerinput["llmgate_run"] = (self.run_id, self.session, self.command)
+        run = self.run
+        node.workerinput["llmgate_run"] = (run.run_id, run.session, run.command)
 
     @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
     def pytest_collection_modifyitems(self, config, items):
@@ -146,9 +99,7 @@ class LlmgatePlugin:
         drop = [item for item in items if case_of(item) is None and has_case_param(item)]
         whole = _tests(items, exclude=drop)
         if shard is not None:
-            owner = shard_models([c.model for item in items if (c := case_of(item))], shard[1])
-            drop += [item for item in items if (owner.get(case_of(item).model) if case_of(item)
-                     else zlib.crc32(item.nodeid.encode()) % shard[1]) != shard[0] - 1]
+            drop += outside_shard(items, case_of, shard)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = [item for item in items if item not in set(drop)]
@@ -157,13 +108,13 @@ class LlmgatePlugin:
             if (case := case_of(item)) is not None:
                 item.add_marker(pytest.mark.xdist_group(case.model))
         if whole:  # a run that selects no case leaves no directory
-            ours = selection(_tests(items), whole, self.command)
+            ours = selection(_tests(items), whole, self.run.command)
             if self.is_worker:  # the controller checks it and owns run.json
-                if not self.collect_only:
+                if not self.run.collect_only:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
-                    write_json(self.run_dir / f".selection-{self.worker}.json", ours)
+                    write_json(self.run_dir / f".selection-{self.run.worker}.json", ours)
             else:
-                self._select(ours)
+                self.run.select(ours)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids):
@@ -171,32 +122,14 @@ class LlmgatePlugin:
         if path.exists():  # each worker collected alike: the first one's is the selection
             ours = json.loads(path.read_text())
             path.unlink()
-            if self.selected is None:
-                self._select(ours)
-
-    def _select(self, ours: dict) -> None:
-        """Refuse a --resume that selects other tests of a suite than its run did; record the
-        selection in run.json, with the run "running" (--collect-only writes nothing)."""
-        self.selected = ours
-        run = read_run(self.run_dir) or {}
-        refusal = self.resume and resume_refusal(run.get("selection", {}), ours, self.run_id)
-        if refusal:
-            raise pytest.UsageError(refusal)
-        if self.collect_only:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        shard = self.settings.shard
-        write_run(self.run_dir, {
-            **run, "format": RECORD_FORMAT, "run_id": self.run_id, "status": "running",
-            "started": min(self.started, run.get("started", self.started)),
-            **({"shard": f"{shard[0]}/{shard[1]}"} if shard else {}),
-            "selection": {**run.get("selection", {}), **ours}})
+            if self.run.selected is None:
+                self.run.select(ours)
 
     # --- resume: a recorded pass is skipped, a recorded failure fails again (as FAILED)
 
     def _recorded(self, item) -> dict | None:
         case = case_of(item)
-        return case is not None and self.recorded.get((case.id, item.originalname))
+        return case is not None and self.run.recorded.get((case.id, item.originalname))
 
     def pytest_runtest_setup(self, item):
         if (case := case_of(item)) is not None:
@@ -204,7 +137,7 @@ class LlmgatePlugin:
         row = self._recorded(item)
         if row and row.get("outcome", "passed" if row["passed"] else "failed") == "passed":
             item.stash[OUTCOME] = {"resumed": True}
-            pytest.skip(f"already recorded in run {self.run_id}")
+            pytest.skip(f"already recorded in run {self.run.run_id}")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem):
@@ -212,7 +145,7 @@ class LlmgatePlugin:
         if row and row.get("outcome", "failed") in ("failed", "error"):
             pyfuncitem.stash[OUTCOME] = {"resumed": True}
             reason = row.get("reason") or row.get("failures") or "see its records"
-            pytest.fail(f"recorded as failed in run {self.run_id}: {reason}", pytrace=False)
+            pytest.fail(f"recorded as failed in run {self.run.run_id}: {reason}", pytrace=False)
 
     # --- one record per case test, from the report hook
 
@@ -259,12 +192,11 @@ class LlmgatePlugin:
                 "model": case.model, "hardware": case.hardware, "dtype": case.dtype,
                 "batch": case.batch, "seqlen": case.seqlen, "out": case.out, "task": case.task,
                 "port": case.port or "engine", "port_kind": self._port_kind(case),
-                "config_source": self.settings.config_source(case.model),
-                "session": self.session, "worker": self.worker}
+                "config_source": self.settings.config_source(case.model)}
         if core["port_kind"] == "engine" and case.precision.scheme:
             fields["int8_kernel"] = int8_kernel(case.precision, case.hardware)
         measured = {**fields, **state.get("metrics", {})}
-        self.results().record({**core, **{k: v for k, v in measured.items() if k not in core}})
+        self.run.record({**core, **{k: v for k, v in measured.items() if k not in core}})
 
     def _port_kind(self, case: Case) -> str:
         """engine, hf, openai, llama-cpp or plugin."""
@@ -297,7 +229,7 @@ class LlmgatePlugin:
             return
         for unread in self.run_dir.glob(".selection-*.json"):  # workers' the session ended on
             unread.unlink(missing_ok=True)
-        if self.collect_only or session.exitstatus == pytest.ExitCode.USAGE_ERROR:
+        if self.run.collect_only or session.exitstatus == pytest.ExitCode.USAGE_ERROR:
             return
         run = read_run(self.run_dir) or {}
         rows = latest_rows(load_records(self.run_dir))
@@ -307,48 +239,19 @@ class LlmgatePlugin:
             extra.append({"suite": "run", "case": "selection", "test": "-", "outcome": "failed",
                           "passed": False, "reason": f"no case was measured: all {len(rows)} "
                                                      "selected were skipped"})
-        incomplete = self._incomplete(session, run, rows)
+        incomplete = self.run.incomplete(session, run, rows)
         if incomplete or any(map(is_completion, rows)):  # a resume replaces a failing one
             extra.append(completion_record(incomplete, selected_count(run)))
-        recorded = [self.results().record({**row, "session": self.session,
-                                           "worker": self.worker}) for row in extra]
+        recorded = [self.run.record(row) for row in extra]
         # An interrupted session keeps pytest's own status (2).
         if not all(row["passed"] for row in recorded) and session.exitstatus in (
                 pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        self._write_run_json(run, named_baselines.failed_names(recorded), incomplete)
+        self.run.write_run_json(run, named_baselines.failed_names(recorded), incomplete)
         from harness.report.render import publish
 
         self.rows = latest_rows(rows + recorded)
         self.report = publish(self.run_dir, self.rows, move_latest=self.executed > 0)
-
-    def _incomplete(self, session, run: dict, rows: list[dict]) -> str:
-        """Why the run has not run all it selected, in one line, or "" when it has."""
-        interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
-        if not run.get("selection"):
-            return "interrupted before its selection was known" if interrupted else ""
-        missing = never_ran(run, rows)
-        if not missing:
-            return ""
-        why = "interrupted" if interrupted else (session.shouldfail or session.shouldstop
-                                                 or "the session ended before them")
-        return f"{len(missing)} of {selected_count(run)} selected cases never ran: {why}"
-
-    def _write_run_json(self, run: dict, unmatched_baselines: list[str], incomplete: str):
-        devices, precision = {}, {}
-        for hardware in self.settings.hardware:
-            backend = get_backend(hardware)
-            if backend.available:
-                devices[hardware] = backend.device_name()
-                precision[hardware] = pinned_precision(backend)
-        started = min(self.started, run.get("started", self.started))  # a resumed run's first
-        run = {**run, "format": RECORD_FORMAT, "run_id": self.run_id, "started": started,
-               "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-               "duration_s": time.time() - started, "devices": devices,
-               "fp32_settings": precision,
-               "unmatched_baselines": unmatched_baselines, **environment(),
-               "status": "incomplete" if incomplete else "complete", "incomplete": incomplete}
-        write_run(self.run_dir, run)
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.rows is None:  # a worker, --collect-only, or a run that recorded nothing

@@ -27,7 +27,7 @@ from harness.reference_store import (
     ReferenceStoreError,
     directory_digest,
 )
-from harness.runners import PortedRunner, ReferenceRunner, Runner
+from harness.runners import Closable, PortedRunner, ReferenceRunner, Runner, Served
 from harness.seam import CheckedRunner, check_factory_result
 from harness.settings import Settings
 from models.precision import Precision
@@ -80,7 +80,7 @@ class RunnerPool:
 
     def _drop(self, key: tuple) -> None:
         runner = self._runners.pop(key)
-        if hasattr(runner, "close"):
+        if isinstance(runner, Closable):
             runner.close()
 
     def close(self) -> None:
@@ -110,7 +110,7 @@ class RunnerPool:
         that computes logits returns is checked at the seam (`harness.seam`); a served port's
         top-K are checked where they are compared."""
         runner = self._port(case, **options)
-        if getattr(runner, "served", False):
+        if isinstance(runner, Served):
             return runner
         return CheckedRunner(runner, self.config(case.model).vocab_size)
 

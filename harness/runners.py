@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -101,6 +101,35 @@ class Runner(Protocol):
 
     def streamed_weight_bytes(self) -> int:
         """Bytes of those a decode step reads (embedding tables only gathered are not)."""
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A runner holding what garbage collection does not free (tensor-parallel ranks, a
+    server it started): the pool calls `close` when it lets the runner go."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class CompletesText(Protocol):
+    """A runner that completes text prompts itself, stop sequences and sampling included
+    (its own requests and sampler): HumanEval then sends it text, not token ids."""
+
+    def complete_text(self, prompts: list[str], max_new_tokens: int, stop: list[str],
+                      temperature: float = 0.0, seed: int | None = None) -> list:
+        """(completion text, finish reason) per prompt."""
+
+
+@runtime_checkable
+class Served(CompletesText, Protocol):
+    """A port behind a server (`harness.ports.served.ServedRunner`): it completes text itself,
+    lists the top-K log-probabilities of an echoed prompt and says what served it; it has no
+    step-by-step `decode`, so the suites run its own checks instead."""
+
+    def prompt_topk(self, text: str) -> tuple: ...
+
+    def describe(self) -> dict: ...
 
 
 def right_padded(suffixes: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -42,20 +42,6 @@ def selection(chosen: set[tuple[str, str, str]], whole: set[tuple[str, str, str]
     return out
 
 
-def shard_models(models: list[str], shards: int) -> dict[str, int]:
-    """Model -> shard index (0-based): each model whole on one shard (its weights load once
-    per host), the models with most cases first, each to the least loaded shard. The same
-    selection always splits the same way."""
-    counts: dict[str, int] = {}
-    for model in models:
-        counts[model] = counts.get(model, 0) + 1
-    loads, owner = [0] * shards, {}
-    for model in sorted(counts, key=lambda m: (-counts[m], m)):
-        index = loads.index(min(loads))
-        owner[model], loads[index] = index, loads[index] + counts[model]
-    return owner
-
-
 def read_run(run_dir: Path) -> dict | None:
     """The run's `run.json`, or None where there is none (or a kill left it unreadable)."""
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
-import socket
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -25,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from harness.devices import get_backend, pinned_precision
+from harness.net import free_port
 from harness.numerics.layers import Recorder
 from harness.runners import right_padded
 from models.engine import Engine, generate
@@ -41,12 +41,6 @@ TIMEOUTS = {"cpu": timedelta(seconds=120), "cuda": timedelta(seconds=600),
 
 class RankFailed(RuntimeError):
     """Another rank of a tensor-parallel run died or stopped answering."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _join(rank: int, world_size: int, hardware: str) -> None:
@@ -146,7 +140,7 @@ class TensorParallelRunner:
         self.hf = hf
         self._threads = torch.get_num_threads()
         threads = max(1, (os.cpu_count() or 1) // world_size)
-        port = _free_port()
+        port = free_port()
         args = dict(checkpoint=str(checkpoint), hardware=hardware, precision=precision,
                     lm_head=lm_head, compile=compile, hf=hf,
                     trust_remote_code=trust_remote_code)

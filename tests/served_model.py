@@ -197,7 +197,7 @@ def main() -> None:
 @contextlib.contextmanager
 def running(model: str | Path, *flags: str, timeout: float = 120.0):
     """`with running(dir, "--shift") as url:` the server answers at url (.../v1)."""
-    from harness.ports.llama_server import free_port
+    from harness.net import free_port
 
     port = free_port()
     root = Path(__file__).resolve().parent.parent

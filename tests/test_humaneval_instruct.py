@@ -9,7 +9,7 @@ import pytest
 from harness.accuracy import humaneval
 from harness.accuracy.files import load_humaneval
 from harness.accuracy.prompts import HUMANEVAL, HUMANEVAL_INSTRUCT
-from harness.accuracy.sandbox import Limits, Sandbox, bwrap_status
+from harness.sandbox import Limits, Sandbox, bwrap_status
 from tests.conftest import tiny_checkpoint
 
 pytest_plugins = ["pytester"]

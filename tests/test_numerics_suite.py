@@ -71,9 +71,10 @@ def test_no_empty_parameter_sets(suites):
 
 
 def readme_selections() -> list[tuple[str, str]]:
-    """(suite, -k expression) of every `pytest suites/... -k "..."` line of the README."""
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r'pytest (suites/\w+) -k "([^"]+)"', text)
+    """(suite, -k expression) of every `pytest suites/... -k "..."` line of the README and
+    the docs pages."""
+    text = "".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    return sorted(set(re.findall(r'pytest (suites/\w+) -k "([^"]+)"', text)))
 
 
 # What each README example promises; the test fails on an example it does not know.

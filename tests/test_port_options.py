@@ -118,7 +118,7 @@ def test_a_malformed_openai_url_is_a_one_line_start_up_error(suites, option, exp
 
 @pytest.mark.parametrize("prefix", ["", f"{MODEL}="])
 def test_an_equals_sign_in_a_url_query_does_not_split_the_port(suites, prefix):
-    from harness.ports.llama_server import free_port
+    from harness.net import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1?api-version=2024-02-01"
     result = suites.runpytest(*NUMERICS, "--port", f"{prefix}openai:{url}")

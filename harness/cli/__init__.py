@@ -189,10 +189,8 @@ def _fraction(value: str) -> float:
     return fraction
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["zoo"] and argv[1:2] not in (["-h"], ["--help"]):
-        return zoo_commands.main(argv[1:])  # a seed command line, its flags as they are
+def build_parser() -> argparse.ArgumentParser:
+    """`llmgate`'s commands and their options (`zoo` reads its own: a seed command line)."""
     parser = argparse.ArgumentParser(prog="llmgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -258,6 +256,14 @@ def main(argv: list[str] | None = None) -> int:
                    usage="llmgate zoo [VAR=value ...] [python3 | torchrun OPTIONS] "
                          "main.py|handle_weights.py FLAGS [-- PYTEST ARGS]",
                    description=zoo_commands.__doc__)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["zoo"] and argv[1:2] not in (["-h"], ["--help"]):
+        return zoo_commands.main(argv[1:])  # a seed command line, its flags as they are
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         args.suite = []

@@ -233,40 +233,21 @@ def _default_backend(usable) -> str:
 
 
 def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
-    from harness.perf.options import SEED_GRIDS
+    from harness.perf.options import length_pairs
     from models.config import get_config
 
     size = _ini_int(ini, "performance", "batch_size")
     batches = [args.batch] if args.batch else [size] if size else None
     given, preset = batches, False
-    if args.seqlen_in_pair or args.seqlen_out_pair:
-        if not args.set_case_pair:
-            result.notes.append("--seqlen_in_pair without --set_case_pair: the pairs are used")
-        if len(args.seqlen_in_pair or []) != len(args.seqlen_out_pair or []):
-            raise ZooError("main.py: --seqlen_in_pair and --seqlen_out_pair need one output "
-                           "length per input length (the pairs are zipped)")
-        pairs = list(zip(args.seqlen_in_pair, args.seqlen_out_pair))
-    elif args.seqlen_in_range or args.seqlen_out_range:
-        if not (args.seqlen_in_range and args.seqlen_out_range):
-            raise ZooError("main.py: --seqlen_in_range and --seqlen_out_range go together")
-        (a, b), (c, d) = args.seqlen_in_range, args.seqlen_out_range
-        pairs = [(2**i, 2**o) for i in range(a, b + 1) for o in range(c, d + 1)]  # closed
-    elif case_pair := _ini(ini, "performance", "case_pair"):
-        try:
-            pairs = [(int(i), int(o)) for i, o in json.loads(case_pair)]
-        except (ValueError, TypeError):
-            raise ZooError(f"{cwd / 'config.ini'}: [performance] case_pair {case_pair!r}: "
-                           "expected [[in, out], ...]") from None
-    elif (low := _ini_int(ini, "performance", "min_len_exp")) is not None and \
-            (high := _ini_int(ini, "performance", "max_len_exp")) is not None:
-        pairs = [(2**e, 2**e) for e in range(low, high + 1)]
-    elif grid:
-        seed_batches, pairs = SEED_GRIDS[grid]
-        batches, preset = batches or seed_batches, True
-        result.notes.append(f"no lengths given: the document's grid (--grid {grid})")
-    else:
-        pairs = [(32, 32), (128, 32)]
-        result.notes.append("the Alpaca document states no grid: llmgate's default lengths")
+    try:
+        pairs = length_pairs(args.seqlen_in_pair or [], args.seqlen_out_pair or [],
+                             args.seqlen_in_range, args.seqlen_out_range, spelling="_")
+    except ValueError as e:
+        raise ZooError(f"main.py: {e}") from None
+    if pairs and args.seqlen_in_pair and not args.set_case_pair:
+        result.notes.append("--seqlen_in_pair without --set_case_pair: the pairs are used")
+    if not pairs:
+        pairs, batches, preset = _unflagged_pairs(ini, grid, cwd, batches, result)
     limit = get_config(model).max_positions
     if "MAX_SEQ_LEN" in command.env:
         if not command.env["MAX_SEQ_LEN"].isdigit():
@@ -293,6 +274,29 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
     if len(batches or [1]) > 1:
         device = (args.device or [0])[0]
         result.multibatch_file = cwd / f"multibatch_performance_{model_name}_{device}.csv"
+
+
+def _unflagged_pairs(ini, grid: str | None, cwd: Path, batches: list[int] | None,
+                     result: Plan) -> tuple[list[tuple[int, int]], list[int] | None, bool]:
+    """(pairs, batches, whether they are the document's preset grid) where main.py was given
+    no lengths: config.ini's, else the document's grid, else llmgate's defaults."""
+    if case_pair := _ini(ini, "performance", "case_pair"):
+        try:
+            return [(int(i), int(o)) for i, o in json.loads(case_pair)], batches, False
+        except (ValueError, TypeError):
+            raise ZooError(f"{cwd / 'config.ini'}: [performance] case_pair {case_pair!r}: "
+                           "expected [[in, out], ...]") from None
+    low, high = _ini_int(ini, "performance", "min_len_exp"), _ini_int(ini, "performance",
+                                                                       "max_len_exp")
+    if low is not None and high is not None:
+        return [(2**e, 2**e) for e in range(low, high + 1)], batches, False
+    if grid:
+        from harness.perf.options import SEED_GRIDS
+
+        result.notes.append(f"no lengths given: the document's grid (--grid {grid})")
+        return SEED_GRIDS[grid][1], batches or SEED_GRIDS[grid][0], True
+    result.notes.append("the Alpaca document states no grid: llmgate's default lengths")
+    return [(32, 32), (128, 32)], batches, False
 
 
 def _precision(args, ini, task, cwd, document, result: Plan) -> None:

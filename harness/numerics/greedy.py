@@ -19,6 +19,7 @@ from harness.cases import Case
 from harness.numerics.served import limits
 from harness.prompts import prompt_ids
 from harness.reference_store import tensor_digest
+from harness.runners import Served
 from harness.verdicts import Verdict, first_lines, verdict
 from models.engine import Generation, generate
 
@@ -82,7 +83,7 @@ def greedy_case(case: Case, ported, reference, tokenizer,
     """The port's greedy tokens against the fp32 reference's; returns the verdict and the
     first row's text (of the gated path). A served 4-bit port must agree on the profile's
     leading tokens only (`greedy_min_leading`; -1: all)."""
-    served = getattr(ported, "served", False)
+    served = isinstance(ported, Served)
     leading = case.out
     if served:
         wanted = limits(thresholds, case.dtype)["greedy_min_leading"]

