@@ -54,7 +54,9 @@ def test_the_summary_counts_every_outcome(page):
 
 def test_every_section_has_its_rows(page):
     page, _ = page
-    assert page.locator("#numerics-table tr").count() == 1 + 4
+    numerics = page.locator("table.numerics-table")  # one fold per model
+    assert numerics.count() == 2
+    assert sum(numerics.nth(i).locator("tr").count() - 1 for i in range(2)) == 4
     perf_tables = page.locator("table.perf-table")
     assert perf_tables.count() == 2
     assert perf_tables.nth(0).locator("tr").count() == 1 + len(PERF_CASES)
@@ -130,3 +132,29 @@ def test_the_side_by_side_table_puts_each_stored_device_beside_ours(page):
     assert first.count() == 7 + 2 * 3  # the case, ours, then theirs and the ratio per device
     assert first.nth(8).inner_text().endswith("x")
     assert page.locator("#slowdowns tr").count() == 1 + 5
+
+
+def test_the_overview_agrees_with_the_records_and_links_to_their_cases(page):
+    page, run = page
+    rows = [r for r in latest_rows(load_records(run)) if r.get("model")]
+    cells = page.locator("#overview td.cell")
+    assert cells.count() == len({(r["model"], r["suite"], r["dtype"]) for r in rows})
+    header = page.locator("#overview tr").first.locator("th")
+    columns = [header.nth(i).inner_text() for i in range(1, header.count())]
+    for line in page.locator("#overview tr").all()[1:]:
+        model = line.locator("td").first.inner_text()
+        for column, td in zip(columns, line.locator("td").all()[1:]):
+            suite, dtype = column.split()
+            mine = [r for r in rows if (r["model"], r["suite"], r["dtype"]) == (model, suite,
+                                                                                dtype)]
+            if not mine:
+                assert td.inner_text() == ""
+                continue
+            failed = sum(tally(r) in ("failed", "error") for r in mine)
+            assert (int(td.get_attribute("data-failed")), int(td.get_attribute("data-total"))) \
+                == (failed, len(mine)), (model, column)
+            assert ("failed" in td.get_attribute("class")) == (failed > 0)
+            target = td.locator("a").get_attribute("href")
+            skipped = all(r["outcome"] == "skipped" for r in mine)  # listed with the skips
+            assert target == ("#skips" if skipped else f"#{suite}-{model}")
+            assert page.locator(target).count() == 1

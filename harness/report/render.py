@@ -19,7 +19,9 @@ from harness.baselines import read_answers_file
 from harness.perf.gate import METRICS
 from harness.perf.report import write_seed_csvs
 from harness.report import charts
+from harness.report.divergence import divergence_charts
 from harness.report.history import history_charts, history_table, runs
+from harness.report.overview import anchor, by_model, overview
 from harness.results import MEASURED_ONLY, latest_rows, load_records, measured_only, merge
 from harness.selection import read_run, status
 
@@ -186,42 +188,6 @@ def perf_section(rows: list[dict]) -> dict:
     return {"models": models, "max_batch": max_batch, "grid_means": grid_means}
 
 
-def divergence_charts(rows: list[dict]) -> list[str]:
-    """Under each failing teacher-forced case, its per-step curve (step 0: the prefill),
-    and where the layers were localized, its per-layer relative errors."""
-    drawn = []
-    for r in rows:
-        if _outcome(r) == "failed" and len(r.get("step_max_abs_diff") or ()) > 1:
-            steps = range(len(r["step_max_abs_diff"]))
-            drawn.append(charts.lines(
-                f"{r['case']}: where it diverges", "step (0: prefill)", "max over the rows",
-                {"max |dlogit|": list(zip(steps, r["step_max_abs_diff"])),
-                 "max KL": list(zip(steps, r["step_max_kl"]))}))
-        if _outcome(r) == "failed" or r.get("first_divergence_block"):
-            drawn.append(layer_chart(r))
-    return [c for c in drawn if c]
-
-
-ZERO_DRAWN_AT = 1e-9
-
-
-def layer_chart(r: dict) -> str | None:
-    """Relative error per decoder layer, one line per sub-block (`block_labels` as
-    `harness.numerics.layers` names them), the first block beyond its tolerance marked."""
-    series, points = {}, {}
-    for label, error in zip(r.get("block_labels") or (), r.get("block_rel_err") or ()):
-        words = label.split()
-        if words[0] != "layer" or not isinstance(error, (int, float)) \
-                or not math.isfinite(error):
-            continue
-        xy = (int(words[1]), max(error, ZERO_DRAWN_AT))  # a log axis has no 0
-        series.setdefault(" ".join(words[2:]) or "layer output", []).append(xy)
-        if label == r.get("first_divergence_block"):
-            points[f"first beyond: {label}"] = [xy]
-    return charts.lines(f"{r['case']}: where in the model", "decoder layer",
-                        "relative error vs fp32 reference", series, points, logy=True)
-
-
 def slowdowns(rows: list[dict], top: int = SLOWDOWNS_LISTED) -> list[dict]:
     """The largest ratios against saved runs of ours, gated or not: a run far slower than
     our last one says so even when no gate applies."""
@@ -251,8 +217,10 @@ def accuracy_section(run_dir: Path, rows: list[dict]) -> dict:
             continue
         comparisons = r.get("comparisons", [])
         flipped = next((c.get("flipped", []) for c in comparisons if c.get("flipped")), [])
+        first = r.get("model") not in {c["row"].get("model") for c in cases}
         case = {"row": r, "comparisons": comparisons, "flipped": flipped,
-                "categories": r.get("categories", {})}
+                "categories": r.get("categories", {}),
+                "anchor": anchor("accuracy", r.get("model", "")) if first else None}
         if r.get("test") == "test_humaneval":
             case["problems"] = _answers(run_dir, r)
         elif case["categories"]:
@@ -291,7 +259,8 @@ def context(run_dir: Path, rows: list[dict] | None = None) -> dict:
         "models": {m: _counts(part, outcomes) for (m,), part in _by(rows, "model").items()
                    if m},
         "problems": problems, "skips": skips, "slowdowns": slowdowns(rows),
-        "numerics": suites.get("numerics", []),
+        "overview": overview(rows),
+        "numerics": by_model(suites.get("numerics", [])),
         "divergence": divergence_charts(suites.get("numerics", [])),
         "perf": perf_section(suites.get("perf", [])),
         "accuracy": accuracy_section(run_dir, suites.get("accuracy", [])),
