@@ -158,3 +158,39 @@ def test_a_tensor_parallel_rank_that_skips_an_all_reduce_is_named(suites, tmp_pa
     assert (row["first_divergence_block"], row["first_divergence_block_rank"]) == \
         ("layer 0 mlp", 1)
     assert "layer 0 mlp on rank 1, rel err" in row["failures"]
+
+
+class OnePortPool:
+    """What `in_the_model` asks of the pool: the port and the fp32 reference."""
+
+    def __init__(self, port, path):
+        self.port, self.path = port, path
+
+    def ported(self, case):
+        return self.port
+
+    def reference(self, model, dtype="fp32"):
+        return ReferenceRunner(self.path)
+
+
+def test_a_port_that_cannot_be_localized_says_why_and_the_case_keeps_its_figures():
+    from harness.cases import Case
+    from harness.numerics.localize import in_the_model
+
+    path = tiny_checkpoint(MODEL)
+    case = Case(MODEL, "cpu", "fp32", 2, 16, 3)
+    run = forced_run(ReferenceRunner(path))
+    no_module = PortedRunner(path)
+    no_module.model = "not a module"
+    words, fields = in_the_model(case, OnePortPool(no_module, path), load_thresholds(), run,
+                                 1, 0)
+    assert words == ("not localized in the model: the port (PortedRunner) exposes no torch "
+                     "module as `model`") and fields == {}
+    broken = PortedRunner(path)
+
+    def device_lost(*args, **kwargs):
+        raise RuntimeError("device lost")
+    broken.prefill = device_lost
+    words, fields = in_the_model(case, OnePortPool(broken, path), load_thresholds(), run, 1, 0)
+    assert words == ("not localized in the model: the hooked re-run raised RuntimeError: "
+                     "device lost") and fields == {}

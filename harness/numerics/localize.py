@@ -119,8 +119,8 @@ def located(result: Verdict, case: Case, pool, thresholds: dict, metrics: dict,
 def in_the_model(case: Case, pool, thresholds: dict, run: dict[str, Tensor], step: int,
                  row: int) -> tuple[str, dict]:
     """`localize_layers` on the case's port at (step, row), timed; where the port has no
-    module to hook or the reference model is not loaded (--reference-mode stored), the
-    reason instead."""
+    module to hook, the reference model is not loaded (--reference-mode stored) or the
+    re-run raised, the reason instead (the case's measured figures and verdict stand)."""
     start = time.perf_counter()
     dtype_reference = None
     if case.dtype != "fp32":
@@ -131,5 +131,8 @@ def in_the_model(case: Case, pool, thresholds: dict, run: dict[str, Tensor], ste
                                         dtype_reference, run, step, row, thresholds["layers"])
     except (NotLocalizable, ReferenceStoreError) as e:
         return f"not localized in the model: {e}", {}
+    except Exception as e:  # the re-run only says where: what was measured stands
+        return (f"not localized in the model: the hooked re-run raised {type(e).__name__}: "
+                f"{e}"), {}
     fields["localize_seconds"] = time.perf_counter() - start
     return words, fields
