@@ -71,8 +71,12 @@ def check_tp(models: list[str], tp: int) -> None:
             raise pytest.UsageError(f"--tp {tp}: {e}") from None
 
 
-def reference_options(store: str | None, mode: str | None) -> dict:
+def reference_options(store: str | None, mode: str | None, localize: bool = False) -> dict:
     """--reference-store DIR and --reference-mode (auto with a store, else live)."""
+    if mode == "stored" and localize:
+        raise pytest.UsageError("--localize re-runs cases on the reference model, which "
+                                "--reference-mode stored never loads; use --reference-mode "
+                                "auto or live")
     if mode == "stored" and not store:
         raise pytest.UsageError("--reference-mode stored: give the store with "
                                 "--reference-store DIR")
@@ -188,7 +192,8 @@ class Settings:
             tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports,
             localize=opt("--localize"),
             registered={name: paths[name] / "config.json" for name in registered},
-            **reference_options(opt("--reference-store"), opt("--reference-mode")))
+            **reference_options(opt("--reference-store"), opt("--reference-mode"),
+                                opt("--localize")))
         settings.check_lengths()
         check_cloze_ports(settings.accuracy.tasks, ports)
         check_port_directories(settings)

@@ -140,7 +140,7 @@ def test_a_failing_case_names_its_block_and_localize_reruns_passing_ones(suites,
         assert honest["layer_localization"].startswith("every block within its tolerance")
         assert len(honest["block_rel_err"]) == len(honest["block_labels"]) == 11
     page = (suites.path / "reports" / "planted" / "index.html").read_text()
-    assert page.count(": where in the model") == 1  # the failing case's
+    assert page.count(": where in the model") == 3  # every localized case's
 
 
 def test_a_tensor_parallel_rank_that_skips_an_all_reduce_is_named(suites, tmp_path):
@@ -194,3 +194,12 @@ def test_a_port_that_cannot_be_localized_says_why_and_the_case_keeps_its_figures
     words, fields = in_the_model(case, OnePortPool(broken, path), load_thresholds(), run, 1, 0)
     assert words == ("not localized in the model: the hooked re-run raised RuntimeError: "
                      "device lost") and fields == {}
+
+
+def test_localize_with_a_stored_reference_is_refused_at_start_up(suites, tmp_path):
+    result = suites.runpytest("copied_suites/numerics", "--model", MODEL, "--localize",
+                              "--reference-mode", "stored", "--reference-store", str(tmp_path))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert any("--localize re-runs cases on the reference model, which --reference-mode stored "
+               "never loads; use --reference-mode auto or live" in line
+               for line in result.errlines)

@@ -19,7 +19,7 @@ def divergence_charts(rows: list[dict]) -> list[str]:
                 f"{r['case']}: where it diverges", "step (0: prefill)", "max over the rows",
                 {"max |dlogit|": list(zip(steps, r["step_max_abs_diff"])),
                  "max KL": list(zip(steps, r["step_max_kl"]))}))
-        if r.get("outcome") == "failed" or r.get("first_divergence_block"):
+        if r.get("block_labels"):  # localized: a failing case, or any with --localize
             drawn.append(layer_chart(r))
     return [c for c in drawn if c]
 
