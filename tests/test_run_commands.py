@@ -181,6 +181,16 @@ def test_commands_on_a_directory_that_is_not_a_run(tmp_path, capsys, command):
     assert "not a run" in err or "no runs" in err
 
 
+def test_report_names_a_missing_run_directory_and_a_file_apart(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == (f"llmgate report: {tmp_path / 'nowhere'}: no such "
+                                               "run directory")
+    (tmp_path / "afile").write_text("")
+    assert main(["report", str(tmp_path / "afile")]) == 2
+    assert "afile: not a directory (a run is the directory of its records)" in \
+        capsys.readouterr().err
+
+
 def test_merging_different_task_versions_is_refused_unless_forced(tmp_path, capsys):
     a, b = write_run(tmp_path / "a", models=("qwen-tiny",)), write_run(tmp_path / "b",
                                                                         models=("falcon-tiny",))

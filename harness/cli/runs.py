@@ -32,8 +32,10 @@ def run_rows(path: Path) -> list[dict]:
     """The latest rows of the run in `path` (read once), else a one-line error saying why it
     is not a run llmgate can read."""
     path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: no such run directory")
     if not path.is_dir():
-        raise RunError(f"{path}: not a directory")
+        raise RunError(f"{path}: not a directory (a run is the directory of its records)")
     if not list(path.glob(RECORD_GLOB)) and not (path / "run.json").exists():
         raise RunError(f"{path}: not a run (no {RECORD_GLOB} and no run.json)")
     records = load_records(path)
