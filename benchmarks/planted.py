@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.runners import ReferenceRunner
+from harness.reference_runner import ReferenceRunner
 
 SEED = 0
 LAYER = 3  # the layer the single-layer faults hit

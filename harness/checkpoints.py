@@ -151,7 +151,7 @@ def transformers_config(directory: Path, name: str) -> ModelConfig:
     transformers' own config class (no remote code: the reference is transformers' code)."""
     import transformers
 
-    from harness.runners import PortConfig
+    from harness.reference_runner import PortConfig
 
     try:
         hf = transformers.AutoConfig.from_pretrained(directory)

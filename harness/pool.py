@@ -20,6 +20,7 @@ import transformers
 
 from harness.cases import Case
 from harness.devices import Backend, get_backend, pinned_precision
+from harness.reference_runner import ReferenceRunner
 from harness.reference_store import (
     ENTRY_FORMAT,
     REFERENCE_CODE,
@@ -27,7 +28,7 @@ from harness.reference_store import (
     ReferenceStoreError,
     directory_digest,
 )
-from harness.runners import Closable, PortedRunner, ReferenceRunner, Runner, Served
+from harness.runners import Closable, PortedRunner, Runner, Served
 from harness.seam import CheckedRunner, check_factory_result
 from harness.settings import Settings
 from models.precision import Precision

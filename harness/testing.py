@@ -12,7 +12,7 @@ import time
 import torch
 from torch import Tensor
 
-from harness.runners import PortConfig
+from harness.reference_runner import PortConfig
 from models.engine import Generation
 from models.precision import FP32
 

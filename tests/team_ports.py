@@ -7,7 +7,7 @@ id's port token is the factory's name.
 
 import torch
 
-from harness.runners import ReferenceRunner
+from harness.reference_runner import ReferenceRunner
 from models.engine import Generation
 
 

@@ -19,7 +19,7 @@ NUMERICS = ("copied_suites/numerics", "--model", MODEL, "--seqlen", "16", "--bat
 # A team's W8A8 port in miniature: transformers fake-quantized to the scheme the factory is
 # given (a float precision leaves it as it is).
 W8A8_PLUGIN = textwrap.dedent('''
-    from harness.runners import ReferenceRunner
+    from harness.reference_runner import ReferenceRunner
 
 
     class TeamW8A8(ReferenceRunner):

@@ -10,7 +10,7 @@ import transformers
 
 from harness.numerics.teacher_forced import teacher_forced
 from harness.ports.hf import HFRunner, check_remote_code, enter_rank
-from harness.runners import ReferenceRunner
+from harness.reference_runner import ReferenceRunner
 from harness.verdicts import nan_max
 from models.checkpoint import CheckpointError
 from tests.conftest import REMOTE_CLASS, remote_code_checkpoint, tiny_checkpoint

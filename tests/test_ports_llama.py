@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from harness.ports.llama_server import LlamaServer, availability, shipped_gguf
 from harness.ports.openai import EndpointError, OpenAIClient
 from harness.ports.topk import align, piece_ids, token_mismatch, topk_from_entries, topk_verdict
-from harness.runners import ReferenceRunner
+from harness.reference_runner import ReferenceRunner
 from tests.conftest import tiny_checkpoint
 
 PROMPT = "The capital of France is"

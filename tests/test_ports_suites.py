@@ -201,7 +201,7 @@ def test_the_next_token_distribution_is_the_reference_one_by_either_request(mode
     from harness.ports.openai import OpenAIClient
     from harness.ports.options import PortSpec
     from harness.ports.served import ServedRunner
-    from harness.runners import ReferenceRunner
+    from harness.reference_runner import ReferenceRunner
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     text = "The capital of France is"
@@ -269,7 +269,7 @@ def test_a_tensor_parallel_remote_code_directory_runs_each_rank_from_its_part_mo
 
 PLUGIN = textwrap.dedent('''
     """A team's own runner: here transformers on the CPU, built by a factory."""
-    from harness.runners import ReferenceRunner
+    from harness.reference_runner import ReferenceRunner
 
     calls = []
 

@@ -250,7 +250,7 @@ CONSTANT = textwrap.dedent('''
     """A team's port that returns the same logits whatever it is given."""
     import torch
 
-    from harness.runners import ReferenceRunner
+    from harness.reference_runner import ReferenceRunner
 
 
     class Constant(ReferenceRunner):

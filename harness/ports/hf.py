@@ -23,7 +23,7 @@ import transformers
 from torch import Tensor
 
 from harness.devices import Backend, get_backend
-from harness.runners import PortConfig, ReferenceRunner
+from harness.reference_runner import PortConfig, ReferenceRunner
 from models.checkpoint import Checkpoint, CheckpointError, read_config
 from models.precision import DTYPE_NAMES, Precision
 

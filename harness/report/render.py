@@ -15,13 +15,13 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness.baselines import read_answers_file
 from harness.perf.gate import METRICS
 from harness.perf.report import write_seed_csvs
 from harness.report import charts
+from harness.report.accuracy_view import accuracy_section
 from harness.report.divergence import divergence_charts
 from harness.report.history import history_charts, history_table, runs
-from harness.report.overview import anchor, by_model, overview
+from harness.report.overview import by_model, overview
 from harness.results import MEASURED_ONLY, latest_rows, load_records, measured_only, merge
 from harness.selection import read_run, status
 
@@ -203,35 +203,6 @@ def machine_load(run: dict) -> str:
         return ""
     cpus = f" on {run['cpu_count']} CPUs" if run.get("cpu_count") else ""
     return f"machine load {_num(run['load_1m'], 3)} (1-minute average){cpus}"
-
-
-def _answers(run_dir: Path, row: dict) -> list[dict]:
-    path = run_dir / row.get("answers_file", "")
-    return read_answers_file(path) if row.get("answers_file") and path.exists() else []
-
-
-def accuracy_section(run_dir: Path, rows: list[dict]) -> dict:
-    cases = []
-    for r in rows:
-        if r.get("suite") != "accuracy" or r.get("outcome") == "skipped":
-            continue
-        comparisons = r.get("comparisons", [])
-        flipped = next((c.get("flipped", []) for c in comparisons if c.get("flipped")), [])
-        first = r.get("model") not in {c["row"].get("model") for c in cases}
-        case = {"row": r, "comparisons": comparisons, "flipped": flipped,
-                "categories": r.get("categories", {}),
-                "anchor": anchor("accuracy", r.get("model", "")) if first else None}
-        if r.get("test") == "test_humaneval":
-            case["problems"] = _answers(run_dir, r)
-        elif case["categories"]:
-            reference = {c["category"]: c["reference"] for c in comparisons}
-            accuracy = {"this run": {k: v["accuracy"] for k, v in case["categories"].items()}}
-            baseline = {k: reference[k] for k in case["categories"] if k in reference}
-            case["chart"] = charts.bars(f"{r['case']}: accuracy per category", "accuracy",
-                                        {**accuracy, **({"baseline": baseline} if baseline
-                                                        else {})})
-        cases.append(case)
-    return {"cases": cases}
 
 
 def context(run_dir: Path, rows: list[dict] | None = None) -> dict:
