@@ -23,8 +23,8 @@ from harness.accuracy.mmlu_prepare import prepare_mmlu
 from harness.accuracy.prompts import LETTERS, MMLU
 from harness.accuracy.scoring import score_subject
 from harness.checkpoints import default_cache_dir, embedded_checkpoint
+from harness.ports.engine import PortedRunner
 from harness.reference import load_reference
-from harness.runners import PortedRunner
 
 SUBJECTS = ("abstract_algebra", "anatomy", "college_biology", "econometrics",
             "high_school_geography", "international_law", "marketing", "philosophy")

@@ -29,8 +29,8 @@ from tabulate import tabulate
 
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import cpu_description, describe_cpu, get_backend
+from harness.ports.engine import PortedRunner
 from harness.reference_runner import ReferenceRunner
-from harness.runners import PortedRunner
 from models.precision import Precision
 
 LLAMA_TYPES = ("q4_1", "f16", "f32")

@@ -20,7 +20,7 @@ from engine_decode import per_token_ms, transformers_ms  # this directory
 
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import cpu_description, describe_cpu, get_backend
-from harness.runners import PortedRunner
+from harness.ports.engine import PortedRunner
 from models.precision import Precision
 
 TARGET = 2.5  # W8A16 decode at least this many times faster per token than transformers fp32

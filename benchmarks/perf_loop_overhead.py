@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from harness.checkpoints import embedded_checkpoint
 from harness.devices import get_backend
 from harness.perf.timing import measure
-from harness.runners import PortedRunner
+from harness.ports.engine import PortedRunner
 from harness.testing import DummyRunner
 
 

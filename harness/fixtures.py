@@ -5,7 +5,6 @@ its hooks and the suites share: `LLMGATE` finds this session's plugin in `config
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,9 +13,6 @@ from harness.devices import QUANTIZED
 from harness.pool import RunnerPool
 from harness.settings import Settings
 from harness.verdicts import Verdict
-
-if TYPE_CHECKING:
-    pass
 
 OUTCOME = pytest.StashKey[dict]()
 
@@ -39,8 +35,8 @@ def llmgate(pytestconfig) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def runner_pool(llmgate, run_dir):
-    pool = RunnerPool(llmgate, run_dir=run_dir)
+def runner_pool(pytestconfig, llmgate, run_dir):
+    pool = RunnerPool(llmgate, pytestconfig.stash[LLMGATE].weights, run_dir=run_dir)
     yield pool
     pool.close()
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoints import register_directory, verify_checkpoint, weights_layout
+from harness.checkpoints import verify_checkpoint, weights_layout
 from harness.ports.options import PortSettings
 from harness.values import check_names
-from models.checkpoint import CheckpointError, check_not_modelslim, read_json
-from models.config import REGISTRY
+from models.checkpoint import CheckpointError, check_not_modelslim, read_config, read_json
+from models.config import REGISTRY, TRANSFORMERS_ONLY, ModelConfig, register
+from models.loading import model_config
 from models.ported import check_parts, part_dirs, tensor_parallel_of
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -100,3 +101,43 @@ def check_stored_weights(paths: dict[str, Path], dtypes: list[str], tp: int) -> 
             raise pytest.UsageError(f"--model-path {name}={path}: part_model is split for "
                                     f"{weights.world_size} ranks; run it with --tp "
                                     f"{weights.world_size}, not --tp {tp}")
+
+
+def register_directory(name: str, path: Path) -> str | None:
+    """Register a model the registry does not list from its checkpoint's config.json; returns
+    why the engine cannot run it (None where it can: an architecture of its families).
+
+    Such a model is judged by the pretrained limits, like every model but the tiny ones."""
+    config = read_config(weights_layout(path).files)
+    try:
+        register(model_config(config, name))
+        return None
+    except CheckpointError as engine_problem:
+        register(transformers_config(config.path.parent, name))
+        return str(engine_problem)
+
+
+def transformers_config(directory: Path, name: str) -> ModelConfig:
+    """The structure the suites need of an architecture only transformers runs, read through
+    transformers' own config class (no remote code: the reference is transformers' code)."""
+    import transformers
+
+    from harness.reference_runner import PortConfig
+
+    try:
+        hf = transformers.AutoConfig.from_pretrained(directory)
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: transformers cannot read it "
+                              f"({str(e).splitlines()[0]})") from None
+    try:
+        port = PortConfig.of(hf)
+        heads = hf.num_attention_heads
+    except (AttributeError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: not a transformer llmgate can "
+                              f"size ({e})") from None
+    eps = next((getattr(hf, k) for k in ("rms_norm_eps", "layer_norm_eps",
+                                         "layer_norm_epsilon") if hasattr(hf, k)), 0.0)
+    return ModelConfig(
+        name, TRANSFORMERS_ONLY, port.vocab_size, hf.hidden_size, port.num_layers,
+        heads, port.num_kv_heads, getattr(hf, "intermediate_size", None) or 0,
+        port.max_positions or 0, float(eps), bool(getattr(hf, "tie_word_embeddings", False)))

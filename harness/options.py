@@ -4,26 +4,28 @@ point; in the repository the root conftest.py registers it when that has not. It
 rest of the plugin, `harness.plugin`.
 """
 
-from harness.accuracy.options import add_options as add_accuracy_options
-from harness.perf.options import add_options as add_perf_options
 from harness.ports.options import add_options as add_port_options
+from harness.suites import SUITES
 
 pytest_plugins = ["harness.plugin"]
 
-MARKERS = (
-    "numerics: compares ported logits with the transformers reference",
-    "perf: times the port phase by phase against stored baselines",
-    "accuracy: scores the port on C-Eval, MMLU and HumanEval against stored baselines",
-)
-
 
 def pytest_configure(config):
-    for marker in MARKERS:  # here, not in pyproject.toml: an installed llmgate has none
-        config.addinivalue_line("markers", marker)
+    for suite in SUITES:  # here, not in pyproject.toml: an installed llmgate has none
+        config.addinivalue_line("markers", f"{suite.name}: {suite.marker}")
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("llmgate", "llmgate: model x hardware x dtype x batch x seqlen")
+    add_selection_options(group)
+    add_run_options(group)
+    add_port_options(group)
+    for suite in SUITES:
+        suite.add_options(group)
+
+
+def add_selection_options(group) -> None:
+    """What a run selects: models and their weights, hardware, dtypes, batches, lengths."""
     group.addoption("--model", action="append", metavar="NAME",
                     help="registered model name, repeatable or comma-separated "
                          "(default: every tiny model and smollm2-135m; perf adds the real "
@@ -46,6 +48,11 @@ def pytest_addoption(parser):
                     help="prompt lengths, repeatable or comma-separated (default: 32,128)")
     group.addoption("--decode-steps", type=int, default=8, metavar="N",
                     help="teacher-forced decode steps per numerics case, >= 1 (default: 8)")
+
+
+def add_run_options(group) -> None:
+    """How a run goes: hardware gating, directories, ids, shards, resume, tensor parallelism,
+    the stored reference and localization."""
     group.addoption("--require-hardware", action="store_true", default=False,
                     help="fail instead of skip when requested hardware or dtype is "
                          "unavailable (default: skip with the reason)")
@@ -85,6 +92,3 @@ def pytest_addoption(parser):
                     help="re-run every teacher-forced case with hooks on each decoder layer "
                          "and name the first block beyond its tolerance (default: failing "
                          "cases only)")
-    add_port_options(group)
-    add_perf_options(group)
-    add_accuracy_options(group)

@@ -1,16 +1,17 @@
 """The pytest plugin behind the suites: settings, runner pool, hardware gating, results.
 
-Options are declared in `harness.options` and checked at start-up (`harness.settings`);
-the suites' conftest files read the plugin from `config.stash[LLMGATE]` and expand their grids
-(`harness.{numerics,perf,accuracy}.grid`). Every suite test that runs a `Case` leaves exactly
-one record, written from pytest's report hook so that no suite can forget it: passed, failed,
-error (with its one-line reason) or skipped (with the reason), plus whatever metrics the test
-passed to `record(...)`. At the end of the session the run's rows are read once, each suite's
-session end adds what only the whole run shows (`SESSION_ENDS`), and the same rows go to the
-CSVs, the report and the console table, which therefore always agree with pytest's exit
-status. The run's selection is written into run.json as soon as it is known, so that a run
-that ends before it ran every selected test says so (`harness.selection`); SIGTERM ends the
-session as Ctrl-C does, so that a killed run still finishes its records and report.
+Options are declared in `harness.options` and checked at start-up (`harness.suites`: the core's
+`harness.settings` and each suite's own); the suites' conftest files read the plugin from
+`config.stash[LLMGATE]` and expand their grids (`harness.{numerics,perf,accuracy}.grid`). Every
+suite test that runs a `Case` leaves exactly one record, written from pytest's report hook so
+that no suite can forget it: passed, failed, error (with its one-line reason) or skipped (with
+the reason), plus whatever metrics the test passed to `record(...)`. At the end of the session
+the run's rows are read once, each suite's session end adds what only the whole run shows
+(`Suite.finish`), and the same rows go to the CSVs, the report and the console table, which
+therefore always agree with pytest's exit status. The run's selection is written into run.json
+as soon as it is known, so that a run that ends before it ran every selected test says so
+(`harness.selection`); SIGTERM ends the session as Ctrl-C does, so that a killed run still
+finishes its records and report.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import threading
 import pytest
 
 from harness import named_baselines
-from harness.accuracy import session as accuracy_session
 from harness.cases import Case
 from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the plugin)
     LLMGATE,
@@ -36,7 +36,6 @@ from harness.fixtures import (  # noqa: F401  (the fixtures: this module is the 
 )
 from harness.ordering import grouped
 from harness.peaks import case_peaks, start_case_peaks
-from harness.perf import session as perf_session
 from harness.results import latest_rows, load_records, summary_table
 from harness.run_session import RunSession
 from harness.selection import (
@@ -47,13 +46,11 @@ from harness.selection import (
     selection,
     write_json,
 )
-from harness.settings import Settings
 from harness.sharding import outside_shard
+from harness.suites import check_run, run_settings, session_records
 from harness.verdicts import Verdict
+from harness.weights import WeightResolver
 from models.quant import int8_kernel
-
-# Each suite's session end: (the run's latest rows, settings) -> records of the whole run.
-SESSION_ENDS = (perf_session.finish, accuracy_session.finish)
 
 
 def parametrize_cases(metafunc, cases: list[Case]) -> None:
@@ -81,7 +78,9 @@ class LlmgatePlugin:
     """pytest's hooks for a run: what they share is its `RunSession`."""
 
     def __init__(self, config: pytest.Config):
-        self.settings = Settings.from_config(config)
+        self.settings = run_settings(config)
+        self.weights = WeightResolver(self.settings.model_paths, self.settings.cache_dir)
+        check_run(self.settings, self.weights)
         self.run = RunSession(config, self.settings)
         self.is_worker, self.run_dir = self.run.is_worker, self.run.run_dir
         self.executed = 0  # tests this session ran (xdist: reported by the workers)
@@ -233,7 +232,7 @@ class LlmgatePlugin:
             return
         run = read_run(self.run_dir) or {}
         rows = latest_rows(load_records(self.run_dir))
-        extra = [row for finish in SESSION_ENDS for row in finish(rows, self.settings)]
+        extra = session_records(rows, self.settings)
         if rows and all(r.get("outcome") == "skipped" for r in rows):
             # A gate that measured nothing must not pass.
             extra.append({"suite": "run", "case": "selection", "test": "-", "outcome": "failed",

@@ -20,6 +20,7 @@ import transformers
 
 from harness.cases import Case
 from harness.devices import Backend, get_backend, pinned_precision
+from harness.ports.registry import PORT_KINDS, PortRequest
 from harness.reference_runner import ReferenceRunner
 from harness.reference_store import (
     ENTRY_FORMAT,
@@ -28,9 +29,10 @@ from harness.reference_store import (
     ReferenceStoreError,
     directory_digest,
 )
-from harness.runners import Closable, PortedRunner, Runner, Served
-from harness.seam import CheckedRunner, check_factory_result
+from harness.runners import Closable, Runner, Served
+from harness.seam import CheckedRunner
 from harness.settings import Settings
+from harness.weights import WeightResolver
 from models.precision import Precision
 
 
@@ -45,13 +47,10 @@ def release_memory() -> None:
         pass
 
 
-# Pool keys start with the runner's kind; each kind has one of these roles.
-PORT_KINDS = ("ported", "tp", "hf", "hf-tp", "plugin")
-
-
 def _role(key: tuple) -> str:
-    """port (a model this process or its ranks hold), reference, served or tokenizer."""
-    return "port" if key[0] in PORT_KINDS else key[0]
+    """A pool key's first item: port (a model this process or its ranks hold), reference,
+    served or tokenizer."""
+    return key[0]
 
 
 class RunnerPool:
@@ -60,9 +59,12 @@ class RunnerPool:
     whatever its selection; tokenizers stay. The suites run each model x dtype's cases
     together (`harness.ordering`), so each is loaded once."""
 
-    def __init__(self, settings: Settings, run_dir: Path | None = None):
-        """run_dir: where a server the run starts (llama-cpp ports) keeps its log."""
+    def __init__(self, settings: Settings, weights: WeightResolver | None = None,
+                 run_dir: Path | None = None):
+        """weights: where each model's weights are (default: resolved from `settings`);
+        run_dir: where a server the run starts (llama-cpp ports) keeps its log."""
         self.settings, self.run_dir = settings, run_dir
+        self.weights = weights or WeightResolver(settings.model_paths, settings.cache_dir)
         self._runners: OrderedDict[tuple, object] = OrderedDict()  # runners, tokenizers
         # What cases need of the reference, kept once computed (and stored, with a store).
         self.references = ReferenceStore(settings.reference_store, settings.reference_mode)
@@ -125,74 +127,20 @@ class RunnerPool:
 
     def _port(self, case: Case, **options) -> Runner:
         spec = self.settings.port(case)
-        if spec.served:
-            return self.served(case)
-        backend = self.runnable(case)
-        settings = self.settings
-        if spec.kind == "hf" and settings.tp > 1:
-            from harness.tp import TensorParallelRunner
-
-            key = ("hf-tp", case.model, case.hardware, case.dtype, case.port)
-            return self._get(key, lambda: TensorParallelRunner(
-                settings.port_path(case.model), settings.tp, case.precision,
-                hardware=case.hardware, hf=True,
-                trust_remote_code=settings.ports.trust_remote_code))
-        if spec.kind == "hf":
-            from harness.ports.hf import HFRunner
-
-            key = ("hf", case.model, case.hardware, case.dtype, case.port)
-            return self._get(key, lambda: HFRunner(
-                settings.port_path(case.model), hardware=backend, dtype=case.precision.dtype,
-                trust_remote_code=settings.ports.trust_remote_code))
-        if spec.kind == "plugin":
-            key = ("plugin", case.model, case.hardware, case.dtype, case.port)
-            return self._get(key, lambda: check_factory_result(spec.factory()(
-                settings.port_path(case.model), model=case.model, precision=case.precision,
-                hardware=case.hardware), f"factory {spec.arg}"))
-        path = settings.checkpoint(case.model)
-        tp, lm_head = settings.tp, settings.quantize_lm_head
-        if tp == 1:
-            key = ("ported", case.model, case.hardware, case.dtype, *sorted(options.items()))
-            return self._get(key, lambda: PortedRunner(path, case.precision, hardware=backend,
-                                                       lm_head=lm_head, **options))
-        problem = settings.tp_problem(case.model)
-        if problem:
-            pytest.skip(problem)
-        from harness.tp import TensorParallelRunner
-
-        key = ("tp", case.model, case.hardware, case.dtype, *sorted(options.items()))
-        return self._get(key, lambda: TensorParallelRunner(
-            path, tp, case.precision, hardware=case.hardware, lm_head=lm_head, **options))
+        backend = None if spec.served else self.runnable(case)
+        request = PortRequest(case, spec, self.settings, self.weights, backend,
+                              tokenizer=lambda: self.tokenizer(case.model),
+                              config=self.config(case.model),
+                              log_dir=self.run_dir or self.settings.results_root,
+                              options=options)
+        key = (("served", case.model, spec.name) if spec.served else
+               ("port", spec.kind, case.model, case.hardware, case.dtype, case.port,
+                *sorted(options.items())))
+        return self._get(key, lambda: PORT_KINDS[spec.kind](request))
 
     def is_served(self, case: Case) -> bool:
         """Whether the case's port is a server (no model in this process)."""
         return self.settings.port(case).served
-
-    def served(self, case: Case):
-        """The served port of the case's model: a server the run starts (llama-cpp, its log
-        in the run's directory) or the --endpoint given."""
-        from harness.ports.served import ServedRunner
-
-        settings, spec = self.settings, self.settings.port(case)
-
-        def make():
-            server, url = None, None
-            if spec.kind == "llama-cpp":
-                from harness.ports.llama_server import LlamaServer, availability, gguf_of
-
-                usable, why = availability()
-                if not usable:
-                    pytest.skip(f"llama-cpp port: {why}")
-                log = (self.run_dir or settings.results_root) / f"llama-cpp-{case.model}.log"
-                server = LlamaServer(gguf_of(spec), log, alias=case.model)
-                url = server.start() and server.url
-            runner = ServedRunner(settings.ports.client(spec, url), self.tokenizer(case.model),
-                                  self.config(case.model), spec=spec,
-                                  profile=settings.ports.profile_of(spec),
-                                  logprobs=settings.ports.logprobs,
-                                  fix_echo_shift=settings.ports.fix_echo_shift, server=server)
-            return runner
-        return self._get(("served", case.model, spec.name), make)
 
     def reference(self, model: str, dtype: str = "fp32") -> ReferenceRunner:
         """transformers from the model's float weights; an int8 dtype is simulated in
@@ -201,7 +149,7 @@ class RunnerPool:
             raise ReferenceStoreError(f"--reference-mode stored never loads the reference model "
                                       f"({model} {dtype}), and this check needs it; run it with "
                                       "--reference-mode auto or live")
-        weights = self.settings.weights(model)
+        weights = self.weights.weights(model)
         if not weights.source.is_dir():
             raise FileNotFoundError(f"{weights.path}: the float checkpoint it was made from, "
                                     f"{weights.source}, is not there (the transformers "
@@ -225,7 +173,7 @@ class RunnerPool:
         """The reference checkpoint's and tokenizer's content (hashed once per file version,
         remembered in the cache directory)."""
         if model not in self._digests:
-            weights = self.settings.weights(model)
+            weights = self.weights.weights(model)
             cache = self.settings.cache_dir / "content-digests.json"
             parts = {directory_digest(weights.source, cache),
                      directory_digest(weights.files, cache)}
@@ -241,5 +189,5 @@ class RunnerPool:
     def tokenizer(self, model: str):
         from transformers import AutoTokenizer
 
-        files = self.settings.weights(model).files
+        files = self.weights.weights(model).files
         return self._get(("tokenizer", model), lambda: AutoTokenizer.from_pretrained(files))

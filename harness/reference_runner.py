@@ -57,20 +57,32 @@ class ReferenceRunner:
     def __init__(self, checkpoint: str | Path, precision: Precision = FP32,
                  lm_head: bool = False):
         self.precision = precision
-        self.model = load_reference(checkpoint, precision.dtype)
+        model = load_reference(checkpoint, precision.dtype)
         if precision.scheme:
-            fake_quantize_(self.model, precision.scheme, lm_head)
-        self.config = PortConfig.of(self.model.config)
+            fake_quantize_(model, precision.scheme, lm_head)
+        self._attach(model, torch.device("cpu"))
+
+    def _attach(self, model, device: torch.device) -> None:
+        """Run `model` (loaded on `device`): what its forward takes, read once."""
+        self.model, self.device = model, device
+        self.config = PortConfig.of(model.config)
+        parameters = inspect.signature(model.forward).parameters
         # BLOOM has no position ids (ALiBi reads positions off the mask).
-        self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
+        self._takes_positions = "position_ids" in parameters
+        # Remote code written for older transformers may not take logits_to_keep.
+        self._takes_keep = "logits_to_keep" in parameters
         self.reset()
 
     def _forward(self, ids: Tensor, positions: Tensor, keep: int) -> Tensor:
-        extra = {"position_ids": positions} if self._takes_positions else {}
-        out = self.model(input_ids=ids, attention_mask=self.mask, past_key_values=self.past,
-                         use_cache=True, logits_to_keep=keep, **extra)
+        """Logits of the last `keep` positions (0: all), float32 on the CPU."""
+        extra = {"position_ids": positions.to(self.device)} if self._takes_positions else {}
+        if self._takes_keep:
+            extra["logits_to_keep"] = keep
+        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask.to(self.device),
+                         past_key_values=self.past, use_cache=True, **extra)
         self.past = out.past_key_values
-        return out.logits.float()
+        logits = out.logits if keep == 0 else out.logits[:, -keep:]
+        return logits.float().cpu()
 
     @torch.inference_mode()
     def prefill(self, input_ids, attention_mask=None, all_logits=False):

@@ -1,25 +1,19 @@
-"""The one interface every suite drives, the capabilities a runner may declare beside it,
-and the engine's runner.
+"""The one interface every suite drives, and the capabilities a runner may declare beside it.
 
-`Runner` is the contract a port implements (see its docstring). `PortedRunner` runs the
-ported engine (`models/`) on any backend and precision. `harness.reference_runner`'s
-`ReferenceRunner` runs `transformers` on the CPU; `harness.tp.TensorParallelRunner` and
-`harness.ports.hf.HFRunner` are runners too.
+`Runner` is the contract a port implements (see its docstring). The runners themselves live
+with the ports (`harness.ports`: the engine's, an hf directory's, a server's, tensor
+parallel's) and, for the transformers reference, in `harness.reference_runner`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from harness.devices import Backend, get_backend
-from models.engine import Engine, Generation, generate
-from models.loading import build_model
-from models.precision import FP32, Precision
-from models.transformer import streamed_weight_bytes, weight_bytes
+from models.engine import Generation
+from models.precision import Precision
 
 
 class RunnerConfig(Protocol):
@@ -49,14 +43,12 @@ class Runner(Protocol):
       config      a `RunnerConfig`: vocabulary, longest sequence, layers and KV heads.
       precision   the `models.precision.Precision` it computes in (the case's dtype).
       world_size  processes the model is split over (1 unless tensor parallel).
-      generates_by_decode  optional, True where `generate` is the greedy loop over this
-                  runner's own `prefill`/`decode` (`models.engine.generate`): the greedy check
-                  then runs that loop once instead of comparing `generate` as a second path.
-      model       optional, the `torch.nn.Module` that `prefill`/`decode` run: a transformers
-                  model or a `models.transformer.DecoderLM` (a module list of decoder layers,
-                  each with an attention and an MLP sub-block). A failing numerics case is then
-                  re-run with hooks on it to name the first layer and block that diverge
-                  (`harness.numerics.layers`); without it the case says it was not localized.
+
+    Optional capabilities, each a runtime-checkable protocol below that a runner declares by
+    having it: `GeneratesByDecode` (`generates_by_decode`), `ExposesModule` (`model`: a
+    transformers model or a `models.transformer.DecoderLM`, a module list of decoder layers
+    each with an attention and an MLP sub-block; without it a failing case says it was not
+    localized), `RecordsLayers`, `Closable`, `CompletesText` and `Served`.
     """
 
     config: RunnerConfig
@@ -130,6 +122,32 @@ class Served(CompletesText, Protocol):
     def describe(self) -> dict: ...
 
 
+@runtime_checkable
+class GeneratesByDecode(Protocol):
+    """A runner that declares whether its `generate` is the greedy loop over its own
+    `prefill`/`decode` (`models.engine.generate`): where True, the greedy check runs that loop
+    once instead of comparing `generate` as a second path."""
+
+    generates_by_decode: bool
+
+
+@runtime_checkable
+class ExposesModule(Protocol):
+    """A runner that names the `torch.nn.Module` its `prefill`/`decode` run (a transformers
+    model or a `models.transformer.DecoderLM`): a failing numerics case is re-run with hooks
+    on it to name the first layer and block that diverge (`harness.numerics.layers`)."""
+
+    model: object  # a torch.nn.Module; checked where the hooks are placed
+
+
+@runtime_checkable
+class RecordsLayers(Protocol):
+    """A runner split over processes that records each rank's hook values itself
+    (`harness.tp.TensorParallelRunner`) and gathers them on rank 0."""
+
+    def recording(self, row: int): ...
+
+
 def right_padded(suffixes: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Suffixes as one zero-padded (B, max length) batch and their lengths (B,)."""
     lengths = torch.tensor([len(s) for s in suffixes])
@@ -137,62 +155,3 @@ def right_padded(suffixes: list[Tensor]) -> tuple[Tensor, Tensor]:
     for row, suffix in enumerate(suffixes):
         padded[row, : len(suffix)] = suffix
     return padded, lengths
-
-
-class PortedRunner:
-    """The ported model on a device; device work is synchronised before logits return."""
-
-    world_size = 1
-    generates_by_decode = True  # `generate` is the harness's loop over prefill/decode
-
-    def __init__(self, checkpoint: str | Path, precision: Precision = FP32, *,
-                 hardware: str | Backend = "cpu", headroom: int = 256, compile: bool = False,
-                 device_logits: bool = False, lm_head: bool = False, cpu_dense: bool = True):
-        """precision: its int8 scheme quantizes the model (from its float32 weights; the LM
-        head too if `lm_head`), unless the checkpoint is quantized already, with that scheme.
-        device_logits: return logits on the device in the model dtype (the perf loop picks
-        tokens there, as a serving loop would) instead of float32 on the CPU.
-        cpu_dense: on the CPU, run the float dense layers on faster kernels (`build_model`)."""
-        self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
-        self.precision, self.device_logits = precision, device_logits
-        self.model = build_model(checkpoint, precision, lm_head=lm_head,
-                                 device=self.backend.torch_device(), cpu_dense=cpu_dense)
-        self.engine = Engine(self.model, headroom=headroom, compile=compile)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    def _out(self, logits: Tensor) -> Tensor:
-        return logits if self.device_logits else logits.float().cpu()
-
-    def prefill(self, input_ids, attention_mask=None, all_logits=False):
-        return self._out(self.engine.prefill(input_ids, attention_mask, all_logits))
-
-    def decode(self, next_ids):
-        return self._out(self.engine.decode(next_ids))
-
-    def reset(self):
-        self.engine.reset()
-
-    def reserve(self, new_tokens: int) -> None:
-        self.engine.reserve(new_tokens)
-
-    def prefill_shared(self, prefix, suffixes, all_logits=False):
-        """The prefix runs once (and once per distinct prefix, across calls); its cache is
-        copied into every row."""
-        return self._out(self.engine.prefill_shared(prefix, *right_padded(suffixes),
-                                                    all_logits=all_logits))
-
-    def release(self) -> None:
-        """Free the KV cache (the next prefill allocates a new one)."""
-        self.engine.release()
-
-    def generate(self, input_ids, attention_mask, new_tokens):
-        return generate(self.engine, input_ids, attention_mask, new_tokens, ignore_eos=True)
-
-    def weight_bytes(self) -> int:
-        return weight_bytes(self.model)
-
-    def streamed_weight_bytes(self) -> int:
-        return streamed_weight_bytes(self.model)

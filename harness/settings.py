@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
-from harness.accuracy.options import AccuracySettings
 from harness.baselines import (
     BASELINES_DIR,
     BaselineError,
@@ -21,25 +23,10 @@ from harness.baselines import (
     ours_baselines,
     perf_tables,
 )
-from harness.checkpoints import (
-    Weights,
-    default_cache_dir,
-    embedded_checkpoint,
-    weights_layout,
-)
+from harness.checkpoints import default_cache_dir, weights_layout
 from harness.devices import ALL_DTYPES, BACKENDS, QUANTIZED
 from harness.model_paths import check_stored_weights, model_paths, register_model_paths
-from harness.numerics import grid as numerics_grid
-from harness.perf import grid as perf_grid
-from harness.perf.options import PerfSettings
-from harness.port_checks import (
-    check_cloze_ports,
-    check_port_directories,
-    check_ports,
-    check_selected,
-    hf_int8_refusal,
-    port_option,
-)
+from harness.port_checks import check_ports, check_selected, hf_int8_refusal, port_option
 from harness.ports.options import PortSettings, PortSpec
 from harness.results import results_root
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values, unique
@@ -115,14 +102,21 @@ def baselines_dir(option: str | None) -> Path:
     return root
 
 
-@dataclass
+@cache
+def stored_scheme(path: Path) -> str | None:
+    """The int8 scheme of the checkpoint in `path` (None: float weights), read once."""
+    return weights_layout(path).scheme
+
+
+@dataclass(frozen=True)
 class Settings:
-    """The selection and options of a run. Suites share the models, hardware and options;
-    where a suite has its own default (perf's batches and dtypes, the models it skips with a
-    hint), the `*_given` fields say what the user actually asked for."""
+    """The run-wide core of a run's selection and options, a value that imports no suite.
+    Suites share the models, hardware and options; where a suite has its own default (perf's
+    batches and dtypes), the `*_given` fields say what the user actually asked for. Each
+    suite's own settings are in `suites` by name (`harness.suites` builds them)."""
 
     models: list[str]
-    perf_models: list[str]
+    models_given: list[str]  # --model, else --model-path's models ([]: neither given)
     model_paths: dict[str, Path]
     hardware: list[str]
     dtypes_given: list[str]
@@ -132,8 +126,7 @@ class Settings:
     require_hardware: bool
     cache_dir: Path
     results_root: Path
-    perf: PerfSettings
-    accuracy: AccuracySettings
+    baselines_dir: Path
     ports: PortSettings = field(default_factory=PortSettings)
     shard: tuple[int, int] | None = None  # (K, N): this host runs the K-th of N shards
     tp: int = 1  # tensor-parallel ranks
@@ -142,8 +135,7 @@ class Settings:
     reference_store: Path | None = None  # --reference-store
     reference_mode: str = "live"  # --reference-mode
     localize: bool = False  # --localize: every teacher-forced case, not only failing ones
-    _resolved: dict[str, Path] = field(default_factory=dict)
-    _layouts: dict[str, Weights] = field(default_factory=dict)
+    suites: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -178,27 +170,21 @@ class Settings:
         seqlens = int_list("--seqlen", opt("--seqlen"), [])
         cache_dir = Path(opt("--cache-dir") or default_cache_dir()).expanduser()
         results = results_root(opt("--results-dir"), config.rootpath)
-        settings = cls(
-            models=given or list(EMBEDDED_MODELS), perf_models=given or list(REGISTRY),
+        return cls(
+            models=given or list(EMBEDDED_MODELS), models_given=given,
             model_paths=paths, hardware=hardware, dtypes_given=dtypes, batches_given=batches,
             seqlens=seqlens or DEFAULT_SEQLENS,
             decode_steps=positive_int("--decode-steps", str(opt("--decode-steps"))),
             require_hardware=opt("--require-hardware"),
             cache_dir=writable_dir("--cache-dir", cache_dir),
             results_root=writable_dir("--results-dir", results),
-            perf=PerfSettings.from_config(config, batches, seqlens,
-                                          baselines_dir(opt("--baselines-dir"))),
-            accuracy=AccuracySettings.from_config(config), shard=parse_shard(opt("--shard")),
+            baselines_dir=baselines_dir(opt("--baselines-dir")),
+            shard=parse_shard(opt("--shard")),
             tp=tp, quantize_lm_head=opt("--quantize-lm-head"), ports=ports,
             localize=opt("--localize"),
             registered={name: paths[name] / "config.json" for name in registered},
             **reference_options(opt("--reference-store"), opt("--reference-mode"),
                                 opt("--localize")))
-        settings.check_lengths()
-        check_cloze_ports(settings.accuracy.tasks, ports)
-        check_port_directories(settings)
-        ports.check_endpoints()
-        return settings
 
     @property
     def dtypes(self) -> list[str]:
@@ -214,7 +200,7 @@ class Settings:
         spec = spec or PortSpec()
         if spec.served:
             return [self.ports.profile_of(spec)]
-        stored = (self.weights(model).scheme if spec.kind == "engine"
+        stored = (stored_scheme(self.model_paths[model]) if spec.kind == "engine"
                   and model in self.model_paths else None)
         return [stored] if stored else dtypes
 
@@ -239,13 +225,6 @@ class Settings:
         """The port that runs `case`."""
         return self.ports.spec(case.model, case.port)
 
-    def port_path(self, model: str) -> Path:
-        """The HuggingFace directory an hf or plug-in port loads: --model-path, else the
-        float checkpoint the embedded weights are built from."""
-        if model in self.model_paths:
-            return self.model_paths[model]
-        return self.weights(model).source
-
     def tp_problem(self, model: str) -> str | None:
         """Why `model` cannot run at this --tp (a default model that does not split)."""
         try:
@@ -257,33 +236,3 @@ class Settings:
     @property
     def batches(self) -> list[int]:
         return self.batches_given or [1, 4]
-
-    def check_lengths(self) -> None:
-        """Every sequence the suites' grids will run fits its model's positions."""
-        for models, tokens, what in (numerics_grid.length_requests(self)
-                                     + perf_grid.length_requests(self)):
-            for model in models:
-                limit = get_config(model).max_positions
-                if tokens > limit:
-                    raise pytest.UsageError(f"{model} has {limit} positions; {what} = {tokens} "
-                                            "tokens do not fit")
-
-    def weights(self, model: str) -> Weights:
-        """The model's weights and where its tokenizer and float source are (read once)."""
-        if model not in self._layouts:
-            self._layouts[model] = weights_layout(self.checkpoint(model))
-        return self._layouts[model]
-
-    def checkpoint(self, model: str) -> Path:
-        """Weights for a model: --model-path, else the embedded cache; skip with a hint.
-
-        Resolved (verified or built) once per process, not once per test.
-        """
-        if model not in self._resolved:
-            if model in self.model_paths:
-                self._resolved[model] = self.model_paths[model]
-            elif model not in EMBEDDED_MODELS:
-                pytest.skip(f"{model}: no weights; pass --model-path {model}=/path/to/checkpoint")
-            else:
-                self._resolved[model] = embedded_checkpoint(model, self.cache_dir)
-        return self._resolved[model]

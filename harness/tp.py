@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from harness.devices import get_backend, pinned_precision
+from harness.layer_hooks import Recorder
 from harness.net import free_port
-from harness.numerics.layers import Recorder
 from harness.runners import right_padded
 from models.engine import Engine, generate
 from models.loading import build_model
@@ -224,7 +224,7 @@ class TensorParallelRunner:
     @contextmanager
     def recording(self, row: int):
         """Every rank records its layer values on `row` while the block runs; the list it
-        yields then holds one dict per rank (`harness.numerics.layers.Recorder`)."""
+        yields then holds one dict per rank (`harness.layer_hooks.Recorder`)."""
         per_rank = []
         self._call("record", row)
         try:

@@ -9,6 +9,7 @@ was expected.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -62,9 +63,7 @@ def check_not_modelslim(path: Path) -> None:
     if description is not None:
         try:
             layers = json.loads(description.read_text())
-            counts: dict[str, int] = {}
-            for kind in layers.values() if isinstance(layers, dict) else []:
-                counts[str(kind)] = counts.get(str(kind), 0) + 1
+            counts = Counter(map(str, layers.values() if isinstance(layers, dict) else []))
             kinds = " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             kinds = " (unreadable)"
@@ -187,9 +186,8 @@ class Checkpoint:
         return self._open[file]
 
     def open_all(self) -> None:
-        """Open every weight file now (safetensors headers, which must cover the file's data;
-        .bin archives memory-mapped), so a truncated or corrupt one is named before a tensor
-        is read."""
+        """Open every weight file now (safetensors headers, which must cover the file's data; .bin
+        archives memory-mapped), so a truncated or corrupt one is named before a tensor is read."""
         for file in sorted(set(self.files.values())):
             self._open_file(file)
 
@@ -295,9 +293,7 @@ def _load_bin(file: Path) -> dict[str, Tensor]:
 
 
 def split_interleaved_qkv(fused: Tensor, num_heads: int, head_dim: int) -> Tensor:
-    """Per-head interleaved q,k,v rows (Bloom, multi-head Falcon and GPTBigCode) -> [q|k|v].
-
-    fused: (H * 3 * D, ...) ordered head by head as [q_h, k_h, v_h].
-    """
+    """Per-head interleaved q,k,v rows (Bloom, multi-head Falcon and GPTBigCode) -> [q|k|v]:
+    `fused` (H * 3 * D, ...) is ordered head by head as [q_h, k_h, v_h]."""
     per_head = fused.reshape(num_heads, 3, head_dim, *fused.shape[1:])
     return per_head.transpose(0, 1).reshape(fused.shape)

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from models.attention import Attention
 from models.checkpoint import Checkpoint, HFConfig
 from models.config import ModelConfig
-from models.layers import Attention, GatedMLP, Linear, RMSNorm
+from models.layers import GatedMLP, Linear, RMSNorm
 from models.transformer import Block, DecoderLM
 
 MODEL_TYPES = ("llama", "mistral")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from models.layers import MLP, Attention, GatedMLP, Linear
+from models.attention import Attention
+from models.layers import MLP, GatedMLP, Linear
 
 
 class SplitError(ValueError):

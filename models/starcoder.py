@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
+from models.attention import Attention
 from models.checkpoint import Checkpoint, HFConfig, split_interleaved_qkv
 from models.config import ModelConfig
-from models.layers import MLP, Attention, Linear, layer_norm
+from models.layers import MLP, Linear, layer_norm
 from models.transformer import Block, DecoderLM
 
 MODEL_TYPES = ("gpt_bigcode",)

@@ -1,8 +1,8 @@
 """The decoder stack every family shares: blocks, positions, masks, logits.
 
-A family file builds a `DecoderLM` out of the pieces in `layers.py`; this module only runs
-them. Batches are left-padded: row b starts with `pad[b]` padding slots, so the token in cache
-slot s has position s - pad[b].
+A family file builds a `DecoderLM` out of the pieces in `layers.py` and `attention.py`; this
+module only runs them. Batches are left-padded: row b starts with `pad[b]` padding slots, so
+the token in cache slot s has position s - pad[b].
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.attention import Attention, StepContext
 from models.config import ModelConfig
-from models.layers import CPU_DENSE, DENSE, Attention, Linear, Rotary, StepContext, alibi_slopes
+from models.layers import CPU_DENSE, DENSE, Linear, Rotary, alibi_slopes
 
 
 class Block(nn.Module):

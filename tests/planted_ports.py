@@ -7,7 +7,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from harness.runners import PortedRunner
+from harness.ports.engine import PortedRunner
 from models.precision import FP32
 
 SCALED_MLP = textwrap.dedent('''

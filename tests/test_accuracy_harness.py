@@ -17,7 +17,7 @@ from harness.accuracy.mmlu_subjects import MMLU_TEST_COUNTS
 from harness.accuracy.prompts import CEVAL, MMLU
 from harness.accuracy.scoring import read_answers, score_subject, summarize, write_seed_files
 from harness.baselines import AccuracyRow
-from harness.runners import PortedRunner
+from harness.ports.engine import PortedRunner
 from tests.conftest import ROOT, tiny_checkpoint
 
 pytest_plugins = ["pytester"]

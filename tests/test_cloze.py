@@ -11,8 +11,8 @@ from harness.accuracy.datasets import SMOKE_ROOT, Question
 from harness.accuracy.likelihood import MIN_QUESTIONS
 from harness.accuracy.prompts import CEVAL_CLOZE, MMLU, MMLU_CLOZE
 from harness.accuracy.scoring import continuation_logprobs, score_subject
+from harness.ports.engine import PortedRunner
 from harness.reference_runner import ReferenceRunner
-from harness.runners import PortedRunner
 from tests.conftest import tiny_checkpoint
 
 pytest_plugins = ["pytester"]

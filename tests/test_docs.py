@@ -12,7 +12,7 @@ import pytest
 
 from harness.cli import build_parser
 from harness.cli.zoo import parse_command
-from harness.cli.zoo_plan import main_parser
+from harness.cli.zoo_command import main_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -4,9 +4,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.attention import one_query_attention
 from models.config import TINY_MODELS
 from models.engine import Engine, Sampling, generate, left_padding
-from models.layers import CPU_DENSE, Linear, can_use_cpu_dense, one_query_attention
+from models.layers import CPU_DENSE, Linear, can_use_cpu_dense
 from models.loading import build_model, load_model
 from models.precision import FP32, Precision
 from models.transformer import streamed_weight_bytes, weight_bytes

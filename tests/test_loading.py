@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
+from harness.ports.engine import PortedRunner
 from harness.reference_runner import ReferenceRunner
-from harness.runners import PortedRunner
 from models.config import get_config
 from models.loading import load_model
 from tests.conftest import tiny_checkpoint

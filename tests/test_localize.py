@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from harness.numerics.layers import hook_points, localize_layers
+from harness.layer_hooks import hook_points
+from harness.numerics.layers import localize_layers
 from harness.numerics.teacher_forced import load_thresholds, teacher_forced
+from harness.ports.engine import PortedRunner
 from harness.ports.hf import HFRunner
 from harness.reference_runner import ReferenceRunner
-from harness.runners import PortedRunner
 from harness.tp import TensorParallelRunner
 from models.config import get_config
 from models.precision import Precision

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.cli import main
-from harness.runners import PortedRunner
+from harness.ports.engine import PortedRunner
 from harness.tp import RankFailed, TensorParallelRunner
 from models.checkpoint import CheckpointError
 from models.config import get_config

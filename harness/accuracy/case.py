@@ -65,10 +65,10 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
           not_gated: str) -> tuple:
     """Failures, comparisons and the number of baselines gated against. Source tables take
     part by default or when named; `not_gated` says why they may only be reported."""
-    acc = settings.accuracy
+    acc = settings.suites["accuracy"]
     failures, comparisons, likelihood = [], [], []
     names = acc.baselines
-    for name, baseline in comparable_baselines(settings.perf.baselines_dir, names,
+    for name, baseline in comparable_baselines(settings.baselines_dir, names,
                                                **identity).items():
         lines, results = paired_gate(case.task, answers, baseline, name, acc.tolerance)
         failures += lines
@@ -79,7 +79,7 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
                 case.task, [(a, by_id[a["id"]]) for a in answers if a["id"] in by_id], name)
             failures += lines
             likelihood.append(result)
-    rows = [r for r in accuracy_tables(settings.perf.baselines_dir)
+    rows = [r for r in accuracy_tables(settings.baselines_dir)
             if r.model == case.model and r.task == case.task and r.role != "none"
             and (names is None or r.name in names)]
     lines, results = table_gate(case.task, summary, rows, acc.tolerance, not_gated)
@@ -91,7 +91,7 @@ def _gate(case: Case, answers: list[dict], summary: dict, settings, identity: di
 
 def multiple_choice_case(case: Case, runner, tokenizer, settings, run_dir: Path,
                          max_positions: int) -> tuple[Verdict, dict]:
-    acc = settings.accuracy
+    acc = settings.suites["accuracy"]
     task = TASKS[case.task]
     data = multiple_choice_data(task.dataset, acc.root(task.dataset), settings.cache_dir)
     shots = shots_for(case.task, acc)
@@ -157,7 +157,7 @@ def _listed_choices_only(logprobs: list[float]) -> bool:
 
 def humaneval_case(case: Case, runner, tokenizer, sandbox, settings,
                    run_dir: Path) -> tuple[Verdict, dict]:
-    acc = settings.accuracy
+    acc = settings.suites["accuracy"]
     available = files.load_humaneval(acc.humaneval_path)
     problems = available[: acc.problems] if acc.problems else available
     results = run_dir / "accuracy" / case.id / "samples.jsonl"

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def cases(settings: Settings, task: str) -> list[Case]:
     """A task's cases; the reference runner (transformers) runs on the CPU only."""
-    acc = settings.accuracy
+    acc = settings.suites["accuracy"]
     if task not in acc.tasks:
         return []
     reference = acc.runner == "reference"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.accuracy import datasets, files
 from harness.accuracy.prompts import TASKS
-from harness.baselines import BASELINES_DIR
 from harness.values import check_names, positive_int, split_values
+
+if TYPE_CHECKING:
+    from harness.settings import Settings
 
 TASK_NAMES = ("ceval", "mmlu", "humaneval", "ceval-cloze", "mmlu-cloze",
               "humaneval-instruct")
@@ -113,7 +116,8 @@ class AccuracySettings:
     baselines: list[str] | None
 
     @classmethod
-    def from_config(cls, config: pytest.Config) -> AccuracySettings:
+    def from_config(cls, config: pytest.Config, core: Settings) -> AccuracySettings:
+        """From the accuracy options and the run-wide core (its baselines directory)."""
         opt = config.getoption
         tasks = split_values(opt("--task"), "--task") or list(DEFAULT_TASKS)
         check_names("--task", tasks, TASK_NAMES)
@@ -134,8 +138,7 @@ class AccuracySettings:
         shots = opt("--shots")
         names = split_values(opt("--accuracy-baseline"), "--accuracy-baseline")
         if names != ["none"]:
-            root = opt("--baselines-dir")  # checked, like every stored file, by Settings
-            _check_baselines(names, Path(root).expanduser() if root else BASELINES_DIR)
+            _check_baselines(names, core.baselines_dir)
         dataset = _path("--dataset-path", opt("dataset_path"))
         for task, marker in (("ceval", "ceval-exam"), ("mmlu", "data")):
             explicit = opt(f"--{task}-path")

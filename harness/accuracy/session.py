@@ -13,5 +13,5 @@ if TYPE_CHECKING:
 def finish(rows: list[dict], settings: Settings) -> list[dict]:
     """A record of each --accuracy-baseline that no case of the run's latest `rows` met."""
     named = [("--accuracy-baseline", "accuracy", name)
-             for name in settings.accuracy.baselines or []]
-    return named_baselines.records(rows, named, settings.perf.baselines_dir)
+             for name in settings.suites["accuracy"].baselines or []]
+    return named_baselines.records(rows, named, settings.baselines_dir)

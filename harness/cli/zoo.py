@@ -36,7 +36,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.cli.zoo_plan import Plan, SeedCommand, SeedParser, ZooError, plan
+from harness.cli.zoo_command import SeedCommand, SeedParser, ZooError
+from harness.cli.zoo_plan import Plan, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = re.compile(r"(python[0-9.]*|torchrun)$")
@@ -177,7 +178,7 @@ def main(argv: list[str], cwd: Path | None = None) -> int:
 
 def _handle_weights(command: SeedCommand, cwd: Path) -> int:
     """handle_weights.py's line as `llmgate weights` with the same flags, paths from cwd."""
-    from harness.cli import weights
+    import harness.cli.weights as weights
 
     parser = SeedParser(prog="handle_weights.py", add_help=False)
     sub = parser.add_subparsers(dest="command")

@@ -1,19 +1,25 @@
 """What a source document's main.py command line means: its suite, pytest options and files.
 
-main.py's flags as the documents spell them, atb_speed_sdk's config.ini where the documents
-leave things to it, the registered model a directory holds, and each document's own grid and
-precision task (see `harness.cli.zoo`, whose command this plans).
+The line's flags and config.ini (read by `harness.cli.zoo_command`), the registered model its
+directory holds, and each document's own grid and precision task (see `harness.cli.zoo`,
+whose command this plans).
 """
 
 from __future__ import annotations
 
-import argparse
-import configparser
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from harness.cli.zoo_command import (
+    SeedCommand,
+    ZooError,
+    ini_int,
+    ini_value,
+    main_parser,
+    read_config_ini,
+)
 from models import ported
 from models.checkpoint import CheckpointError, check_not_modelslim, read_json
 
@@ -21,63 +27,6 @@ from models.checkpoint import CheckpointError, check_not_modelslim, read_json
 FAMILY = {"falcon": ("000", "falcon-seed", "mmlu"), "bloom": ("001", "bloom-seed", "ceval"),
           "llama": ("002", None, "ceval"), "qwen": ("003", "qwen-seed", "ceval"),
           "starcoder": ("004", "starcoder-seed", "humaneval")}
-
-
-class ZooError(ValueError):
-    """A seed command line llmgate cannot run as written; the message says why."""
-
-
-@dataclass
-class SeedCommand:
-    env: dict[str, str] = field(default_factory=dict)
-    nproc: int | None = None  # torchrun's --nproc_per_node
-    script: str = "main.py"
-    args: list[str] = field(default_factory=list)
-    pytest_args: list[str] = field(default_factory=list)  # after "--"
-
-
-class SeedParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ZooError(f"main.py: {message}")
-
-
-def main_parser() -> argparse.ArgumentParser:
-    """main.py's flags as the documents spell them, and the few of llmgate's own."""
-    parser = SeedParser(prog="main.py", add_help=False, allow_abbrev=False)
-    add = parser.add_argument
-    add("--model_path")
-    add("--device", nargs="+", type=int, help="device ids; two or more run tensor parallel")
-    add("--mode", choices=("performance", "precision"))
-    add("--task", choices=("inference", "precision", "performance"))
-    add("--data_dtype", choices=("fp16", "int8"))
-    add("--is_quant", type=int, choices=(0, 1))
-    add("--hardware", choices=("310", "910"))
-    add("--batch", type=int)
-    add("--set_case_pair", nargs="?", type=int, const=1, default=None)
-    add("--seqlen_in_pair", nargs="+", type=int)
-    add("--seqlen_out_pair", nargs="+", type=int)
-    add("--seqlen_in_range", nargs=2, type=int)
-    add("--seqlen_out_range", nargs=2, type=int)
-    add("--performance_output_file")
-    add("--dataset_path", "--dataset-path", dest="dataset_path")
-    # llmgate's: which registered model the directory is, where to run, print only
-    add("--model", dest="llmgate_model")
-    add("--backend", choices=("cpu", "cuda", "npu"))
-    add("--print-only", action="store_true")
-    return parser
-
-
-def read_config_ini(cwd: Path) -> configparser.ConfigParser:
-    """atb_speed_sdk's config.ini in the working directory, if there is one."""
-    ini = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
-    path = cwd / "config.ini"
-    if path.is_file():
-        try:
-            ini.read(path, encoding="utf-8")
-        except configparser.Error as e:
-            raise ZooError(f"{path}: not a valid config.ini ({e.message.splitlines()[0]})") \
-                from None
-    return ini
 
 
 @dataclass
@@ -94,18 +43,6 @@ class Plan:
     bloom_style: bool = False  # the Bloom document's result_classes_acc.json too
     run_id: str = ""
     print_only: bool = False
-
-
-def _ini(ini, section: str, key: str) -> str | None:
-    value = ini.get(section, key, fallback=None)
-    return value.strip() if value and value.strip() else None
-
-
-def _ini_int(ini, section: str, key: str) -> int | None:
-    value = _ini(ini, section, key)
-    if value is not None and not value.isdigit():
-        raise ZooError(f"config.ini: [{section}] {key} {value!r}: expected a whole number")
-    return None if value is None else int(value)
 
 
 def identify(path: Path, given: str | None) -> str:
@@ -140,65 +77,18 @@ def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
 
     args = main_parser().parse_args(command.args)
     ini = read_config_ini(cwd)
-    notes = []
-    model_path = args.model_path or _ini(ini, "model", "model_path")
-    if not model_path:
-        raise ZooError("main.py: no --model_path, and no [model] model_path in "
-                       f"{cwd / 'config.ini'}")
-    path = (cwd / Path(model_path).expanduser()).resolve()
-    if not path.is_dir():
-        raise ZooError(f"--model_path {model_path}: directory not found")
-    try:
-        check_not_modelslim(path)
-    except CheckpointError as e:
-        raise ZooError(str(e)) from None
+    path = _model_dir(args, ini, cwd)
     model = identify(path, args.llmgate_model)
     family = get_config(model).family
     document, grid, precision_task = FAMILY[family]
-
-    devices = args.device
-    if devices is None and (ids := _ini(ini, "model", "device_ids")):
-        if not re.fullmatch(r"[0-9]+([,\s]+[0-9]+)*", ids):
-            raise ZooError(f"config.ini: [model] device_ids {ids!r}: expected device numbers "
-                           "separated by commas")
-        devices = [int(d) for d in re.split(r"[,\s]+", ids)]
-    world = len(devices) if devices else (command.nproc or 1)
-    if command.nproc and devices and command.nproc != len(devices):
-        raise ZooError(f"torchrun --nproc_per_node {command.nproc} with --device "
-                       f"{' '.join(map(str, devices))}: expected one process per device")
-
-    suite = {"performance": "perf", "precision": "accuracy", "inference": "numerics"}[
-        args.task or args.mode or "performance"]
-    if args.task and args.mode:
-        raise ZooError("main.py: --mode (Falcon, Bloom) and --task (Alpaca, Qwen) both given; "
-                       "each document uses one")
-
-    int8 = args.data_dtype == "int8" or args.is_quant == 1 or (
-        args.data_dtype is None and args.is_quant is None and family == "bloom")
-    if family == "bloom" and args.data_dtype is None and args.is_quant is None:
-        notes.append("--data_dtype defaults to int8 in the Bloom document")
-    try:
-        config = _config_of(path)
-    except CheckpointError as e:
-        raise ZooError(str(e)) from None
-    port = "engine" if ported.is_ported(config) or int8 else "hf"
-    if port == "hf" and "auto_map" not in config and not _transformers_knows(config):
-        port = "engine"
-        notes.append(f"transformers has no {config.get('model_type')!r} model and the "
-                     "directory no remote code (auto_map): the engine runs it")
-    dtype = "w8a8" if int8 else "fp16"
-    backend = args.backend or _default_backend(backend_usable)
-    if backend == "cpu" and not int8:
-        dtype = "fp32"  # fp16 is the NPU's; the CPU runs float32
-    if backend == "cpu":
-        notes.append(f"no NPU here: run on the CPU in {dtype} (--backend npu on an Ascend "
-                     "machine)")
+    world = _world_size(args, ini, command)
+    suite = _suite(args)
+    notes = []
+    int8 = _is_int8(args, family, notes)
+    port_args = _port_args(path, model, int8, notes)
+    backend, dtype = _backend_and_dtype(args, int8, backend_usable, notes)
     pytest_args = [f"suites/{suite}", "--model", model, "--model-path", f"{model}={path}",
-                   "--hardware", backend, "--dtype", dtype]
-    if port == "hf":
-        pytest_args += ["--port", f"{model}=hf"]
-        if "auto_map" in config:
-            pytest_args.append("--trust-remote-code")
+                   "--hardware", backend, "--dtype", dtype, *port_args]
     if world > 1:
         pytest_args += ["--tp", str(world)]
     if args.hardware:
@@ -219,6 +109,84 @@ def plan(command: SeedCommand, cwd: Path, backend_usable=None) -> Plan:
     return result
 
 
+def _model_dir(args, ini, cwd: Path) -> Path:
+    """The model directory: --model_path, else config.ini's [model] model_path, from `cwd`;
+    an msModelSlim directory is refused."""
+    model_path = args.model_path or ini_value(ini, "model", "model_path")
+    if not model_path:
+        raise ZooError("main.py: no --model_path, and no [model] model_path in "
+                       f"{cwd / 'config.ini'}")
+    path = (cwd / Path(model_path).expanduser()).resolve()
+    if not path.is_dir():
+        raise ZooError(f"--model_path {model_path}: directory not found")
+    try:
+        check_not_modelslim(path)
+    except CheckpointError as e:
+        raise ZooError(str(e)) from None
+    return path
+
+
+def _world_size(args, ini, command: SeedCommand) -> int:
+    """Processes to run: one per device of --device (else config.ini's [model] device_ids),
+    else torchrun's --nproc_per_node, else one."""
+    devices = args.device
+    if devices is None and (ids := ini_value(ini, "model", "device_ids")):
+        if not re.fullmatch(r"[0-9]+([,\s]+[0-9]+)*", ids):
+            raise ZooError(f"config.ini: [model] device_ids {ids!r}: expected device numbers "
+                           "separated by commas")
+        devices = [int(d) for d in re.split(r"[,\s]+", ids)]
+    if command.nproc and devices and command.nproc != len(devices):
+        raise ZooError(f"torchrun --nproc_per_node {command.nproc} with --device "
+                       f"{' '.join(map(str, devices))}: expected one process per device")
+    return len(devices) if devices else (command.nproc or 1)
+
+
+def _suite(args) -> str:
+    """The suite --task or --mode names (performance by default)."""
+    if args.task and args.mode:
+        raise ZooError("main.py: --mode (Falcon, Bloom) and --task (Alpaca, Qwen) both given; "
+                       "each document uses one")
+    return {"performance": "perf", "precision": "accuracy", "inference": "numerics"}[
+        args.task or args.mode or "performance"]
+
+
+def _is_int8(args, family: str, notes: list[str]) -> bool:
+    """Whether the line asks for int8 weights (--data_dtype, --is_quant; Bloom's default)."""
+    unsaid = args.data_dtype is None and args.is_quant is None
+    if family == "bloom" and unsaid:
+        notes.append("--data_dtype defaults to int8 in the Bloom document")
+    return args.data_dtype == "int8" or args.is_quant == 1 or (unsaid and family == "bloom")
+
+
+def _port_args(path: Path, model: str, int8: bool, notes: list[str]) -> list[str]:
+    """The --port options: transformers for a float checkpoint it (or the directory's remote
+    code) can build; none, the engine, otherwise."""
+    try:
+        config = _config_of(path)
+    except CheckpointError as e:
+        raise ZooError(str(e)) from None
+    if ported.is_ported(config) or int8:
+        return []
+    if "auto_map" not in config and not _transformers_knows(config):
+        notes.append(f"transformers has no {config.get('model_type')!r} model and the "
+                     "directory no remote code (auto_map): the engine runs it")
+        return []
+    return ["--port", f"{model}=hf"] + (["--trust-remote-code"] if "auto_map" in config else [])
+
+
+def _backend_and_dtype(args, int8: bool, backend_usable, notes: list[str]) -> tuple[str, str]:
+    """(backend, dtype): --backend, else the first usable of npu and cuda, else the CPU; w8a8
+    for int8, else fp16 (fp32 on the CPU)."""
+    backend = args.backend or _default_backend(backend_usable)
+    if backend != "cpu":
+        return backend, "w8a8" if int8 else "fp16"
+    dtype = "w8a8" if int8 else "fp32"  # fp16 is the NPU's; the CPU runs float32
+    notes.append(f"no NPU here: run on the CPU in {dtype} (--backend npu on an Ascend machine)")
+    return backend, dtype
+
+
+
+
 def _transformers_knows(config: dict) -> bool:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
@@ -236,7 +204,7 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
     from harness.perf.options import length_pairs
     from models.config import get_config
 
-    size = _ini_int(ini, "performance", "batch_size")
+    size = ini_int(ini, "performance", "batch_size")
     batches = [args.batch] if args.batch else [size] if size else None
     given, preset = batches, False
     try:
@@ -267,8 +235,8 @@ def _perf(args, ini, command, model, grid, cwd, result: Plan) -> None:
         result.pytest_args += ["--batch", ",".join(map(str, batches or [1])),
                                "--seqlen-in-pair", *(str(i) for i, _ in fitting),
                                "--seqlen-out-pair", *(str(o) for _, o in fitting)]
-    name = args.performance_output_file or _ini(ini, "performance", "save_file_name")
-    model_name = _ini(ini, "performance", "model_name") or model
+    name = args.performance_output_file or ini_value(ini, "performance", "save_file_name")
+    model_name = ini_value(ini, "performance", "model_name") or model
     result.perf_file = cwd / Path(name).expanduser() if name else None
     result.perf_default = cwd / f"performance_test_npu_{model_name}"  # + _<run id>.csv
     if len(batches or [1]) > 1:
@@ -280,13 +248,13 @@ def _unflagged_pairs(ini, grid: str | None, cwd: Path, batches: list[int] | None
                      result: Plan) -> tuple[list[tuple[int, int]], list[int] | None, bool]:
     """(pairs, batches, whether they are the document's preset grid) where main.py was given
     no lengths: config.ini's, else the document's grid, else llmgate's defaults."""
-    if case_pair := _ini(ini, "performance", "case_pair"):
+    if case_pair := ini_value(ini, "performance", "case_pair"):
         try:
             return [(int(i), int(o)) for i, o in json.loads(case_pair)], batches, False
         except (ValueError, TypeError):
             raise ZooError(f"{cwd / 'config.ini'}: [performance] case_pair {case_pair!r}: "
                            "expected [[in, out], ...]") from None
-    low, high = _ini_int(ini, "performance", "min_len_exp"), _ini_int(ini, "performance",
+    low, high = ini_int(ini, "performance", "min_len_exp"), ini_int(ini, "performance",
                                                                        "max_len_exp")
     if low is not None and high is not None:
         return [(2**e, 2**e) for e in range(low, high + 1)], batches, False
@@ -300,11 +268,11 @@ def _unflagged_pairs(ini, grid: str | None, cwd: Path, batches: list[int] | None
 
 
 def _precision(args, ini, task, cwd, document, result: Plan) -> None:
-    task = _ini(ini, "precision", "mode") or task
+    task = ini_value(ini, "precision", "mode") or task
     if task not in ("ceval", "mmlu", "humaneval"):
         raise ZooError(f"{cwd / 'config.ini'}: [precision] mode {task!r}: expected ceval, mmlu "
                        "or humaneval")
-    work = args.dataset_path or _ini(ini, "precision", "work_dir")
+    work = args.dataset_path or ini_value(ini, "precision", "work_dir")
     result.pytest_args += ["--task", task, "--questions-per-subject", "0"]
     if task == "humaneval":
         result.pytest_args += ["--humaneval-problems", "0"]
@@ -318,8 +286,8 @@ def _precision(args, ini, task, cwd, document, result: Plan) -> None:
     else:
         result.result_dir = cwd / "test_result"
         result.notes.append(f"no --dataset_path: {task} from llmgate's default data")
-    if shot := _ini(ini, "precision", "shot"):
+    if shot := ini_value(ini, "precision", "shot"):
         result.pytest_args += ["--shots", shot]
-    if batch := args.batch or _ini(ini, "precision", "batch"):
+    if batch := args.batch or ini_value(ini, "precision", "batch"):
         result.pytest_args += ["--batch", str(batch)]
     result.bloom_style = document == "001"

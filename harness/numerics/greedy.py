@@ -19,7 +19,7 @@ from harness.cases import Case
 from harness.numerics.served import limits
 from harness.prompts import prompt_ids
 from harness.reference_store import tensor_digest
-from harness.runners import Served
+from harness.runners import GeneratesByDecode, Served
 from harness.verdicts import Verdict, first_lines, verdict
 from models.engine import Generation, generate
 
@@ -96,7 +96,8 @@ def greedy_case(case: Case, ported, reference, tokenizer,
         gated = generate(ported, ids, mask, case.out, ignore_eos=True)
     failures, metrics = compare_generation(gated, theirs, leading)
     metrics["greedy_path"] = GENERATE_PATH if served else DECODE_PATH
-    if not served and not getattr(ported, "generates_by_decode", False):
+    by_decode = isinstance(ported, GeneratesByDecode) and ported.generates_by_decode
+    if not served and not by_decode:
         own_failures, own = compare_generation(ported.generate(ids, mask, case.out), theirs,
                                                leading)
         failures += [f"generate(): {line}" for line in own_failures]

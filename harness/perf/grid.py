@@ -13,10 +13,10 @@ if TYPE_CHECKING:
 
 def cases(settings: Settings) -> list[Case]:
     """The perf grid: batches x (in, out) pairs, or batch "max" with --max-batch."""
-    perf = settings.perf
+    perf = settings.suites["perf"]
     batches = ["max"] if perf.max_batch else perf.batches
     found = []
-    for m, p in [(model, p) for model in settings.perf_models for p in settings.ports.of(model)]:
+    for m, p in [(model, p) for model in perf.models for p in settings.ports.of(model)]:
         if p.served and perf.max_batch:
             continue  # a server's batch is its own business
         # A served port: one request per concurrent client, at each --concurrency level.
@@ -32,5 +32,5 @@ def cases(settings: Settings) -> list[Case]:
 
 def length_requests(settings: Settings) -> list[tuple[list[str], int, str]]:
     """(models, tokens, what asks for them): each (in, out) pair of the grid."""
-    return [(settings.perf_models, i + o, f"perf in {i} + out {o}")
-            for i, o in settings.perf.pairs]
+    return [(settings.suites["perf"].models, i + o, f"perf in {i} + out {o}")
+            for i, o in settings.suites["perf"].pairs]

@@ -185,7 +185,7 @@ def run_search(checkpoint, backend, dtype: str, in_len: int, out_len: int, memor
     from transformers import AutoTokenizer
 
     from harness.perf.timing import measure, prompts, summary
-    from harness.runners import PortedRunner
+    from harness.ports.engine import PortedRunner
     from models.precision import Precision
 
     # On F.linear: oneDNN does not survive an allocation refused under the CPU's address-space

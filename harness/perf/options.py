@@ -7,12 +7,17 @@ take the seeds' space-separated form (`--seqlen_in_pair 256 512`) as well as com
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values
+from models.config import REGISTRY
+
+if TYPE_CHECKING:
+    from harness.settings import Settings
 
 DEFAULT_BATCHES = [1, 8]
 DEFAULT_PAIRS = [(32, 32), (128, 32)]
@@ -156,32 +161,16 @@ class PerfSettings:
     max_batch_cap: int
     baselines_dir: Path
     concurrency: tuple[int, ...] = (1, 4)
+    models: list[str] = field(default_factory=list)  # --model's, else every registered one
 
     def baseline_names(self) -> tuple[str, ...] | None:
         return None if self.baselines is None else tuple(self.baselines)
 
     @classmethod
-    def from_config(cls, config: pytest.Config, batches: list[int] | None,
-                    seqlens: list[int], baselines_dir: Path) -> PerfSettings:
-        """`batches` and `seqlens` as given to --batch and --seqlen (empty: not given)."""
+    def from_config(cls, config: pytest.Config, core: Settings) -> PerfSettings:
+        """From the perf options and the run-wide core (its --batch, models, baselines)."""
         opt = config.getoption
-        ranges = [[positive_int(name, v, minimum=0) for v in opt(name)] if opt(name) else None
-                  for name in ("--seqlen-in-range", "--seqlen-out-range")]
-        try:
-            given = length_pairs(_lengths("--seqlen-in-pair", opt("--seqlen-in-pair")),
-                                 _lengths("--seqlen-out-pair", opt("--seqlen-out-pair")),
-                                 *ranges)
-        except ValueError as e:
-            raise pytest.UsageError(str(e)) from None
-        grid = opt("--grid")
-        if grid is not None:
-            check_names("--grid", [grid], SEED_GRIDS)
-            if given:
-                raise pytest.UsageError(f"--grid {grid} gives the lengths; leave out the "
-                                        "--seqlen-*-pair and --seqlen-*-range flags")
-            batches, pairs = batches or SEED_GRIDS[grid][0], SEED_GRIDS[grid][1]
-        else:
-            pairs = given or [(s, DEFAULT_OUT) for s in seqlens] or DEFAULT_PAIRS
+        batches, pairs = _grid(opt, core.batches_given, int_list("--seqlen", opt("--seqlen"), []))
         tolerance, min_ratio = opt("--perf-tolerance"), opt("--perf-min-ratio")
         if not 0 <= tolerance < 10:
             raise pytest.UsageError(f"--perf-tolerance {tolerance}: expected a fraction >= 0, "
@@ -189,24 +178,7 @@ class PerfSettings:
         if min_ratio is not None and min_ratio <= 0:
             raise pytest.UsageError(f"--perf-min-ratio {min_ratio}: expected a ratio > 0")
         names = split_values(opt("--perf-baseline"), "--perf-baseline")
-        if names and names != ["none"]:
-            from harness.baselines import ours_baselines, perf_tables
-
-            known = {r.name for r in perf_tables(baselines_dir)} | set(
-                ours_baselines(baselines_dir))
-            for name in names:
-                if name not in known:
-                    raise pytest.UsageError(f"--perf-baseline {name!r} is unknown; stored in "
-                                            f"{baselines_dir}: {', '.join(sorted(known))}")
-        memory = opt("--memory-limit")
-        memory_limit = parse_size("--memory-limit", memory) if memory else None
-        next_ms = opt("--max-next-token-ms")
-        for option, value in (("--memory-limit", memory), ("--max-next-token-ms", next_ms)):
-            if value is not None and not opt("--max-batch"):
-                raise pytest.UsageError(f"{option} applies to the max-batch search only; add "
-                                        "--max-batch")
-        if next_ms is not None and next_ms <= 0:
-            raise pytest.UsageError(f"--max-next-token-ms {next_ms}: expected a time > 0")
+        _check_baselines(names, core.baselines_dir)
         if opt("--assume-unit") is not None:
             check_names("--assume-unit", [opt("--assume-unit")], ("ms", "tokens/s"))
         return cls(
@@ -216,11 +188,55 @@ class PerfSettings:
             compile=opt("--compile"), reference=opt("--perf-reference"), tolerance=tolerance,
             min_ratio=min_ratio, baselines=None if not names else
             [] if names == ["none"] else names, assume_unit=opt("--assume-unit"),
-            max_batch=opt("--max-batch"),
-            memory_limit=memory_limit,
-            max_next_token_ms=next_ms,
-            max_batch_cap=positive_int("--max-batch-cap", str(opt("--max-batch-cap")),
-                                       maximum=MAX_BATCH),
-            baselines_dir=baselines_dir,
+            **_max_batch(opt), baselines_dir=core.baselines_dir,
+            models=core.models_given or list(REGISTRY),
             concurrency=tuple(int_list("--concurrency", opt("--concurrency"), [1, 4],
                                        maximum=256)))
+
+
+def _grid(opt, batches: list[int], seqlens: list[int]) -> tuple[list[int], list]:
+    """The batches and (in, out) pairs: --grid's, the length flags', else --seqlen's."""
+    ranges = [[positive_int(name, v, minimum=0) for v in opt(name)] if opt(name) else None
+              for name in ("--seqlen-in-range", "--seqlen-out-range")]
+    try:
+        given = length_pairs(_lengths("--seqlen-in-pair", opt("--seqlen-in-pair")),
+                             _lengths("--seqlen-out-pair", opt("--seqlen-out-pair")), *ranges)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    grid = opt("--grid")
+    if grid is None:
+        return batches, given or [(s, DEFAULT_OUT) for s in seqlens] or DEFAULT_PAIRS
+    check_names("--grid", [grid], SEED_GRIDS)
+    if given:
+        raise pytest.UsageError(f"--grid {grid} gives the lengths; leave out the "
+                                "--seqlen-*-pair and --seqlen-*-range flags")
+    return batches or SEED_GRIDS[grid][0], SEED_GRIDS[grid][1]
+
+
+def _check_baselines(names: list[str], baselines_dir: Path) -> None:
+    if not names or names == ["none"]:
+        return
+    from harness.baselines import ours_baselines, perf_tables
+
+    known = {r.name for r in perf_tables(baselines_dir)} | set(ours_baselines(baselines_dir))
+    for name in names:
+        if name not in known:
+            raise pytest.UsageError(f"--perf-baseline {name!r} is unknown; stored in "
+                                    f"{baselines_dir}: {', '.join(sorted(known))}")
+
+
+def _max_batch(opt) -> dict:
+    """The max-batch search's fields; its limits without --max-batch are refused."""
+    memory, next_ms = opt("--memory-limit"), opt("--max-next-token-ms")
+    memory_limit = parse_size("--memory-limit", memory) if memory else None
+    for option, value in (("--memory-limit", memory), ("--max-next-token-ms", next_ms)):
+        if value is not None and not opt("--max-batch"):
+            raise pytest.UsageError(f"{option} applies to the max-batch search only; add "
+                                    "--max-batch")
+    if next_ms is not None and next_ms <= 0:
+        raise pytest.UsageError(f"--max-next-token-ms {next_ms}: expected a time > 0")
+    return {"max_batch": opt("--max-batch"),
+            "memory_limit": memory_limit,
+            "max_next_token_ms": next_ms,
+            "max_batch_cap": positive_int("--max-batch-cap", str(opt("--max-batch-cap")),
+                                          maximum=MAX_BATCH)}

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def finish(rows: list[dict], settings: Settings) -> list[dict]:
     """Records of the perf tables' grid means the run's latest `rows` covered (computed once
     all cases are in), and of each --perf-baseline that no case met."""
-    perf = settings.perf
+    perf = settings.suites["perf"]
     tables, _ = baselines(perf.baselines_dir, perf.baseline_names())
     means = aggregate_rows(rows, tables, perf.tolerance, perf.min_ratio, perf.assume_unit)
     named = [("--perf-baseline", "perf", name) for name in perf.baselines or []]

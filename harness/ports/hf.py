@@ -13,17 +13,15 @@ environment torchrun would give it, so a seed-style modeling file that calls
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
 import torch
 import transformers
-from torch import Tensor
 
 from harness.devices import Backend, get_backend
-from harness.reference_runner import PortConfig, ReferenceRunner
+from harness.reference_runner import ReferenceRunner
 from models.checkpoint import Checkpoint, CheckpointError, read_config
 from models.precision import DTYPE_NAMES, Precision
 
@@ -79,8 +77,8 @@ def check_hf_directory(path: str | Path, trust_remote_code: bool) -> None:
 class HFRunner(ReferenceRunner):
     """A HuggingFace directory on any backend and dtype; float32 CPU logits out.
 
-    prefill/decode/prefill_shared are the reference's own feeding; only the model, the device
-    and how a forward is called differ.
+    Loaded as transformers loads it (remote code included); its forward and its
+    prefill/decode/prefill_shared are the reference's own.
     """
 
     def __init__(self, path: str | Path, *, hardware: str | Backend = "cpu",
@@ -89,29 +87,14 @@ class HFRunner(ReferenceRunner):
         """device_index: which cuda/npu device (a rank's LOCAL_RANK); unused on the CPU."""
         check_remote_code(path, trust_remote_code)
         self.backend = get_backend(hardware) if isinstance(hardware, str) else hardware
-        self.device = (self.backend.torch_device() if self.backend.name == "cpu"
-                       else torch.device(self.backend.name, device_index))
+        device = (self.backend.torch_device() if self.backend.name == "cpu"
+                  else torch.device(self.backend.name, device_index))
         self.precision = Precision.of(DTYPE_NAMES[dtype], self.backend.name)
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
-        check_loaded_dtype(self.model, dtype, path)
-        self.config = PortConfig.of(self.model.config)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code).to(device).eval()
+        check_loaded_dtype(model, dtype, path)
+        self._attach(model, device)
         self.vocab_size, self.max_positions = self.config.vocab_size, self.config.max_positions
-        parameters = inspect.signature(self.model.forward).parameters
-        self._takes_positions = "position_ids" in parameters
-        # Remote code written for older transformers may not take logits_to_keep.
-        self._takes_keep = "logits_to_keep" in parameters
-        self.reset()
-
-    def _forward(self, ids: Tensor, positions: Tensor, keep: int) -> Tensor:
-        extra = {"position_ids": positions.to(self.device)} if self._takes_positions else {}
-        if self._takes_keep:
-            extra["logits_to_keep"] = keep
-        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask.to(self.device),
-                         past_key_values=self.past, use_cache=True, **extra)
-        self.past = out.past_key_values
-        logits = out.logits if keep == 0 else out.logits[:, -keep:]
-        return logits.float().cpu()
 
 
 def check_loaded_dtype(model: torch.nn.Module, dtype: torch.dtype, path) -> None:

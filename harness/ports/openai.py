@@ -26,29 +26,6 @@ class EndpointError(RuntimeError):
     """A request to the endpoint failed; the message names the endpoint and the request."""
 
 
-def check_url(url: str) -> str:
-    """`url` if it is an http(s) URL with a host (and a port in 1-65535 where it names one);
-    else a one-line ValueError saying what is wrong with it."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as e:  # an unclosed IPv6 bracket
-        raise ValueError(f"malformed URL {url!r} ({e})") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:8080/v1, "
-                         f"not {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in {url!r}")
-    try:
-        port = parts.port
-    except ValueError:  # out of 0-65535, or not a number
-        port = -1
-    if port is not None and not 1 <= port <= 65535:
-        given = parts.netloc.rpartition(":")[2]
-        raise ValueError(f"port {given} is outside 1-65535" if given.isdigit()
-                         else f"port {given!r} is not a number")
-    return url
-
-
 class EndpointUnsupported(EndpointError):
     """The server answered but cannot do what was asked (e.g. echo prompt log-probabilities):
     the checks that need it are recorded as not run."""
@@ -107,8 +84,7 @@ class OpenAIClient:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self._url(path), data=data, headers=headers,
-                                         method=method)
+        request = urllib.request.Request(self._url(path), data, headers, method=method)
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as e:
@@ -229,10 +205,8 @@ class OpenAIClient:
         return dict(tops[0])
 
     def greedy(self, prompt: str | list[int], n: int, stop: list[str] | None = None,
-               tokens: bool = True, temperature: float = 0,
-               seed: int | None = None) -> Completion:
-        """Up to `n` tokens at `temperature` (0: greedy), and the generated tokens' texts if
-        `tokens`."""
+               tokens: bool = True, temperature: float = 0, seed: int | None = None) -> Completion:
+        """Up to `n` tokens at `temperature` (0: greedy), and their texts if `tokens`."""
         body = {"prompt": prompt, "max_tokens": n, "temperature": temperature}
         if seed is not None:
             body["seed"] = seed

@@ -26,9 +26,11 @@ import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from harness.checkpoints import GGUF_FILE
 from harness.values import check_names
 
 KINDS = ("engine", "hf", "openai", "llama-cpp")
@@ -73,10 +75,31 @@ class PortSpec:
         return found
 
 
+def check_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host (and a port in 1-65535 where it names one);
+    else a one-line ValueError saying what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # an unclosed IPv6 bracket
+        raise ValueError(f"malformed URL {url!r} ({e})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:8080/v1, "
+                         f"not {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    try:
+        port = parts.port
+    except ValueError:  # out of 0-65535, or not a number
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        given = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"port {given} is outside 1-65535" if given.isdigit()
+                         else f"port {given!r} is not a number")
+    return url
+
+
 def checked_url(url: str, option: str) -> str:
     """An openai port's URL, refused at start-up in one line where it cannot be one."""
-    from harness.ports.openai import check_url
-
     try:
         return check_url(url)
     except ValueError as e:
@@ -166,24 +189,6 @@ class PortSettings:
                                         "URL (or openai:URL)")
         return settings
 
-    def check_endpoints(self) -> None:
-        """Every openai port's server answers now, before any model loads."""
-        from harness.ports.openai import EndpointError
-
-        for spec in self.specs():
-            if spec.kind == "openai":
-                try:
-                    info = self.client(spec).health()
-                    self.served_names[self.endpoint_of(spec)] = info.get("model") or ""
-                except EndpointError as e:
-                    raise pytest.UsageError(f"--port {spec.given}: {e}") from None
-
-    def client(self, spec: PortSpec, url: str | None = None):
-        from harness.ports.openai import OpenAIClient
-
-        return OpenAIClient(url or self.endpoint_of(spec), self.endpoint_model,
-                            api_key_env=self.api_key_env, timeout=self.timeout)
-
     def of(self, model: str) -> list[PortSpec]:
         """The ports a model runs on."""
         return self.per_model.get(model, self.default)
@@ -204,10 +209,8 @@ class PortSettings:
         else 16bit."""
         if self.profile != "auto":
             return self.profile
-        if spec.kind == "llama-cpp":
-            from harness.ports.llama_server import gguf_of
-
-            name = gguf_of(spec).name
+        if spec.kind == "llama-cpp":  # its GGUF file, else the shipped one
+            name = Path(spec.arg).name if spec.arg else GGUF_FILE
         else:
             name = self.served_names.get(self.endpoint_of(spec), "")
         return "4bit" if FOUR_BIT.search(name) else "16bit"

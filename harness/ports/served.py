@@ -19,15 +19,34 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 from torch import Tensor
 
 from harness.ports.openai import EndpointError, EndpointUnsupported, OpenAIClient, Position
-from harness.ports.options import PortSpec
+from harness.ports.options import PortSettings, PortSpec
 from harness.ports.topk import TopK, piece_ids, topk_from_entries
 from models.engine import Generation
 
 PROBE = " A"  # a token of its own after any prompt text
+
+
+def client_of(ports: PortSettings, spec: PortSpec, url: str | None = None) -> OpenAIClient:
+    """The client of a served port: `url` (a server the run started), else its endpoint."""
+    return OpenAIClient(url or ports.endpoint_of(spec), ports.endpoint_model,
+                        api_key_env=ports.api_key_env, timeout=ports.timeout)
+
+
+def check_endpoints(ports: PortSettings) -> None:
+    """Every openai port's server answers now, before any model loads; what each serves
+    names its thresholds profile (`PortSettings.profile_of`)."""
+    for spec in ports.specs():
+        if spec.kind == "openai":
+            try:
+                info = client_of(ports, spec).health()
+                ports.served_names[ports.endpoint_of(spec)] = info.get("model") or ""
+            except EndpointError as e:
+                raise pytest.UsageError(f"--port {spec.given}: {e}") from None
 
 
 class ServedRunner:

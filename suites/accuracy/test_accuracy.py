@@ -14,7 +14,7 @@ pytestmark = pytest.mark.accuracy
 
 
 def runner_for(case, runner_pool, llmgate, record):
-    if llmgate.accuracy.runner == "reference":
+    if llmgate.suites["accuracy"].runner == "reference":
         return runner_pool.reference(case.model, case.dtype)
     runner = runner_pool.ported(case)
     if isinstance(runner, Served):
@@ -36,8 +36,8 @@ def test_humaneval(case, runner_pool, llmgate, run_dir, record):
 
     runner = runner_for(case, runner_pool, llmgate, record)
     try:
-        sandbox = Sandbox(Limits(timeout_s=llmgate.accuracy.timeout),
-                          allow_unsandboxed=llmgate.accuracy.allow_unsandboxed)
+        sandbox = Sandbox(Limits(timeout_s=llmgate.suites["accuracy"].timeout),
+                          allow_unsandboxed=llmgate.suites["accuracy"].allow_unsandboxed)
     except SandboxUnavailable as e:
         pytest.fail(str(e), pytrace=False)
     result, metrics = humaneval_case(case, runner, runner_pool.tokenizer(case.model), sandbox,

@@ -8,6 +8,8 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     settings = metafunc.config.stash[LLMGATE].settings
-    max_batch = metafunc.function.__name__ == "test_max_batch"
-    cases = grid.cases(settings) if settings.perf.max_batch == max_batch else []
-    parametrize_cases(metafunc, cases)
+    perf = settings.suites["perf"]
+    # a search (--max-batch) runs its own test in place of the grid's
+    runs = "test_max_batch" if perf.max_batch else "test_perf"
+    parametrize_cases(metafunc, grid.cases(settings) if metafunc.function.__name__ == runs
+                      else [])

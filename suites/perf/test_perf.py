@@ -14,7 +14,7 @@ pytestmark = pytest.mark.perf
 
 def test_perf(case, runner_pool, llmgate, record):
     """A served port: streaming clients at its --concurrency level (harness/perf/served.py)."""
-    settings = llmgate.perf
+    settings = llmgate.suites["perf"]
     if llmgate.port(case).served:
         from harness.perf.served import served_perf_case
 
@@ -38,7 +38,8 @@ def test_max_batch(case, runner_pool, llmgate, record, pytestconfig):
     if llmgate.tp > 1:
         pytest.skip("the max-batch search runs one process (--tp 1)")
     backend = runner_pool.backend(case)
-    result, metrics = max_batch_case(case, llmgate.checkpoint(case.model), backend, llmgate.perf,
-                                     terminal_lines(pytestconfig))
+    result, metrics = max_batch_case(case, runner_pool.weights.checkpoint(case.model), backend,
+                                     llmgate.suites["perf"], terminal_lines(pytestconfig))
     record(result, **metrics)
     assert result.passed, f"{case}: {result.message()}"
+
