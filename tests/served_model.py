@@ -2,7 +2,8 @@
 
     python -m tests.served_model --model DIR --port N [--shift] [--lowercase] [--nan]
                                  [--quiet-generated] [--cut-streams] [--die-after N]
-                                 [--drift-from N]
+                                 [--drift-from N] [--first-token-ms MS] [--token-ms MS]
+                                 [--slots N]
 
 Serves what the openai port asks of a real server: echo with `logprobs=K` (per prompt token
 its log-probability and the top-K of the distribution before it), greedy or seeded sampled
@@ -16,7 +17,11 @@ tokens (as some servers do for EOS), `--cut-streams` ends every stream after its
 with no finish_reason (as llama-cpp-python's server cuts a stream another request
 interrupts), `--die-after N` exits (as if killed) on its N+1-th completion
 request, `--drift-from N` sharpens (doubles the logits of) every distribution from prompt
-token N on. `running(...)` starts it in a process of its own for a test.
+token N on. For load tests, timing is made deterministic: `--first-token-ms MS` sleeps MS
+before a stream's first chunk and `--token-ms MS` before each later one (after the tokens are
+computed, so a request's TTFT is at least MS and each gap at least its MS), and `--slots N`
+serves at most N completion requests at once (a semaphore; the others queue, as a server's
+batch slots make them). `running(...)` starts it in a process of its own for a test.
 """
 
 from __future__ import annotations
@@ -40,13 +45,15 @@ import transformers
 class Model:
     def __init__(self, path: str, shift: bool, lowercase: bool, nan: bool,
                  quiet_generated: bool = False, cut_streams: bool = False,
-                 drift_from: int | None = None):
+                 drift_from: int | None = None, first_token_ms: float = 0.0,
+                 token_ms: float = 0.0):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32).eval()
         self.shift, self.lowercase, self.nan = shift, lowercase, nan
         self.quiet_generated, self.cut_streams = quiet_generated, cut_streams
         self.drift_from = drift_from
+        self.first_token_ms, self.token_ms = first_token_ms, token_ms
         self.lock = threading.Lock()
 
     def ids(self, prompt) -> list[int]:
@@ -55,12 +62,13 @@ class Model:
         return self.tokenizer(prompt.lower() if self.lowercase else prompt).input_ids
 
     @torch.inference_mode()
-    def logprobs(self, ids: list[int]) -> torch.Tensor:
+    def logprobs(self, ids: list[int], last: bool = False) -> torch.Tensor:
+        """Log-probabilities at every position of `ids` (`last`: the last one only)."""
         with self.lock:
             logits = self.model(torch.tensor([ids])).logits[0]
         if self.drift_from is not None:  # prompt token N's distribution is row N - 1
             logits[self.drift_from - 1:] *= 2
-        out = torch.log_softmax(logits.double(), -1)
+        out = torch.log_softmax((logits[-1:] if last else logits).double(), -1)
         return out * float("nan") if self.nan else out
 
     def piece(self, token: int) -> str:
@@ -85,7 +93,7 @@ class Model:
         temperature = body.get("temperature") or 0
         generator = torch.Generator().manual_seed(int(body.get("seed") or 0))
         for produced in range(int(body.get("max_tokens") or 16)):
-            row = self.logprobs(ids)[-1]
+            row = self.logprobs(ids, last=True)[-1]
             if temperature:
                 token = torch.multinomial((row / temperature).softmax(-1), 1,
                                           generator=generator).item()
@@ -102,8 +110,10 @@ class Model:
                 return
 
 
-def serve(model: Model, port: int, die_after: int | None = None) -> ThreadingHTTPServer:
+def serve(model: Model, port: int, die_after: int | None = None,
+          slots: int | None = None) -> ThreadingHTTPServer:
     completions = []
+    busy = threading.BoundedSemaphore(slots) if slots else contextlib.nullcontext()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "served-model/1.0"
@@ -126,7 +136,8 @@ def serve(model: Model, port: int, die_after: int | None = None) -> ThreadingHTT
 
         def do_POST(self):
             try:
-                self.complete()
+                with busy:
+                    self.complete()
             except Exception as e:  # a real server answers 500 with its message
                 self.send_json({"error": {"message": f"{type(e).__name__}: {e}"}}, 500)
 
@@ -166,6 +177,7 @@ def serve(model: Model, port: int, die_after: int | None = None) -> ThreadingHTT
             n = int(body.get("max_tokens") or 16)
             new = list(model.generate(ids, body))[:1 if model.cut_streams else None]
             for i, (token, _) in enumerate(new):
+                time.sleep((model.token_ms if i else model.first_token_ms) / 1e3)
                 finish = None if model.cut_streams or i < len(new) - 1 else (
                     "length" if len(new) == n else "stop")
                 chunk = {"choices": [{"index": 0, "text": model.piece(token),
@@ -188,10 +200,15 @@ def main() -> None:
     parser.add_argument("--die-after", type=int)
     parser.add_argument("--drift-from", type=int,
                         help="sharpen every distribution from this prompt token on")
+    parser.add_argument("--first-token-ms", type=float, default=0.0,
+                        help="sleep this long before a stream's first chunk")
+    parser.add_argument("--token-ms", type=float, default=0.0,
+                        help="sleep this long before each later chunk of a stream")
+    parser.add_argument("--slots", type=int, help="serve at most this many requests at once")
     args = parser.parse_args()
     serve(Model(args.model, args.shift, args.lowercase, args.nan, args.quiet_generated,
-                args.cut_streams, args.drift_from), args.port,
-          args.die_after).serve_forever()
+                args.cut_streams, args.drift_from, args.first_token_ms, args.token_ms),
+          args.port, args.die_after, args.slots).serve_forever()
 
 
 @contextlib.contextmanager

@@ -32,7 +32,10 @@ ALPHA = 0.05
 # metric -> (label, unit, higher is better)
 METRICS = {"first_token": ("first-token latency", "ms", False),
            "next_token": ("next-token latency", "ms", False),
-           "e2e_throughput": ("E2E throughput", "tokens/s", True)}
+           "e2e_throughput": ("E2E throughput", "tokens/s", True),
+           # a served rate case's share of requests meeting its --goodput targets, gated by
+           # harness/perf/goodput.py (one value per request: met every target or not)
+           "goodput": ("requests meeting the goodput targets", "%", True)}
 # metric -> the record's (and CSV's) column holding its figure: the one number shown for it
 FIGURES = {"first_token": "forward_first_token_time(ms)",
            "next_token": "forward_next_token_time(ms)",
@@ -170,7 +173,7 @@ def gate(case: Case, samples: Samples, device: str, rows: list[PerfRow],
             continue
         base = Samples(**theirs["samples"])
         base_figure = figures(base, case)
-        for metric in METRICS:
+        for metric in FIGURES:
             comparisons.append(_compare(
                 name, theirs.get("device", ""), metric,
                 request_values(samples, metric, case.batch, case.out), figure[metric],

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from harness.perf.load import ServedLoad
+from harness.perf.load_options import add_load_options, served_load
 from harness.values import MAX_BATCH, check_names, int_list, positive_int, split_values
 from models.config import REGISTRY
 
@@ -98,6 +100,7 @@ def add_options(group) -> None:
         help="perf: max-batch search also keeps the next-token latency under this")
     add("max-batch-cap", type=int, default=1024, metavar="N",
         help="perf: largest batch the max-batch search probes (default: 1024)")
+    add_load_options(group)
 
 
 def parse_size(option: str, text: str) -> int:
@@ -162,6 +165,8 @@ class PerfSettings:
     baselines_dir: Path
     concurrency: tuple[int, ...] = (1, 4)
     models: list[str] = field(default_factory=list)  # --model's, else every registered one
+    served_load: ServedLoad = field(default_factory=ServedLoad)  # served ports under load
+    concurrency_given: tuple[int, ...] = ()  # --concurrency as given (a rate case's cap)
 
     def baseline_names(self) -> tuple[str, ...] | None:
         return None if self.baselines is None else tuple(self.baselines)
@@ -191,7 +196,9 @@ class PerfSettings:
             **_max_batch(opt), baselines_dir=core.baselines_dir,
             models=core.models_given or list(REGISTRY),
             concurrency=tuple(int_list("--concurrency", opt("--concurrency"), [1, 4],
-                                       maximum=256)))
+                                       maximum=256)), served_load=served_load(opt),
+            concurrency_given=tuple(int_list("--concurrency", opt("--concurrency"), [],
+                                             maximum=256)))
 
 
 def _grid(opt, batches: list[int], seqlens: list[int]) -> tuple[list[int], list]:

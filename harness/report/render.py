@@ -22,6 +22,7 @@ from harness.report.accuracy_view import accuracy_section
 from harness.report.divergence import divergence_charts
 from harness.report.history import history_charts, history_table, runs
 from harness.report.overview import by_model, overview
+from harness.report.served_view import level, max_rate_apart, rate_charts
 from harness.results import MEASURED_ONLY, latest_rows, load_records, measured_only, merge
 from harness.selection import read_run, status
 
@@ -30,7 +31,7 @@ UNKNOWN = "unknown"  # a record whose outcome is none of OUTCOMES: shown, counte
 SLOWDOWNS_LISTED = 5
 COLUMN = {"first_token": "forward_first_token_time(ms)",
           "next_token": "forward_next_token_time(ms)",
-          "e2e_throughput": "e2e_throughput_tokens_per_s"}
+          "e2e_throughput": "e2e_throughput_tokens_per_s", "goodput": "good_request_pct"}
 
 
 def _outcome(row: dict) -> str:
@@ -146,13 +147,13 @@ def ratio_charts(model: str, part: list[dict]) -> list[str]:
 
 def perf_section(rows: list[dict]) -> dict:
     # A failed case stays, marked: the regressed case is the one a release manager needs.
-    measured = [r for r in rows if r.get("test") == "test_perf" and _outcome(r) != "skipped"]
+    measured, max_rate = max_rate_apart([r for r in rows if _outcome(r) != "skipped"])
     models = []
     for (model,), part in _by(measured, "model").items():
         series = {name: {} for name in ("next", "first", "tput")}
         points = {name: {} for name in series}
         for r in part:
-            hw = f"{r['hardware']} {r['dtype']}"
+            hw = f"{r['hardware']} {r['dtype']}{level(r)}"  # served levels: series apart
             values = {"next": (f"{hw} in{r['seqlen']}/out{r['out']}", r["batch"], "next_token"),
                       "tput": (f"{hw} in{r['seqlen']}/out{r['out']}", r["batch"],
                                "e2e_throughput"),
@@ -182,10 +183,12 @@ def perf_section(rows: list[dict]) -> dict:
                                                                 r["out"])),
             "load": any("load_1m" in r for r in part),
             "side_by_side": side_by_side(part),
-            "charts": [c for c in drawn if c] + ratio_charts(model, part)})
+            "charts": [c for c in drawn if c] + ratio_charts(model, part)
+            + rate_charts(model, part, max_rate)})
     max_batch = [r for r in rows if r.get("test") == "test_max_batch"]
     grid_means = [r for r in rows if r.get("test") == "test_grid_mean"]
-    return {"models": models, "max_batch": max_batch, "grid_means": grid_means}
+    return {"models": models, "max_batch": max_batch, "grid_means": grid_means,
+            "max_rate": max_rate}
 
 
 def slowdowns(rows: list[dict], top: int = SLOWDOWNS_LISTED) -> list[dict]:

@@ -43,3 +43,14 @@ def test_max_batch(case, runner_pool, llmgate, record, pytestconfig):
     record(result, **metrics)
     assert result.passed, f"{case}: {result.message()}"
 
+
+def test_max_rate(case, runner_pool, llmgate, record, pytestconfig):
+    """A served port's highest request rate at which --max-rate-percent of requests meet
+    every --goodput target, each probe printed as it ends (harness/perf/served.py)."""
+    from harness.perf.served import served_max_rate_case
+
+    result, metrics = served_max_rate_case(case, runner_pool.ported(case),
+                                           runner_pool.tokenizer(case.model),
+                                           llmgate.suites["perf"], terminal_lines(pytestconfig))
+    record(result, **metrics)
+    assert result.passed, f"{case}: {result.message()}"
