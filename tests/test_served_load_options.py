@@ -39,8 +39,6 @@ def test_rates_targets_and_sets_are_read():
     ({"goodput": ["ttft:500"]}, "--goodput applies to the request-rate cases"),
     ({"prompts": "mmlu"}, "--prompts applies to the request-rate cases"),
     ({"max_rate": True}, "--max-rate searches for the highest rate meeting the --goodput"),
-    ({"max_rate": True, "goodput": ["ttft:5"], "request_rate": ["1,2"]},
-     "--max-rate starts its search at one --request-rate (default: 1 request/s), not 2"),
     ({"request_rate": ["1"], "burstiness": 0.0}, "--burstiness 0.0: expected > 0"),
     ({"request_rate": ["1"], "prompts": "squad"}, "--prompts"),
     ({"request_rate": ["1"], "output_lengths": "normal"}, "--output-lengths: "),
@@ -70,6 +68,8 @@ def test_one_case_per_rate_and_cap():
     assert served_levels(Perf(rates, concurrency_given=(2, 8))) == [
         ("r0.5", "c2"), ("r0.5", "c8"), ("rinf", "c2"), ("rinf", "c8")]
     assert served_levels(Perf(ServedLoad(max_rate=True, prompts="mmlu"))) == [("rmax", "mmlu")]
+    assert served_levels(Perf(ServedLoad(request_rates=(1.0,), max_rate=True))) == [
+        ("r1.0",), ("rmax",)]
 
 
 def test_a_drawn_prompt_set_runs_once_per_output_length():

@@ -14,15 +14,14 @@ if TYPE_CHECKING:
 def served_levels(perf) -> list[tuple[str, ...]]:
     """The tags of a served port's cases: each --concurrency level of closed-loop clients
     (`c4`); with --request-rate, each rate (`r2.0`), capped by each --concurrency level
-    given; with --max-rate, one search (`rmax`)."""
+    given; with --max-rate, also (or only) the search (`rmax`)."""
     load = perf.served_load
     caps = [(f"c{c}",) for c in perf.concurrency_given] or [()]
     drawn = (load.prompts,) if load.prompts != "fixed" else ()  # prompts from a set
+    levels = [(f"r{rate}", *cap, *drawn) for rate in load.request_rates for cap in caps]
     if load.max_rate:
-        return [("rmax", *cap, *drawn) for cap in caps]
-    if load.request_rates:
-        return [(f"r{rate}", *cap, *drawn) for rate in load.request_rates for cap in caps]
-    return [(f"c{c}",) for c in perf.concurrency]
+        return levels + [("rmax", *cap, *drawn) for cap in caps]
+    return levels or [(f"c{c}",) for c in perf.concurrency]
 
 
 def served_pairs(perf) -> list[tuple[int, int]]:

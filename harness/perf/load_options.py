@@ -42,8 +42,8 @@ def add_load_options(group) -> None:
              "[1-R, 1+R], R default 0.5) (default: fixed)")
     add("--max-rate", action="store_true", default=False,
         help="perf, served ports: search the highest request rate at which "
-             "--max-rate-percent of requests meet every --goodput target, from one "
-             "--request-rate (default: 1)")
+             "--max-rate-percent of requests meet every --goodput target, from the first "
+             "--request-rate (default: 1), beside the rate cases")
     add("--max-rate-percent", type=float, default=90.0, metavar="P",
         help="perf: share of requests the max-rate search requires within the targets "
              "(default: 90)")
@@ -83,9 +83,6 @@ def served_load(opt) -> ServedLoad:
             raise pytest.UsageError(f"{option} applies to the request-rate cases; add "
                                     "--request-rate R or --max-rate")
     rates = _rates(opt("--request-rate"))
-    if opt("--max-rate") and len(rates) > 1:
-        raise pytest.UsageError("--max-rate starts its search at one --request-rate (default: "
-                                f"1 request/s), not {len(rates)}")
     if opt("--max-rate") and goodput is None:
         raise pytest.UsageError("--max-rate searches for the highest rate meeting the "
                                 "--goodput targets; give them, e.g. --goodput ttft:500 tpot:50")

@@ -9,8 +9,11 @@ def pytest_generate_tests(metafunc):
         return
     settings = metafunc.config.stash[LLMGATE].settings
     perf = settings.suites["perf"]
-    # a search (--max-batch, --max-rate) runs its own test in place of the grid's
-    runs = ("test_max_batch" if perf.max_batch else
-            "test_max_rate" if perf.served_load.max_rate else "test_perf")
-    parametrize_cases(metafunc, grid.cases(settings) if metafunc.function.__name__ == runs
-                      else [])
+    name = metafunc.function.__name__
+    # a search runs its own test: --max-batch in place of the grid, --max-rate beside it
+    if perf.max_batch or name == "test_max_batch":
+        cases = grid.cases(settings) if perf.max_batch and name == "test_max_batch" else []
+    else:
+        cases = [c for c in grid.cases(settings)
+                 if ("rmax" in c.tags) == (name == "test_max_rate")]
+    parametrize_cases(metafunc, cases)
